@@ -1,0 +1,234 @@
+"""Runs jobs on a fixed set of threads: decode, middleware, handler, outcome.
+
+Threads are created once per pool, never per job.  Each finished job becomes a
+*done item* handed to the fetcher, which acks them in batches::
+
+    (field, None, failed)      plain success: only HDEL from in-progress
+    (field, Settle, failed)    anything that needs a write (retry, dead, lease drop)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import JobTimeout, Shutdown
+from .job import Job, MalformedPayload, decode
+from .registry import JobOptions, JobSpec, Middleware
+from .reporters import ReporterHub
+from .retry import failure_settle, malformed_dead_entry
+from .scripts import Settle
+
+log = logging.getLogger("forkq.executor")
+
+Taken = tuple[str, str, bytes]  # (queue name, in-progress field, payload)
+Done = tuple[str, Settle | None, bool]
+
+_DEFAULT_OPTIONS = JobOptions()
+_STOP = None
+
+RUNNING, FINISHED = 1, 2
+
+
+class Slot:
+    """What one worker thread is doing; read by heartbeats, observations and the watchdog."""
+
+    __slots__ = ("index", "ident", "lock", "job", "queue", "field", "payload", "started_at",
+                 "deadline", "state", "aborted")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.ident = 0
+        self.lock = threading.Lock()
+        self.job: Job | None = None
+        self.queue = ""
+        self.field = ""
+        self.payload = b""
+        self.started_at = 0.0
+        self.deadline = 0.0
+        self.state = FINISHED
+        self.aborted: str | None = None
+
+
+def _raise_in_thread(ident: int, exc: type[BaseException]) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
+
+
+class Executor:
+    def __init__(self, *, specs: dict[str, JobSpec], middleware: Sequence[Middleware],
+                 concurrency: int, complete: Callable[[Done], None],
+                 reporters: ReporterHub | None, thread_prefix: str = "forkq-worker") -> None:
+        self._specs = specs
+        self._middleware = tuple(middleware)
+        self._complete = complete
+        self._reporters = reporters
+        self._leased = frozenset(n for n, s in specs.items() if s.options.max_concurrency > 0)
+        self._q: queue.SimpleQueue[Taken | None] = queue.SimpleQueue()
+        self.slots = [Slot(i) for i in range(concurrency)]
+        self._threads = [threading.Thread(target=self._loop, args=(s,), daemon=True,
+                                          name=f"{thread_prefix}-{s.index}") for s in self.slots]
+        self.has_timeouts = any(s.options.timeout for s in specs.values())
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def submit(self, item: Taken) -> None:
+        self._q.put(item)
+
+    def discard_pending(self) -> list[Taken]:
+        """Take back jobs handed over but not started (shutdown requeues them)."""
+        out: list[Taken] = []
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return out
+            if item is not None:
+                out.append(item)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._q.put(_STOP)
+
+    def join(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, end - time.monotonic()))
+
+    # -- timeouts and aborts (called from other threads) ---------------------------
+    def interrupt(self, slot: Slot, exc: type[BaseException], reason: str) -> bool:
+        """Raise ``exc`` in the slot's thread if it is still running the same job."""
+        with slot.lock:
+            if slot.state != RUNNING or slot.aborted is not None:
+                return False
+            slot.aborted = reason
+            _raise_in_thread(slot.ident, exc)
+            return True
+
+    def expire_overdue(self, now: float) -> None:
+        for slot in self.slots:
+            if slot.state == RUNNING and slot.deadline and now >= slot.deadline and slot.aborted is None:
+                if self.interrupt(slot, JobTimeout, "timeout"):
+                    log.warning("job %s %s passed its timeout; JobTimeout raised in its thread",
+                                slot.queue, slot.field)
+
+    def abort_all(self, reason: str = "shutdown") -> list[Slot]:
+        hit = []
+        for slot in self.slots:
+            if self.interrupt(slot, Shutdown, reason):
+                hit.append(slot)
+        return hit
+
+    # -- the worker loop ---------------------------------------------------------
+    def _loop(self, slot: Slot) -> None:
+        slot.ident = threading.get_ident()
+        get = self._q.get
+        run = self._run
+        while True:
+            try:
+                item = get()
+                if item is None:
+                    return
+                run(slot, item)
+            except (JobTimeout, Shutdown):
+                # An interrupt that landed after the job had finished: nothing to undo.
+                continue
+            except BaseException:  # never let a worker thread die
+                log.exception("worker thread error outside a job; continuing")
+
+    def _run(self, slot: Slot, item: Taken) -> None:
+        qname, field, payload = item
+        try:
+            data = decode(payload)
+        except MalformedPayload as exc:
+            log.error("malformed payload in queue %r moved to dead: %s", qname, exc)
+            self._complete((field, Settle(
+                op="d", field=field, name=qname if qname in self._leased else None,
+                payload=malformed_dead_entry(queue=qname, raw=payload, reason=str(exc)),
+                score=time.time()), True))
+            return
+        job = Job.from_data(data)
+        spec = self._specs.get(job.name)
+        opts = spec.options if spec is not None else _DEFAULT_OPTIONS
+        lease_name = qname if qname in self._leased else None
+        reporters = self._reporters
+        now = time.time()
+        slot.job = job
+        slot.queue = qname
+        slot.field = field
+        slot.payload = payload
+        slot.started_at = now
+        slot.deadline = now + opts.timeout if opts.timeout else 0.0
+        slot.aborted = None
+        slot.state = RUNNING
+        if reporters is not None:
+            reporters.emit("started", job)
+        error: BaseException | None = None
+        tb = ""
+        try:
+            if spec is None:
+                raise UnknownJob(f"no handler registered for job {job.name!r} (queue {qname!r})")
+            if self._middleware:
+                self._chain(job, spec.handler)
+            else:
+                spec.handler(job)
+            with slot.lock:
+                slot.state = FINISHED
+        except BaseException as exc:  # noqa: B036 - JobTimeout/Shutdown are BaseExceptions
+            with slot.lock:
+                slot.state = FINISHED
+            error = exc
+            if not isinstance(exc, (JobTimeout, Shutdown)):
+                tb = traceback.format_exc()
+        finally:
+            slot.job = None
+        aborted = slot.aborted
+        if error is None and aborted is None:
+            self._complete((field, Settle(op="k", field=field, name=lease_name) if lease_name else None, False))
+            if reporters is not None:
+                reporters.emit("success", job, time.time() - now)
+                reporters.emit("stopped", job)
+            return
+        if aborted == "shutdown":
+            # Requeued by the pool at shutdown; nothing to settle here.
+            if reporters is not None:
+                reporters.emit("aborted", job, "shutdown")
+                reporters.emit("stopped", job)
+            return
+        if aborted is not None:
+            error_class, message = "JobTimeout", f"job ran longer than its timeout of {opts.timeout}s"
+        else:
+            assert error is not None
+            error_class, message = type(error).__name__, str(error) or type(error).__name__
+        settle = failure_settle(field=field, name=lease_name, data=data, error_class=error_class,
+                                error_message=message, max_fails=opts.max_fails,
+                                skip_dead=opts.skip_dead, backoff=opts.backoff, job=job)
+        self._complete((field, settle, True))
+        if reporters is not None:
+            if aborted is not None:
+                reporters.emit("aborted", job, aborted)
+            else:
+                assert error is not None
+                reporters.emit("failure", job, error, tb)
+            reporters.emit("stopped", job)
+
+    def _chain(self, job: Job, handler: Callable[[Job], Any]) -> Any:
+        mws = self._middleware
+
+        def call(i: int) -> Any:
+            if i == len(mws):
+                return handler(job)
+            return mws[i](job, lambda: call(i + 1))
+
+        return call(0)
+
+
+class UnknownJob(Exception):
+    """A queue entry whose ``class`` no registered handler has."""

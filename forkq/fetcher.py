@@ -1,0 +1,262 @@
+"""The fetcher: one thread per pool that acks finished jobs and takes new ones.
+
+Each round trip is one pipeline: ``ack`` (everything finished since the last
+round) then ``fetch`` (up to the number of free thread slots).  Completions
+batch themselves: while a round trip is in flight, more jobs finish and ride
+the next one.  With nothing to take, the fetcher sleeps until a wake message
+(enqueue to an empty queue, a freed lease, a promotion), a completion to ack,
+or ``idle_poll_interval`` (which notices jobs pushed by non-forkq clients and
+due scheduled jobs).  Idle cost: one fetch per interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import redis
+from redis.exceptions import RedisError
+
+from . import job as jobcodec
+from . import scripts
+from .config import Config
+from .executor import Done, Executor
+from .keys import Keys
+from .scripts import FetchTarget, Settle
+from .stats import StatsBuffer
+
+log = logging.getLogger("forkq.fetcher")
+
+
+def weighted_order(targets: Sequence[FetchTarget], weights: Sequence[float]) -> list[int]:
+    """Indices in priority-weighted random order (gocraft's sampler).
+
+    Efraimidis-Spirakis: sort by ``u ** (1/w)``; a name is first with probability
+    ``w / sum(w)``, so busy queues share fetches in the ratio of their priorities.
+    """
+    rnd = random.random
+    return sorted(range(len(targets)), key=lambda i: rnd() ** (1.0 / weights[i]), reverse=True)
+
+
+class Fetcher(threading.Thread):
+    def __init__(self, *, conn: redis.Redis, keys: Keys, identity: str, config: Config,
+                 targets: Sequence[FetchTarget], priorities: Sequence[int], concurrency: int,
+                 executor_factory: Callable[[Callable[[Done], None]], Executor],
+                 stats: StatsBuffer, on_due: Callable[[], None]) -> None:
+        super().__init__(name="forkq-fetcher", daemon=True)
+        self._conn = conn
+        self._keys = keys
+        self._identity = identity
+        self._config = config
+        self._targets = list(targets)
+        self._weights = [float(p) for p in priorities]
+        self._concurrency = concurrency
+        self._stats = stats
+        self._on_due = on_due
+        self._cv = threading.Condition(threading.Lock())
+        self._done: list[Done] = []
+        self._inflight = 0
+        self._held: set[str] = set()
+        self._woken = True
+        self._waiting = False
+        self._quiet = False
+        self._stopping = False
+        self._last_empty = False
+        self._next_poll = 0.0
+        self._errors = 0
+        self._reconcile = False
+        self.last_progress = time.monotonic()
+        self.rounds = 0
+        self.executor = executor_factory(self.complete)
+        self._dead_cutoff = config.dead_max_age
+
+    # -- called from other threads ---------------------------------------------------
+    def complete(self, item: Done) -> None:
+        """A worker thread finished a job (hot path: one lock, maybe one notify)."""
+        with self._cv:
+            self._done.append(item)
+            if self._waiting:
+                self._cv.notify()
+
+    def wake(self) -> None:
+        with self._cv:
+            self._woken = True
+            self._cv.notify()
+
+    def set_quiet(self, quiet: bool = True) -> None:
+        with self._cv:
+            self._quiet = quiet
+            self._woken = True
+            self._cv.notify()
+
+    def request_stop(self) -> None:
+        """Stop after acking what is done; running jobs are the runtime's business."""
+        with self._cv:
+            self._quiet = True
+            self._stopping = True
+            self._cv.notify()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @property
+    def quiet(self) -> bool:
+        return self._quiet
+
+    def idle(self) -> bool:
+        """Nothing taken and not acked, and the last fetch found nothing."""
+        with self._cv:
+            return self._inflight == 0 and not self._done and self._last_empty and not self._woken
+
+    def held_fields(self) -> set[str]:
+        with self._cv:
+            return set(self._held)
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            with self._cv:
+                while True:
+                    if self._stopping and not self._done:
+                        return
+                    now = time.monotonic()
+                    free = self._concurrency - self._inflight + len(self._done)
+                    can_fetch = (not self._quiet and free > 0 and
+                                 (self._woken or not self._last_empty or now >= self._next_poll))
+                    if self._done or can_fetch:
+                        break
+                    self._waiting = True
+                    timeout = None
+                    if not self._quiet and free > 0:
+                        timeout = max(0.0, self._next_poll - now)
+                    self._cv.wait(timeout)
+                    self._waiting = False
+                done, self._done = self._done, []
+                self._inflight -= len(done)
+                want = free if can_fetch else 0
+                if can_fetch:
+                    self._woken = False
+            self._round_trip(done, want)
+
+    def _round_trip(self, done: list[Done], want: int) -> None:
+        keys = self._keys
+        calls: list[scripts.Call] = []
+        plain: list[str] = []
+        settles: list[Settle] = []
+        failed = 0
+        for field, settle, is_failure in done:
+            if settle is None:
+                plain.append(field)
+            else:
+                settles.append(settle)
+            if is_failure:
+                failed += 1
+        if done:
+            now_wall = time.time()
+            calls.append(scripts.ack(keys, identity=self._identity, plain_done=plain, settles=settles,
+                                     dead_cutoff=now_wall - self._dead_cutoff,
+                                     dead_max=self._config.dead_max_jobs))
+        order: list[int] = []
+        if want:
+            now_wall = time.time()
+            if len(self._targets) == 1:
+                order = [0]
+                targets = self._targets
+            else:
+                order = weighted_order(self._targets, self._weights)
+                targets = [self._targets[i] for i in order]
+            calls.append(scripts.fetch(keys, identity=self._identity, targets=targets, want=want,
+                                       now=now_wall, lease_until=now_wall + self._config.lease_ttl))
+        try:
+            results = scripts.run(self._conn, calls)
+        except RedisError as exc:
+            self._on_error(exc, done, want)
+            return
+        if self._errors:
+            log.warning("Redis is reachable again after %d failed round trips", self._errors)
+            self._errors = 0
+        self.rounds += 1
+        self.last_progress = time.monotonic()
+        if done:
+            with self._cv:
+                self._held.difference_update(f for f, _, _ in done)
+            self._stats.add(len(done), failed)
+        if self._reconcile:
+            self._reconcile_inprogress()
+        if not want:
+            return
+        fetched = results[-1]
+        due = fetched[0]
+        n = (len(fetched) - 1) // 3
+        if n:
+            submit = self.executor.submit
+            names = [self._targets[i].name for i in order]
+            unique_keys: list[bytes] = []
+            with self._cv:
+                self._inflight += n
+                self._held.update(f.decode() for f in fetched[2::3])
+            for j in range(1, len(fetched), 3):
+                payload = fetched[j + 2]
+                if b'"unique":true' in payload:
+                    uk = _unique_key(payload)
+                    if uk:
+                        unique_keys.append(uk)
+                submit((names[fetched[j] - 1], fetched[j + 1].decode(), payload))
+            if unique_keys:
+                self._release_unique(unique_keys)
+        with self._cv:
+            self._last_empty = n < want
+            if self._last_empty:
+                self._next_poll = time.monotonic() + self._config.idle_poll_interval
+        if due:
+            self._on_due()
+
+    def _release_unique(self, unique_keys: list[bytes]) -> None:
+        """A unique job's guard goes when a worker takes it (gocraft's semantics)."""
+        try:
+            self._conn.delete(*unique_keys)
+        except RedisError as exc:
+            log.warning("could not release unique guards (they expire by TTL): %s", exc)
+
+    def _on_error(self, exc: RedisError, done: list[Done], want: int) -> None:
+        with self._cv:
+            # Keep the acks for the next round; they are idempotent (HDEL-guarded).
+            self._done[:0] = done
+            self._inflight += len(done)
+            self._woken = True
+        if want:
+            # A fetch may have run with its reply lost: its jobs sit in our
+            # in-progress hash; give back whatever we do not hold once Redis answers.
+            self._reconcile = True
+        self._errors += 1
+        delay = min(5.0, 0.05 * (2 ** min(self._errors, 7))) * (0.5 + random.random())
+        if self._errors == 1:
+            log.warning("Redis round trip failed (%s); retrying with backoff", exc)
+        else:
+            log.debug("Redis round trip failed again (%s); next try in %.2fs", exc, delay)
+        time.sleep(delay)
+
+    def _reconcile_inprogress(self) -> None:
+        from .reaper import recover_inprogress
+
+        try:
+            requeued, dead = recover_inprogress(self._conn, self._keys, self._identity, self._config,
+                                                keep=self.held_fields(), count_recovery=False)
+        except RedisError as exc:
+            log.warning("reconcile after a lost reply failed, will retry: %s", exc)
+            return
+        self._reconcile = False
+        if requeued or dead:
+            log.warning("gave back %d jobs taken by a fetch whose reply was lost", requeued + dead)
+
+
+def _unique_key(payload: bytes) -> bytes | None:
+    try:
+        key = jobcodec.decode(payload).get("unique_key")
+    except jobcodec.MalformedPayload:
+        return None
+    return key.encode() if isinstance(key, str) else None

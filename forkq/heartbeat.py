@@ -1,0 +1,137 @@
+"""The beat every pool writes every few seconds (DESIGN.md §3 "Heartbeat").
+
+One pipeline: gocraft's ``pools``/``pool:<id>``, Sidekiq's ``processes``/``<id>``
+and ``<id>:work`` (+ ``:workers``), gocraft's worker observations, lease
+renewal for running jobs with ``max_concurrency``, and the buffered stats.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+import psutil
+import redis
+
+from .executor import RUNNING, Slot
+from .keys import Keys
+from .stats import StatsBuffer
+
+LIVENESS_TTL = 60
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolInfo:
+    identity: str
+    hostname: str
+    pid: int
+    started_at: float
+    concurrency: int
+    job_names: tuple[str, ...]
+    tag: str = ""
+
+    @classmethod
+    def create(cls, *, identity: str, concurrency: int, job_names: Sequence[str], tag: str = "") -> PoolInfo:
+        return cls(identity=identity, hostname=socket.gethostname(), pid=os.getpid(),
+                   started_at=time.time(), concurrency=concurrency,
+                   job_names=tuple(sorted(job_names)), tag=tag)
+
+    def sidekiq_info(self) -> bytes:
+        return orjson.dumps({
+            "hostname": self.hostname, "started_at": self.started_at, "pid": self.pid,
+            "tag": self.tag, "concurrency": self.concurrency, "queues": list(self.job_names),
+            "labels": ["forkq"], "identity": self.identity,
+        })
+
+
+def worker_id(identity: str, slot_index: int) -> str:
+    return f"{identity}:{slot_index}"
+
+
+class Heartbeat:
+    def __init__(self, *, conn: redis.Redis, keys: Keys, info: PoolInfo, slots: Sequence[Slot],
+                 stats: StatsBuffer, leased: frozenset[str], lease_ttl: float) -> None:
+        self._conn = conn
+        self._keys = keys
+        self.info = info
+        self._slots = slots
+        self._stats = stats
+        self._leased = leased
+        self._lease_ttl = lease_ttl
+        self._proc = psutil.Process()
+        self._sidekiq_info = info.sidekiq_info()
+        self.last_beat = 0.0
+
+    def beat(self, *, quiet: bool = False, now: float | None = None) -> None:
+        t = time.time() if now is None else now
+        keys, ident = self._keys, self.info.identity
+        running = [s for s in self._slots if s.state == RUNNING and s.job is not None]
+        pipe = self._conn.pipeline(transaction=False)
+        pipe.zadd(keys.pools, {ident: t})
+        pipe.hset(keys.pool(ident), mapping={
+            "worker_pool_id": ident,
+            "started_at": int(self.info.started_at),
+            "heartbeat_at": int(t),
+            "job_names": ",".join(self.info.job_names),
+            "concurrency": self.info.concurrency,
+            "host": self.info.hostname,
+            "pid": self.info.pid,
+            "worker_ids": ",".join(worker_id(ident, s.index) for s in self._slots),
+        })
+        pipe.expire(keys.pool(ident), LIVENESS_TTL * 10)
+        pipe.sadd(keys.processes, ident)
+        try:
+            rss_kb = self._proc.memory_info().rss // 1024
+        except psutil.Error:
+            rss_kb = 0
+        pipe.hset(keys.process(ident), mapping={
+            "info": self._sidekiq_info, "busy": len(running), "beat": t,
+            "quiet": "true" if quiet else "false", "rss": rss_kb, "rtt_us": 0,
+        })
+        pipe.expire(keys.process(ident), LIVENESS_TTL)
+        work_key, workers_key = keys.process_work(ident), keys.process_workers(ident)
+        pipe.delete(work_key, workers_key)
+        if running:
+            work = {}
+            for s in running:
+                job = s.job
+                tid = format(s.index, "x")
+                work[tid] = orjson.dumps({"queue": s.queue, "payload": s.payload.decode("utf-8", "replace"),
+                                          "run_at": int(s.started_at)})
+                if job is None:
+                    continue
+                wkey = keys.worker(worker_id(ident, s.index))
+                pipe.hset(wkey, mapping={
+                    "job_name": job.name, "job_id": job.id, "started_at": int(s.started_at),
+                    "args": orjson.dumps(job.args),
+                    "checkin": job._checkin or "",
+                    "checkin_at": int(job._checkin_at) if job._checkin_at else 0,
+                })
+                pipe.expire(wkey, LIVENESS_TTL)
+                if s.queue in self._leased:
+                    pipe.zadd(keys.lease(s.queue), {f"{ident}:{s.field}": t + self._lease_ttl}, xx=True)
+            pipe.hset(work_key, mapping=work)
+            pipe.hset(workers_key, mapping=work)
+            pipe.expire(work_key, LIVENESS_TTL)
+            pipe.expire(workers_key, LIVENESS_TTL)
+        taken = self._stats.queue_flush(pipe, keys, t)
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            self._stats.give_back(*taken)
+            raise
+        self.last_beat = t
+
+    def flush_stats(self) -> None:
+        pipe = self._conn.pipeline(transaction=False)
+        taken = self._stats.queue_flush(pipe, self._keys)
+        if taken != (0, 0):
+            try:
+                pipe.execute()
+            except redis.RedisError:
+                self._stats.give_back(*taken)
+                raise

@@ -1,0 +1,110 @@
+"""The one place that builds Redis key names (DESIGN.md §2).
+
+Every key of a namespace starts with ``{ns}:`` so that all of them hash to one
+Redis Cluster slot and every Lua script is cluster-safe.  The job-facing keys
+follow Sidekiq's layout, so Sidekiq (configured with redis-namespace ``{ns}``)
+reads and writes the same data.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .errors import ConfigError
+
+# Characters that would break the key layout or the hash tag.
+_FORBIDDEN_NAME_CHARS = frozenset("{}\n\r\x00")
+
+
+def validate_namespace(namespace: str) -> str:
+    if not isinstance(namespace, str) or not namespace:
+        raise ConfigError("namespace must be a non-empty string")
+    bad = _FORBIDDEN_NAME_CHARS.intersection(namespace)
+    if bad:
+        raise ConfigError(f"namespace {namespace!r} contains forbidden characters {sorted(bad)!r}")
+    return namespace
+
+
+def validate_job_name(name: str) -> str:
+    """Job names become queue names and key parts; braces would move keys to another slot."""
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise ConfigError(f"job name must be a non-empty string of at most 200 characters, got {name!r}")
+    bad = _FORBIDDEN_NAME_CHARS.intersection(name)
+    if bad:
+        raise ConfigError(f"job name {name!r} contains forbidden characters {sorted(bad)!r}")
+    return name
+
+
+class Keys:
+    """Key names of one namespace.  Cheap attribute access on the hot path."""
+
+    __slots__ = (
+        "namespace", "prefix", "queues", "schedule", "retry", "dead", "processes",
+        "pools", "stat_processed", "stat_failed", "wake_channel", "reaper_lock",
+    )
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = validate_namespace(namespace)
+        self.prefix = "{" + namespace + "}:"
+        p = self.prefix
+        self.queues = p + "queues"
+        self.schedule = p + "schedule"
+        self.retry = p + "retry"
+        self.dead = p + "dead"
+        self.processes = p + "processes"
+        self.pools = p + "pools"
+        self.stat_processed = p + "stat:processed"
+        self.stat_failed = p + "stat:failed"
+        self.wake_channel = p + "wake"
+        self.reaper_lock = p + "reaper:lock"
+
+    # Per job name ---------------------------------------------------------
+    def queue(self, name: str) -> str:
+        return self.prefix + "queue:" + name
+
+    def paused(self, name: str) -> str:
+        return self.prefix + "paused:" + name
+
+    def lease(self, name: str) -> str:
+        return self.prefix + "lease:" + name
+
+    def unique(self, name: str, suffix: str) -> str:
+        return self.prefix + "unique:" + name + ":" + suffix
+
+    def periodic_guard(self, name: str, epoch: int) -> str:
+        return self.prefix + "periodic:" + name + ":" + str(epoch)
+
+    def name_from_queue_key(self, key: str) -> str:
+        return key[len(self.prefix) + len("queue:"):]
+
+    # Per pool identity ----------------------------------------------------
+    def inprogress(self, identity: str) -> str:
+        return self.prefix + "inprogress:" + identity
+
+    def process(self, identity: str) -> str:
+        """Sidekiq's per-process hash (``info``, ``busy``, ``beat``, ``quiet``, ``rss``)."""
+        return self.prefix + identity
+
+    def process_work(self, identity: str) -> str:
+        return self.prefix + identity + ":work"
+
+    def process_workers(self, identity: str) -> str:
+        """Sidekiq 6.x reads ``<identity>:workers``; we write both names."""
+        return self.prefix + identity + ":workers"
+
+    def pool(self, identity: str) -> str:
+        return self.prefix + "pool:" + identity
+
+    def worker(self, worker_id: str) -> str:
+        return self.prefix + "worker:" + worker_id
+
+    # Stats ------------------------------------------------------------------
+    def stat_processed_day(self, day: str) -> str:
+        return self.prefix + "stat:processed:" + day
+
+    def stat_failed_day(self, day: str) -> str:
+        return self.prefix + "stat:failed:" + day
+
+    @staticmethod
+    def today(now: float | None = None) -> str:
+        return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))

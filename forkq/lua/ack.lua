@@ -1,0 +1,82 @@
+-- ack: settle a batch of jobs a pool had taken, atomically per job.  Used for
+-- completions (success, retry, dead, drop) and for recovery of a dead pool's jobs
+-- (requeue, dead as poison).  A job is only settled if its field is still in the
+-- in-progress hash: if a reaper already requeued it, the late outcome is ignored
+-- (the job will run again: at-least-once, never lost, never doubled into retry).
+--
+-- KEYS[1]  inprogress:<identity>   hash
+-- KEYS[2]  retry                   zset
+-- KEYS[3]  dead                    zset
+-- KEYS[4]  queues                  set   (names of queues, Sidekiq's)
+-- KEYS[5..] pairs per job name referenced by the groups: queue:<name>, lease:<name>
+-- ARGV[1]  identity owning KEYS[1] (lease members are "<identity>:<field>")
+-- ARGV[2]  wake channel: PUBLISHed when a queue gets work a sleeping fetcher may want
+-- ARGV[3]  dead set: drop entries older than this epoch
+-- ARGV[4]  dead set: keep at most this many entries
+-- ARGV[5]  n: count of plain successes that follow (no lease, nothing to write)
+-- ARGV[6 .. 5+n] their in-progress fields
+-- ARGV[6+n ..] groups of 5: op, field, pair index (0 = none), payload, score
+--          op 'k' = done (drop lease), 'r' = ZADD retry score payload,
+--          'd' = ZADD dead score payload, 'q' = RPUSH payload to its queue (runs next)
+--
+-- Returns the number of groups settled (plain successes not counted).
+
+local n = tonumber(ARGV[5])
+local identity = ARGV[1]
+if n > 0 then
+  local start = 6
+  local last = 5 + n
+  while start <= last do
+    local stop = math.min(start + 999, last)
+    redis.call('HDEL', KEYS[1], unpack(ARGV, start, stop))
+    start = stop + 1
+  end
+end
+
+-- "{ns}:queues" and "{ns}:queue:" have the same length, so a queue key's job
+-- name starts right after #KEYS[4] characters.
+local function name_of(qkey) return string.sub(qkey, #KEYS[4] + 1) end
+
+local settled = 0
+local wake = {}
+local dead_written = false
+local i = 6 + n
+while i + 4 <= #ARGV do
+  local op, field, pair, payload, score = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+  if redis.call('HDEL', KEYS[1], field) == 1 then
+    settled = settled + 1
+    local qkey, lkey
+    if pair > 0 then
+      qkey = KEYS[3 + 2 * pair]
+      lkey = KEYS[4 + 2 * pair]
+      if redis.call('ZREM', lkey, identity .. ':' .. field) == 1 then
+        wake[pair] = true
+      end
+    end
+    if op == 'r' then
+      redis.call('ZADD', KEYS[2], score, payload)
+    elseif op == 'd' then
+      redis.call('ZADD', KEYS[3], score, payload)
+      dead_written = true
+    elseif op == 'q' then
+      redis.call('RPUSH', qkey, payload)
+      redis.call('SADD', KEYS[4], name_of(qkey))
+      wake[pair] = true
+    end
+  end
+  i = i + 5
+end
+
+-- A freed lease or a requeued job can unblock a fetcher that found nothing to take.
+for pair, _ in pairs(wake) do
+  local qkey = KEYS[3 + 2 * pair]
+  if redis.call('LLEN', qkey) > 0 then
+    redis.call('PUBLISH', ARGV[2], name_of(qkey))
+  end
+end
+
+if dead_written then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[4]) + 1))
+end
+return settled

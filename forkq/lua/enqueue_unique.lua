@@ -1,0 +1,27 @@
+-- enqueue_unique: enqueue (now or later) unless a job with the same unique key is
+-- already queued or scheduled.  The guard is released when a worker takes the job.
+--
+-- KEYS[1]  queues                     set
+-- KEYS[2]  queue:<name> or schedule   list (now) or zset (later)
+-- KEYS[3]  unique:<name>:<args|key>   string guard, holds the jid
+-- ARGV[1]  job name
+-- ARGV[2]  wake channel
+-- ARGV[3]  payload
+-- ARGV[4]  guard TTL in seconds (delay + 24 h)
+-- ARGV[5]  run-at epoch for a scheduled job, or "" to enqueue now
+-- ARGV[6]  jid (stored in the guard)
+--
+-- Returns 1 when enqueued, 0 when a unique job was already there.
+
+if not redis.call('SET', KEYS[3], ARGV[6], 'NX', 'EX', ARGV[4]) then
+  return 0
+end
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
+  return 1
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('LPUSH', KEYS[2], ARGV[3]) == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[1])
+end
+return 1

@@ -1,0 +1,80 @@
+-- fetch: take up to `want` ready jobs for one pool, across its job names, atomically
+-- recording each taken job in the pool's in-progress hash (reliable fetch) and,
+-- for names with max_concurrency, adding a lease.  Also reports whether any
+-- scheduled/retry job is due, so idle pools need no separate poller.
+--
+-- KEYS[1]  inprogress:<identity>   hash  field -> job JSON
+-- KEYS[2]  schedule                zset  checked for due jobs only
+-- KEYS[3]  retry                   zset  checked for due jobs only
+-- KEYS[4..] one triple per job name, in the (priority-weighted random) order to try:
+--          queue:<name> (list), paused:<name> (string), lease:<name> (zset)
+-- ARGV[1]  want: maximum number of jobs to take
+-- ARGV[2]  now (epoch seconds): expired leases are dropped, due check
+-- ARGV[3]  identity: lease members are "<identity>:<field>"
+-- ARGV[4]  lease expiry (epoch seconds) for leases taken now
+-- ARGV[5..] max_concurrency per name, same order as the triples (0 = unlimited)
+--
+-- Returns {due, idx1, field1, payload1, idx2, field2, payload2, ...}: due is 1 when
+-- schedule or retry holds a job whose time has come; idx is the 1-based position of
+-- the job's name in the triples; field is the in-progress field (the jid, or
+-- "malformed:<sha1>" for an entry with no readable jid).
+
+local want = tonumber(ARGV[1])
+local now = ARGV[2]
+local identity = ARGV[3]
+local lease_until = ARGV[4]
+local out = {0}
+local hset = {}
+local names = (#KEYS - 3) / 3
+
+local function field_of(payload)
+  local jid = string.match(payload, '^{"jid":"([^"]+)"')
+  if jid then return jid end
+  local ok, data = pcall(cjson.decode, payload)
+  if ok and type(data) == 'table' and type(data['jid']) == 'string' and data['jid'] ~= '' then
+    return data['jid']
+  end
+  return 'malformed:' .. redis.sha1hex(payload)
+end
+
+for i = 1, names do
+  if want <= 0 then break end
+  local base = 3 * i + 1
+  if redis.call('EXISTS', KEYS[base + 1]) == 0 then
+    local take = want
+    local maxc = tonumber(ARGV[4 + i])
+    local lease_key = KEYS[base + 2]
+    if maxc > 0 then
+      redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
+      local free = maxc - redis.call('ZCARD', lease_key)
+      if free < take then take = free end
+    end
+    if take > 0 then
+      local got = redis.call('RPOP', KEYS[base], take)
+      if got then
+        for _, payload in ipairs(got) do
+          local field = field_of(payload)
+          hset[#hset + 1] = field
+          hset[#hset + 1] = payload
+          if maxc > 0 then
+            redis.call('ZADD', lease_key, lease_until, identity .. ':' .. field)
+          end
+          out[#out + 1] = i
+          out[#out + 1] = field
+          out[#out + 1] = payload
+        end
+        want = want - #got
+      end
+    end
+  end
+end
+
+if #hset > 0 then
+  redis.call('HSET', KEYS[1], unpack(hset))
+end
+
+if #redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1) > 0
+   or #redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1) > 0 then
+  out[1] = 1
+end
+return out

@@ -1,0 +1,134 @@
+"""Giving back the jobs of a pool that is gone.
+
+Used by: a pool stopping with jobs still running (shutdown timeout), the master
+when a child dies (at once, on SIGCHLD), a fetcher reconciling after a lost
+reply, and the heartbeat-staleness reaper for whole hosts that died.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Collection
+
+import redis
+
+from . import job as jobcodec
+from . import scripts
+from .config import Config
+from .keys import Keys
+from .retry import malformed_dead_entry
+
+log = logging.getLogger("forkq.reaper")
+
+
+def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Config, *,
+                       keep: Collection[str] = (), count_recovery: bool = True,
+                       only: Collection[str] | None = None) -> tuple[int, int]:
+    """Requeue a pool's in-progress jobs (to run next), or bury poison; return (requeued, dead).
+
+    ``keep``: fields still legitimately running here (not touched).
+    ``only``: settle just these fields.  ``count_recovery``: bump the job's
+    ``recovered`` counter; past ``config.max_recoveries`` it goes to dead as "poison".
+    """
+    entries: dict[bytes, bytes] = conn.hgetall(keys.inprogress(identity))
+    settles = []
+    requeued = dead = 0
+    now = time.time()
+    for raw_field, payload in entries.items():
+        field = raw_field.decode()
+        if field in keep or (only is not None and field not in only):
+            continue
+        try:
+            data = jobcodec.decode(payload)
+        except jobcodec.MalformedPayload as exc:
+            settles.append(scripts.Settle(op="d", field=field, payload=malformed_dead_entry(
+                queue="unknown", raw=payload, reason=str(exc)), score=now))
+            dead += 1
+            continue
+        name = data.get("queue") if isinstance(data.get("queue"), str) else data["class"]
+        if count_recovery:
+            data["recovered"] = int(data.get("recovered") or 0) + 1
+        if count_recovery and data["recovered"] > config.max_recoveries:
+            data["error_class"] = "Poison"
+            data["error_message"] = (
+                f"poison: the pool running this job died {data['recovered']} times")
+            data["failed_at"] = now
+            settles.append(scripts.Settle(op="d", field=field, name=name,
+                                          payload=jobcodec.encode(data), score=now))
+            dead += 1
+        else:
+            settles.append(scripts.Settle(op="q", field=field, name=name,
+                                          payload=jobcodec.encode(data)))
+            requeued += 1
+    if settles:
+        scripts.run_one(conn, scripts.ack(keys, identity=identity, plain_done=(), settles=settles,
+                                          dead_cutoff=now - config.dead_max_age,
+                                          dead_max=config.dead_max_jobs))
+    return requeued, dead
+
+
+def release_pool(conn: redis.Redis, keys: Keys, identity: str, config: Config, *,
+                 expected_beat: float | None = None) -> tuple[int, int] | None:
+    """Claim a pool (compare-and-set on its beat) and requeue its jobs; None if it beat since."""
+    if not scripts.run_one(conn, scripts.claim_pool(keys, identity=identity, expected_beat=expected_beat)):
+        return None
+    return recover_inprogress(conn, keys, identity, config)
+
+
+def reap_stale_pools(conn: redis.Redis, keys: Keys, config: Config, *, now: float | None = None,
+                     exclude: Collection[str] = ()) -> list[str]:
+    """Recover every pool whose beat is older than ``config.stale_after``.
+
+    A short lock keeps reapers on many hosts from doing the work twice; the
+    compare-and-set in ``claim_pool`` is what keeps a slow-but-alive pool safe.
+    Pools that left an in-progress hash but no beat at all (stopped mid-boot) are
+    found by scanning ``inprogress:*`` keys.
+    """
+    t = time.time() if now is None else now
+    token = f"{random.random()}"
+    if not conn.set(keys.reaper_lock, token, nx=True, px=int(config.stale_after * 1000)):
+        return []
+    reaped: list[str] = []
+    try:
+        stale = conn.zrangebyscore(keys.pools, "-inf", t - config.stale_after, withscores=True)
+        for raw_id, beat in stale:
+            identity = raw_id.decode()
+            if identity in exclude:
+                continue
+            result = release_pool(conn, keys, identity, config, expected_beat=beat)
+            if result is not None:
+                reaped.append(identity)
+                log.warning("reaped pool %s (no beat for %.0fs): %d jobs requeued, %d to dead",
+                            identity, t - beat, *result)
+        # Orphaned in-progress hashes whose pool has no beat record at all.  Scan
+        # first, then read the live set: a pool beats before it fetches, so one
+        # that registers during the scan is in the live set by then.
+        prefix = keys.inprogress("")
+        candidates = [k.decode()[len(prefix):]
+                      for k in conn.scan_iter(match=_glob_escape(prefix) + "*", count=500)]
+        live = {m.decode() for m in conn.zrange(keys.pools, 0, -1)}
+        for identity in candidates:
+            if identity in live or identity in exclude:
+                continue
+            result = recover_inprogress(conn, keys, identity, config)
+            if result != (0, 0):
+                reaped.append(identity)
+                log.warning("recovered orphaned jobs of pool %s: %d requeued, %d to dead",
+                            identity, *result)
+    finally:
+        # Release only our own lock (it also expires by itself).
+        if conn.get(keys.reaper_lock) == token.encode():
+            conn.delete(keys.reaper_lock)
+    return reaped
+
+
+def _glob_escape(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in "*?[]\\":
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)

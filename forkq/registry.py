@@ -1,0 +1,201 @@
+"""``WorkerPool``: the registry users build at import time (no Redis connection yet).
+
+The same object runs jobs in-process (``start``/``stop``/``drain``) and is what the
+prefork master finds in the user's module and hands to every child.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, overload
+
+import redis as redis_lib
+
+from .config import Config
+from .connection import ConnectionSpec
+from .errors import ConfigError
+from .keys import Keys, validate_job_name
+from .retry import Backoff
+
+if TYPE_CHECKING:
+    from .enqueue import Enqueuer
+    from .job import Job
+    from .runtime import PoolRuntime
+
+Handler = Callable[["Job"], Any]
+Middleware = Callable[["Job", Callable[[], Any]], Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOptions:
+    """gocraft's JobOptions, plus a timeout.
+
+    priority: 1..10000, relative weight when several queues have work.
+    max_fails: failures before the job is dead (1 = dead at the first failure).
+    skip_dead: drop instead of moving to the dead set after ``max_fails``.
+    max_concurrency: cluster-wide cap of running jobs of this name (0 = none).
+    backoff: ``fn(job) -> seconds`` before a retry (default: exponential with jitter).
+    timeout: seconds before the job's thread gets ``JobTimeout`` (None = never).
+    """
+
+    priority: int = 1
+    max_fails: int = 4
+    skip_dead: bool = False
+    max_concurrency: int = 0
+    backoff: Backoff | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.priority, int) or not 1 <= self.priority <= 10000:
+            raise ConfigError(f"priority must be an int from 1 to 10000, got {self.priority!r}")
+        if not isinstance(self.max_fails, int) or self.max_fails < 1:
+            raise ConfigError(f"max_fails must be an int >= 1, got {self.max_fails!r}")
+        if not isinstance(self.max_concurrency, int) or self.max_concurrency < 0:
+            raise ConfigError(f"max_concurrency must be an int >= 0, got {self.max_concurrency!r}")
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.backoff is not None and not callable(self.backoff):
+            raise ConfigError("backoff must be callable: fn(job) -> seconds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    name: str
+    handler: Handler
+    options: JobOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeriodicSpec:
+    spec: str
+    name: str
+
+
+@dataclass
+class _Registry:
+    jobs: dict[str, JobSpec] = field(default_factory=dict)
+    middleware: list[Middleware] = field(default_factory=list)
+    periodic: list[PeriodicSpec] = field(default_factory=list)
+    reporters: list[Any] = field(default_factory=list)
+
+
+class WorkerPool:
+    """Registry of jobs, middleware, periodic schedules and reporters for a namespace."""
+
+    def __init__(self, namespace: str = "forkq", *, config: Config | None = None) -> None:
+        self.keys = Keys(namespace)
+        self.namespace = namespace
+        self.config = config or Config()
+        self._reg = _Registry()
+        self._runtime: PoolRuntime | None = None
+        self._lock = threading.Lock()
+
+    # -- registration -----------------------------------------------------------
+    @overload
+    def job(self, fn: Handler, /) -> Handler: ...
+
+    @overload
+    def job(self, name: str | None = None, /, *, priority: int = 1, max_fails: int = 4,
+            skip_dead: bool = False, max_concurrency: int = 0, backoff: Backoff | None = None,
+            timeout: float | None = None) -> Callable[[Handler], Handler]: ...
+
+    def job(self, fn_or_name: Any = None, /, **options: Any) -> Any:
+        """Register a handler: ``@pool.job``, ``@pool.job("name")`` or ``@pool.job(priority=5)``."""
+        if callable(fn_or_name):
+            self.register(fn_or_name.__name__, fn_or_name)
+            return fn_or_name
+        opts = JobOptions(**options)
+
+        def decorate(fn: Handler) -> Handler:
+            self.register(fn_or_name or fn.__name__, fn, opts)
+            return fn
+
+        return decorate
+
+    def register(self, name: str, handler: Handler, options: JobOptions | None = None) -> None:
+        validate_job_name(name)
+        if not callable(handler):
+            raise ConfigError(f"handler of job {name!r} is not callable")
+        if name in self._reg.jobs:
+            raise ConfigError(f"job {name!r} is registered twice")
+        self._reg.jobs[name] = JobSpec(name=name, handler=handler, options=options or JobOptions())
+
+    def middleware(self, fn: Middleware) -> Middleware:
+        """Wrap every job: ``fn(job, next)``; call ``next()`` to go on.  Registration order."""
+        if not callable(fn):
+            raise ConfigError("middleware must be callable: fn(job, next)")
+        self._reg.middleware.append(fn)
+        return fn
+
+    def periodically_enqueue(self, spec: str, name: str) -> None:
+        """Enqueue ``name`` on a cron schedule with seconds as the FIRST field."""
+        from .scheduler import parse_cron
+
+        validate_job_name(name)
+        parse_cron(spec)  # raises ConfigError on a bad spec, at registration
+        self._reg.periodic.append(PeriodicSpec(spec=spec, name=name))
+
+    def reporter(self, reporter: Any) -> Any:
+        """Add an object with any of started/success/failure/aborted/stopped methods."""
+        self._reg.reporters.append(reporter)
+        return reporter
+
+    # -- introspection -----------------------------------------------------------
+    @property
+    def jobs(self) -> dict[str, JobSpec]:
+        return dict(self._reg.jobs)
+
+    @property
+    def middlewares(self) -> list[Middleware]:
+        return list(self._reg.middleware)
+
+    @property
+    def periodic(self) -> list[PeriodicSpec]:
+        return list(self._reg.periodic)
+
+    @property
+    def reporters(self) -> list[Any]:
+        return list(self._reg.reporters)
+
+    def enqueuer(self, redis: str | redis_lib.Redis | ConnectionSpec | None = None) -> Enqueuer:
+        from .enqueue import Enqueuer
+
+        return Enqueuer(redis if redis is not None else self.config.redis_url, self.namespace,
+                        config=self.config)
+
+    # -- running in-process -----------------------------------------------------
+    def start(self, redis: str | redis_lib.Redis | ConnectionSpec | None = None, *,
+              concurrency: int | None = None, identity: str | None = None) -> WorkerPool:
+        """Start fetching and running jobs in background threads of this process."""
+        from .runtime import PoolRuntime
+
+        if not self._reg.jobs:
+            raise ConfigError("no jobs registered: add some with @pool.job before start()")
+        with self._lock:
+            if self._runtime is not None:
+                raise ConfigError("pool already started")
+            spec = ConnectionSpec.of(redis if redis is not None else self.config.redis_url)
+            self._runtime = PoolRuntime(self, spec, concurrency=concurrency or self.config.concurrency,
+                                        identity=identity)
+            self._runtime.start()
+        return self
+
+    @property
+    def runtime(self) -> PoolRuntime | None:
+        return self._runtime
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop fetching, wait up to ``timeout`` for running jobs, requeue the rest."""
+        with self._lock:
+            rt, self._runtime = self._runtime, None
+        if rt is not None:
+            rt.stop(self.config.shutdown_timeout if timeout is None else timeout)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Block until every registered queue is empty and nothing is running."""
+        rt = self._runtime
+        if rt is None:
+            raise ConfigError("drain() needs a started pool: call start() first")
+        rt.drain(timeout)

@@ -1,0 +1,248 @@
+"""One live worker pool: identity, threads, connections.  ``pool.start()`` makes one in
+the calling process; the prefork master makes one in each child.
+
+Threads (all created at start, none per job): N workers, one fetcher, one wake
+listener (pub/sub), one housekeeper (beat, periodic, reaper), and when needed a
+reporter thread and a timeout watchdog.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import redis
+from redis.exceptions import RedisError
+
+from . import reaper, scheduler, scripts
+from .connection import ConnectionSpec
+from .errors import ConfigError
+from .executor import Executor
+from .fetcher import Fetcher
+from .heartbeat import Heartbeat, PoolInfo
+from .reporters import ReporterHub
+from .scripts import FetchTarget
+from .stats import StatsBuffer
+
+if TYPE_CHECKING:
+    from .registry import WorkerPool
+
+log = logging.getLogger("forkq.runtime")
+
+PERIODIC_HORIZON = 300.0
+PERIODIC_EVERY = 60.0
+REAP_EVERY = 60.0
+PROMOTE_MIN_GAP = 0.05
+
+
+def new_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(6).hex()}"
+
+
+class PoolRuntime:
+    def __init__(self, pool: WorkerPool, spec: ConnectionSpec, *, concurrency: int,
+                 identity: str | None = None, tag: str = "") -> None:
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        self.pool = pool
+        self.keys = pool.keys
+        self.config = pool.config
+        self.spec = spec
+        self.concurrency = concurrency
+        self.identity = identity or new_identity()
+        self.stats = StatsBuffer()
+        specs = pool.jobs
+        self._names = sorted(specs)
+        self._name_set = {n.encode() for n in self._names}
+        self._leased = frozenset(n for n, s in specs.items() if s.options.max_concurrency > 0)
+        self._stop = threading.Event()
+        self._stopped = False
+        self._last_promote = 0.0
+        # Connections: one per long-lived thread that talks to Redis.
+        self.conn = spec.connect()
+        self._hk_conn = spec.connect()
+        self._listen_conn = spec.connect(socket_timeout=None)
+        self.reporters = ReporterHub(pool.reporters) if pool.reporters else None
+        targets = [FetchTarget.of(self.keys, n, specs[n].options.max_concurrency) for n in self._names]
+        self.fetcher = Fetcher(
+            conn=self.conn, keys=self.keys, identity=self.identity, config=self.config,
+            targets=targets, priorities=[specs[n].options.priority for n in self._names],
+            concurrency=concurrency, stats=self.stats, on_due=self._promote,
+            executor_factory=lambda complete: Executor(
+                specs=specs, middleware=pool.middlewares, concurrency=concurrency,
+                complete=complete, reporters=self.reporters))
+        self.executor = self.fetcher.executor
+        self.info = PoolInfo.create(identity=self.identity, concurrency=concurrency,
+                                    job_names=self._names, tag=tag)
+        self.heartbeat = Heartbeat(conn=self._hk_conn, keys=self.keys, info=self.info,
+                                   slots=self.executor.slots, stats=self.stats, leased=self._leased,
+                                   lease_ttl=self.config.lease_ttl)
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self.conn.ping()
+            # Beat before the first fetch: the orphan scan trusts that order.
+            self.heartbeat.beat()
+        except RedisError as exc:
+            raise ConnectionError(f"cannot reach Redis at {self.spec.describe()}: {exc}") from None
+        if self.reporters is not None:
+            self.reporters.start()
+        self.executor.start()
+        self.fetcher.start()
+        self._spawn(self._listen, "forkq-wake")
+        self._spawn(self._housekeep, "forkq-housekeeper")
+        if self.executor.has_timeouts:
+            self._spawn(self._watchdog, "forkq-watchdog")
+
+    def _spawn(self, target: object, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        t.start()
+        self._threads.append(t)
+
+    def quiet(self) -> None:
+        """Stop taking jobs; running ones finish (Sidekiq's quiet, SIGTSTP)."""
+        self.fetcher.set_quiet(True)
+        self._beat_safely()
+
+    def stop(self, timeout: float) -> int:
+        """Stop; wait up to ``timeout`` for running jobs; requeue the rest.  Returns how many."""
+        if self._stopped:
+            return 0
+        self._stopped = True
+        self.fetcher.set_quiet(True)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while self.fetcher.inflight > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.fetcher.request_stop()
+        self.fetcher.join(5.0)
+        self.executor.discard_pending()
+        aborted = self.executor.abort_all("shutdown")
+        leftover = self.fetcher.held_fields()
+        requeued = 0
+        if leftover:
+            try:
+                requeued, _ = reaper.recover_inprogress(self.conn, self.keys, self.identity, self.config,
+                                                        only=leftover, count_recovery=False)
+            except RedisError as exc:
+                log.error("could not requeue %d unfinished jobs (a reaper will): %s", len(leftover), exc)
+            log.warning("shutdown: %d jobs did not finish in %.1fs and were requeued (%d interrupted)",
+                        len(leftover), timeout, len(aborted))
+        self.executor.close()
+        self._stop.set()
+        try:
+            self.heartbeat.flush_stats()
+            scripts.run_one(self.conn, scripts.claim_pool(self.keys, identity=self.identity,
+                                                          expected_beat=None))
+        except RedisError as exc:
+            log.error("could not remove this pool's liveness records: %s", exc)
+        self.executor.join(0.5)
+        if self.reporters is not None:
+            self.reporters.close()
+        for c in (self.conn, self._hk_conn, self._listen_conn):
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        return requeued
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Return when every registered, unpaused queue is empty and nothing runs."""
+        end = None if timeout is None else time.monotonic() + timeout
+        self.fetcher.wake()
+        conn = self._hk_conn
+        while True:
+            if self.fetcher.idle():
+                pipe = conn.pipeline(transaction=False)
+                for n in self._names:
+                    pipe.llen(self.keys.queue(n))
+                    pipe.exists(self.keys.paused(n))
+                res = pipe.execute()
+                if all(res[i] == 0 or res[i + 1] for i in range(0, len(res), 2)):
+                    return
+                self.fetcher.wake()
+            if end is not None and time.monotonic() > end:
+                raise TimeoutError("drain timed out with jobs still queued or running")
+            time.sleep(0.005)
+
+    # -- threads ------------------------------------------------------------------------
+    def _promote(self) -> None:
+        """Called on the fetcher thread when a fetch saw due scheduled/retry jobs."""
+        now = time.monotonic()
+        if now - self._last_promote < PROMOTE_MIN_GAP:
+            return
+        self._last_promote = now
+        try:
+            scheduler.promote_due(self.conn, self.keys, batch=self.config.promote_batch)
+        except RedisError as exc:
+            log.warning("promoting due jobs failed (will retry): %s", exc)
+
+    def _listen(self) -> None:
+        errors = 0
+        while not self._stop.is_set():
+            try:
+                ps = self._listen_conn.pubsub(ignore_subscribe_messages=True)
+                ps.subscribe(self.keys.wake_channel)
+                # Anything pushed while we were not subscribed is found by one fetch.
+                self.fetcher.wake()
+                errors = 0
+                while not self._stop.is_set():
+                    msg = ps.get_message(timeout=1.0)
+                    if msg is not None and msg.get("data") in self._name_set:
+                        self.fetcher.wake()
+            except Exception as exc:  # noqa: BLE001 - the listener must never die
+                if self._stop.is_set():
+                    return
+                errors += 1
+                if errors == 1:
+                    log.warning("wake subscription lost (%s); reconnecting", exc)
+                self._stop.wait(min(5.0, 0.1 * 2 ** min(errors, 6)))
+
+    def _beat_safely(self) -> bool:
+        try:
+            self.heartbeat.beat(quiet=self.fetcher.quiet)
+            return True
+        except RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)
+            return False
+
+    def _housekeep(self) -> None:
+        interval = self.config.heartbeat_interval
+        next_periodic = 0.0
+        next_reap = time.monotonic() + random.uniform(0, REAP_EVERY / 4)
+        while not self._stop.wait(interval if next_periodic else 0.0):
+            self._beat_safely()
+            now = time.monotonic()
+            if self.pool.periodic and now >= next_periodic:
+                try:
+                    scheduler.schedule_periodic(self._hk_conn, self.keys, self.pool.periodic,
+                                                now=time.time(), horizon=PERIODIC_HORIZON)
+                    next_periodic = now + PERIODIC_EVERY * random.uniform(0.8, 1.2)
+                except RedisError as exc:
+                    log.warning("periodic scheduling failed (will retry): %s", exc)
+                    next_periodic = now + interval
+            elif not next_periodic:
+                next_periodic = now + PERIODIC_EVERY
+            if now >= next_reap:
+                next_reap = now + REAP_EVERY * random.uniform(0.8, 1.2)
+                try:
+                    reaper.reap_stale_pools(self._hk_conn, self.keys, self.config,
+                                            exclude=(self.identity,))
+                except RedisError as exc:
+                    log.warning("stale-pool reaper failed (will retry): %s", exc)
+
+    def _watchdog(self) -> None:
+        while not self._stop.wait(0.1):
+            self.executor.expire_overdue(time.time())
+
+
+def connect_checked(spec: ConnectionSpec) -> redis.Redis:
+    conn = spec.connect()
+    conn.ping()
+    return conn

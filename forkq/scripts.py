@@ -1,0 +1,195 @@
+"""The one place that calls Lua scripts and builds their KEYS/ARGV lists.
+
+Scripts run by EVALSHA inside ordinary pipelines.  redis-py's ``Script`` objects
+send ``SCRIPT EXISTS`` before every pipeline that uses them, an extra round trip
+on the hot path; instead we run EVALSHA and, on NOSCRIPT (a restarted server or
+``SCRIPT FLUSH``), load the script and re-run only the calls that failed.  A
+NOSCRIPT call had no effect, so re-running it is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+from .keys import Keys
+
+Arg = str | bytes | int | float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Script:
+    name: str
+    text: str
+    sha: str
+
+
+def _load(name: str) -> Script:
+    text = resources.files("forkq").joinpath("lua").joinpath(name + ".lua").read_text(encoding="utf-8")
+    return Script(name=name, text=text, sha=hashlib.sha1(text.encode()).hexdigest())
+
+
+FETCH = _load("fetch")
+ACK = _load("ack")
+ENQUEUE = _load("enqueue")
+ENQUEUE_UNIQUE = _load("enqueue_unique")
+PROMOTE = _load("promote")
+CLAIM_POOL = _load("claim_pool")
+ALL = (FETCH, ACK, ENQUEUE, ENQUEUE_UNIQUE, PROMOTE, CLAIM_POOL)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Call:
+    """One script invocation, ready to go into a pipeline."""
+
+    script: Script
+    keys: Sequence[str]
+    args: Sequence[Arg]
+
+
+def run(conn: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run calls in one round trip (one pipeline); return their results in order.
+
+    Redis errors other than NOSCRIPT are raised (the first one), after every call
+    has been sent, like a plain pipeline.
+    """
+    if len(calls) == 1:
+        c = calls[0]
+        try:
+            return [conn.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)]
+        except NoScriptError:
+            conn.execute_command("SCRIPT", "LOAD", c.script.text)
+            return [conn.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)]
+    pipe = conn.pipeline(transaction=False)
+    for c in calls:
+        pipe.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)
+    results: list[Any] = pipe.execute(raise_on_error=False)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        for script in {calls[i].script.name: calls[i].script for i in missing}.values():
+            conn.execute_command("SCRIPT", "LOAD", script.text)
+        again = run(conn, [calls[i] for i in missing])
+        for i, r in zip(missing, again, strict=True):
+            results[i] = r
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results
+
+
+def run_one(conn: redis.Redis, call: Call) -> Any:
+    return run(conn, [call])[0]
+
+
+# ---------------------------------------------------------------------------
+# Builders: one per script, so no other module knows an argument's position.
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class FetchTarget:
+    """A job name as the fetch script sees it: its three keys and its limit."""
+
+    name: str
+    queue_key: str
+    paused_key: str
+    lease_key: str
+    max_concurrency: int
+
+    @classmethod
+    def of(cls, keys: Keys, name: str, max_concurrency: int) -> FetchTarget:
+        return cls(name=name, queue_key=keys.queue(name), paused_key=keys.paused(name),
+                   lease_key=keys.lease(name), max_concurrency=max_concurrency)
+
+
+def fetch(keys: Keys, *, identity: str, targets: Sequence[FetchTarget], want: int,
+          now: float, lease_until: float) -> Call:
+    k: list[str] = [keys.inprogress(identity), keys.schedule, keys.retry]
+    limits: list[Arg] = []
+    for t in targets:
+        k += (t.queue_key, t.paused_key, t.lease_key)
+        limits.append(t.max_concurrency)
+    return Call(script=FETCH, keys=k, args=[want, repr(now), identity, repr(lease_until), *limits])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settle:
+    """How one taken job is settled by the ack script.
+
+    op: 'k' done, 'r' retry at ``score``, 'd' dead at ``score``, 'q' requeue to run next.
+    ``name`` is needed when the job holds a lease or is requeued (its queue/lease keys).
+    """
+
+    op: str
+    field: str
+    name: str | None = None
+    payload: bytes | str = b""
+    score: float = 0.0
+
+
+def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterable[Settle],
+        dead_cutoff: float, dead_max: int) -> Call:
+    k: list[str] = [keys.inprogress(identity), keys.retry, keys.dead, keys.queues]
+    pair_of: dict[str, int] = {}
+    groups: list[Arg] = []
+    for s in settles:
+        pair = 0
+        if s.name is not None:
+            pair = pair_of.get(s.name, 0)
+            if not pair:
+                k += (keys.queue(s.name), keys.lease(s.name))
+                pair = pair_of[s.name] = len(pair_of) + 1
+        groups += (s.op, s.field, pair, s.payload, repr(s.score))
+    args: list[Arg] = [identity, keys.wake_channel, repr(dead_cutoff), dead_max, len(plain_done)]
+    args += plain_done
+    args += groups
+    return Call(script=ACK, keys=k, args=args)
+
+
+def enqueue(keys: Keys, *, name: str, payloads: Sequence[bytes]) -> Call:
+    return Call(script=ENQUEUE, keys=[keys.queues, keys.queue(name)],
+                args=[name, keys.wake_channel, *payloads])
+
+
+def enqueue_unique(keys: Keys, *, name: str, payload: bytes, unique_key: str, jid: str,
+                   ttl: int, run_at: float | None) -> Call:
+    target = keys.schedule if run_at is not None else keys.queue(name)
+    return Call(script=ENQUEUE_UNIQUE, keys=[keys.queues, target, unique_key],
+                args=[name, keys.wake_channel, payload, ttl,
+                      "" if run_at is None else repr(run_at), jid])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Promotion:
+    member: bytes
+    name: str
+    payload: bytes
+
+
+def promote(keys: Keys, *, zset_key: str, moves: Sequence[Promotion]) -> Call:
+    k: list[str] = [zset_key, keys.queues]
+    index: dict[str, int] = {}
+    args: list[Arg] = [keys.wake_channel]
+    for m in moves:
+        i = index.get(m.name)
+        if i is None:
+            k.append(keys.queue(m.name))
+            i = index[m.name] = len(index) + 1
+        args += (m.member, i, m.payload, m.name)
+    return Call(script=PROMOTE, keys=k, args=args)
+
+
+def claim_pool(keys: Keys, *, identity: str, expected_beat: float | None) -> Call:
+    """Remove a pool's liveness records, only if its beat is still ``expected_beat``.
+
+    ``None`` claims unconditionally (the master reaping its own dead child).
+    """
+    return Call(script=CLAIM_POOL,
+                keys=[keys.pools, keys.processes, keys.pool(identity), keys.process(identity),
+                      keys.process_work(identity), keys.process_workers(identity)],
+                args=[identity, "" if expected_beat is None else repr(expected_beat)])
