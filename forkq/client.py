@@ -1,0 +1,612 @@
+"""Admin client: inspect and repair a running forkq installation (gocraft/work's ``Client``).
+
+Everything here reads or writes the Sidekiq-compatible layout of DESIGN.md §2,
+so what this client shows is what Sidekiq's Web UI shows, and the other way
+round.  Nothing here is on the job hot path: clarity beats round trips, but
+each method still batches its reads in pipelines.
+
+Differences from gocraft/work, on purpose:
+
+* Scores are float epoch seconds (forkq and Sidekiq write sub-second scores).
+  ``delete_*``/``retry_*`` accept the exact float shown by a listing, or a whole
+  number of seconds as gocraft's int64 API does: a whole number matches any
+  score within that second.  ``None`` searches the whole set by job id.
+* ``dead_jobs`` lists the newest death first (what an operator wants to see);
+  ``retry_jobs`` and ``scheduled_jobs`` list the soonest first, as gocraft.
+* ``retry_dead_job`` follows gocraft: the job goes back to the *end* of its
+  queue with its failure count, error and ``failed_at`` cleared, so it gets its
+  full ``max_fails`` again (Sidekiq's Web UI instead decrements ``retry_count``
+  by one, a single extra attempt).  Its ``recovered`` (poison) count is cleared too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+import redis
+from redis.exceptions import WatchError
+
+from . import job as jobcodec
+from . import scripts
+from .connection import ConnectionSpec
+from .errors import ConfigError, NotDeleted, NotRetried
+from .keys import Keys, validate_job_name
+
+PAGE_SIZE = 20
+# Entries read per round trip when a whole zset is walked (search by jid, retry all).
+_SCAN_CHUNK = 500
+_JID_PREFIX = b'{"jid":"'
+
+# Fields cleared when a dead job is retried (gocraft clears fails/err/failed_at).
+_RESET_ON_RETRY = ("retry_count", "error_message", "error_class", "error_backtrace", "failed_at",
+                   "retried_at", "recovered")
+
+
+def _s(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _num(value: Any, default: float = 0.0) -> float:
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _int(value: Any, default: int = 0) -> int:
+    return int(_num(value, float(default)))
+
+
+# ---------------------------------------------------------------------------
+# Values returned by the client.  Frozen: they are snapshots, not live handles.
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class JobEntry:
+    """A job stored in ``schedule``, ``retry`` or ``dead``, with gocraft's Job fields.
+
+    ``args`` are forkq's keyword arguments (the single JSON object in the
+    Sidekiq ``args`` list); ``positional_args`` holds a Sidekiq client's plain
+    list instead.  ``payload`` is the exact member bytes stored in Redis.
+    """
+
+    name: str
+    id: str
+    queue: str
+    args: dict[str, Any]
+    positional_args: tuple[Any, ...]
+    fails: int
+    last_err: str
+    error_class: str
+    error_message: str
+    failed_at: float | None
+    enqueued_at: float
+    created_at: float
+    payload: bytes = field(repr=False)
+
+    @property
+    def jid(self) -> str:
+        return self.id
+
+    @property
+    def job(self) -> jobcodec.Job:
+        """The stored job as the value a handler would receive."""
+        return jobcodec.Job.from_data(jobcodec.decode(self.payload))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (payload as text, positional args as a list)."""
+        d = asdict(self)
+        d["payload"] = self.payload.decode("utf-8", "replace")
+        d["positional_args"] = list(self.positional_args)
+        return d
+
+    @staticmethod
+    def fields_of(member: bytes) -> dict[str, Any]:
+        """Constructor kwargs for one zset member; a member that is not a job still lists."""
+        try:
+            data = jobcodec.decode(member)
+        except jobcodec.MalformedPayload as exc:
+            return {"name": "", "id": "", "queue": "", "args": {}, "positional_args": (),
+                    "fails": 0, "last_err": str(exc), "error_class": "MalformedPayload",
+                    "error_message": str(exc), "failed_at": None, "enqueued_at": 0.0,
+                    "created_at": 0.0, "payload": member}
+        job = jobcodec.Job.from_data(data)
+        queue = data.get("queue")
+        failed_at = data.get("failed_at")
+        return {
+            "name": job.name, "id": job.id,
+            "queue": queue if isinstance(queue, str) and queue else job.name,
+            "args": dict(job.args), "positional_args": tuple(job.positional_args),
+            "fails": job.fails, "last_err": _s(data.get("error_message")),
+            "error_class": _s(data.get("error_class")),
+            "error_message": _s(data.get("error_message")),
+            "failed_at": _num(failed_at) if failed_at is not None else None,
+            "enqueued_at": _num(data.get("enqueued_at")),
+            "created_at": _num(data.get("created_at")),
+            "payload": member,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeadJob(JobEntry):
+    died_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryJob(JobEntry):
+    retry_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduledEntry(JobEntry):
+    """A job in ``schedule``: like ``forkq.ScheduledJob`` it has ``run_at`` and ``job``."""
+
+    run_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Queue:
+    """gocraft's Queue: ``latency`` = seconds since the next job to run was enqueued."""
+
+    job_name: str
+    count: int
+    latency: float
+    paused: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerPoolHeartbeat:
+    """gocraft's WorkerPoolHeartbeat, read from ``pools`` + ``pool:<identity>``."""
+
+    worker_pool_id: str
+    started_at: int
+    heartbeat_at: int
+    job_names: tuple[str, ...]
+    concurrency: int
+    host: str
+    pid: int
+    worker_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerObservation:
+    """gocraft's WorkerObservation; job fields are empty when the worker is idle."""
+
+    worker_id: str
+    worker_pool_id: str
+    is_busy: bool
+    job_name: str = ""
+    job_id: str = ""
+    started_at: int = 0
+    args_json: str = ""
+    checkin: str = ""
+    checkin_at: int = 0
+
+    @property
+    def args(self) -> dict[str, Any]:
+        if not self.args_json:
+            return {}
+        try:
+            value = orjson.loads(self.args_json)
+        except orjson.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stats:
+    """Sidekiq's dashboard numbers (``Sidekiq::Stats``)."""
+
+    processed: int
+    failed: int
+    processed_today: int
+    failed_today: int
+    busy: int
+    enqueued: int
+    scheduled: int
+    retry: int
+    dead: int
+    processes: int
+
+
+E = TypeVar("E", bound=JobEntry)
+
+
+class Client:
+    """Inspect queues, pools and workers; delete or retry stored jobs.
+
+    ``redis``: a URL (``redis://``, ``rediss://``, ``unix://``), a ``redis.Redis``
+    (only its connection settings are used: the client opens its own bytes-mode
+    connections), or None for the default URL.  ``connect_overrides`` go to
+    ``redis.Redis`` (the CLI passes short timeouts).
+    """
+
+    def __init__(self, redis: str | redis.Redis | ConnectionSpec | None = None,
+                 namespace: str = "forkq", **connect_overrides: Any) -> None:
+        self.keys = Keys(namespace)
+        self.namespace = namespace
+        self._spec = ConnectionSpec.of(redis)
+        self._conn = self._spec.connect(**connect_overrides)
+
+    @property
+    def connection(self) -> redis.Redis:
+        return self._conn
+
+    def describe(self) -> str:
+        """Where this client points, safe to print (no password)."""
+        return self._spec.describe()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- listings -----------------------------------------------------------------------
+    def dead_jobs(self, page: int = 1) -> tuple[list[DeadJob], int]:
+        """Page ``page`` (1-based, 20 a page) of dead jobs, newest death first, and the total."""
+        rows, total = self._page(self.keys.dead, page, newest_first=True)
+        return [DeadJob(died_at=s, **JobEntry.fields_of(m)) for m, s in rows], total
+
+    def retry_jobs(self, page: int = 1) -> tuple[list[RetryJob], int]:
+        """Page of jobs waiting to be retried, soonest first, and the total."""
+        rows, total = self._page(self.keys.retry, page, newest_first=False)
+        return [RetryJob(retry_at=s, **JobEntry.fields_of(m)) for m, s in rows], total
+
+    def scheduled_jobs(self, page: int = 1) -> tuple[list[ScheduledEntry], int]:
+        """Page of scheduled jobs, soonest first, and the total."""
+        rows, total = self._page(self.keys.schedule, page, newest_first=False)
+        return [ScheduledEntry(run_at=s, **JobEntry.fields_of(m)) for m, s in rows], total
+
+    def _page(self, key: str, page: int, *, newest_first: bool) -> tuple[list[tuple[bytes, float]], int]:
+        if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+            raise ConfigError(f"page must be a whole number >= 1, got {page!r}")
+        start = (page - 1) * PAGE_SIZE
+        pipe = self._conn.pipeline(transaction=False)
+        if newest_first:
+            pipe.zrevrange(key, start, start + PAGE_SIZE - 1, withscores=True)
+        else:
+            pipe.zrange(key, start, start + PAGE_SIZE - 1, withscores=True)
+        pipe.zcard(key)
+        rows, total = pipe.execute()
+        return [(m, float(s)) for m, s in rows], int(total)
+
+    # -- finding one entry ------------------------------------------------------------------
+    def _find(self, key: str, score: float | None, jid: str) -> list[tuple[bytes, float]]:
+        """Members of ``key`` whose jid is ``jid`` (and score matches, when given)."""
+        if not isinstance(jid, str) or not jid:
+            raise ConfigError(f"job id must be a non-empty string, got {jid!r}")
+        if score is None:
+            candidates: Iterator[tuple[bytes, float]] = self._walk(key)
+        else:
+            s = float(score)
+            hi: str | float = f"({s + 1!r}" if s.is_integer() else s
+            rows = self._conn.zrangebyscore(key, s, hi, withscores=True)
+            candidates = iter([(m, float(sc)) for m, sc in rows])
+        return [(m, sc) for m, sc in candidates if _jid_of(m) == jid]
+
+    def _walk(self, key: str) -> Iterator[tuple[bytes, float]]:
+        """Every member of a zset, in chunks (ZSCAN tolerates concurrent changes)."""
+        for m, sc in self._conn.zscan_iter(key, count=_SCAN_CHUNK):
+            yield m, float(sc)
+
+    def find_dead_job(self, job_id: str) -> DeadJob | None:
+        """The dead entry with this jid (newest if several), searching the whole set."""
+        found = self._find(self.keys.dead, None, job_id)
+        if not found:
+            return None
+        m, s = max(found, key=lambda pair: pair[1])
+        return DeadJob(died_at=s, **JobEntry.fields_of(m))
+
+    # -- deleting -------------------------------------------------------------------------
+    def delete_dead_job(self, died_at: float | None, job_id: str) -> None:
+        """Delete one dead job; NotDeleted if no entry matched."""
+        self._delete(self.keys.dead, died_at, job_id, what="dead job")
+
+    def delete_retry_job(self, retry_at: float | None, job_id: str) -> None:
+        """Delete a job waiting in ``retry`` (it will not run again); NotDeleted if none matched."""
+        self._delete(self.keys.retry, retry_at, job_id, what="retry job")
+
+    def delete_scheduled_job(self, scheduled_for: float | None, job_id: str) -> None:
+        """Delete a scheduled job, and release its unique guard if it holds one (as gocraft)."""
+        found = self._find(self.keys.schedule, scheduled_for, job_id)
+        removed = 0
+        for member, _ in found:
+            removed += self._remove_scheduled(member, job_id)
+        if not removed:
+            raise NotDeleted(f"no scheduled job {job_id!r}" + _at(scheduled_for))
+
+    def _delete(self, key: str, score: float | None, job_id: str, *, what: str) -> None:
+        found = self._find(key, score, job_id)
+        # ZREM of the exact member is atomic: if someone else removed (or
+        # promoted) it since we read it, the count is 0 and nothing is claimed.
+        removed = int(self._conn.zrem(key, *[m for m, _ in found])) if found else 0
+        if not removed:
+            raise NotDeleted(f"no {what} {job_id!r}" + _at(score))
+
+    def _remove_scheduled(self, member: bytes, jid: str) -> int:
+        """ZREM a scheduled member and, atomically with it, DEL its unique guard if ours."""
+        guard = self._guard_of(member)
+        if guard is None:
+            return int(self._conn.zrem(self.keys.schedule, member))
+        with self._conn.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(guard)
+                    owned = pipe.get(guard) == jid.encode()
+                    pipe.multi()
+                    pipe.zrem(self.keys.schedule, member)
+                    if owned:
+                        pipe.delete(guard)
+                    return int(pipe.execute()[0])
+                except WatchError:
+                    continue
+
+    def _guard_of(self, member: bytes) -> str | None:
+        """The unique-guard key a stored job holds, if it is one of this namespace's."""
+        try:
+            data = jobcodec.decode(member)
+        except jobcodec.MalformedPayload:
+            return None
+        uk = data.get("unique_key")
+        if not data.get("unique") or not isinstance(uk, str):
+            return None
+        # Never delete an arbitrary key named by stored data: only this job's guards.
+        if not uk.startswith(self.keys.unique(data["class"], "")):
+            return None
+        return uk
+
+    def delete_all_dead_jobs(self) -> int:
+        """Empty the dead set; return how many entries it held."""
+        pipe = self._conn.pipeline(transaction=True)
+        pipe.zcard(self.keys.dead)
+        pipe.delete(self.keys.dead)
+        return int(pipe.execute()[0])
+
+    # -- retrying ---------------------------------------------------------------------------
+    def retry_dead_job(self, died_at: float | None, job_id: str) -> None:
+        """Put one dead job back at the end of its queue (see module docstring); NotRetried if none."""
+        found = self._find(self.keys.dead, died_at, job_id)
+        moves = [p for p in (self._requeue_move(m) for m, _ in found) if p is not None]
+        moved = self._promote(self.keys.dead, moves) if moves else 0
+        if not moved:
+            if found and not moves:
+                raise NotRetried(f"dead job {job_id!r} cannot be retried: its payload is not a "
+                                 f"runnable job (delete it instead)")
+            raise NotRetried(f"no dead job {job_id!r}" + _at(died_at))
+
+    def retry_all_dead_jobs(self) -> int:
+        """Requeue every retryable dead job; return how many moved.
+
+        Entries that are not runnable jobs (malformed payloads) stay in dead.
+        Each batch is moved by the ZREM-guarded promote script, so a concurrent
+        delete or retry never makes a job run twice.
+        """
+        moved = 0
+        start = 0
+        while True:
+            rows = self._conn.zrange(self.keys.dead, start, start + _SCAN_CHUNK - 1)
+            if not rows:
+                return moved
+            moves = [p for p in (self._requeue_move(m) for m in rows) if p is not None]
+            n = self._promote(self.keys.dead, moves) if moves else 0
+            moved += n
+            # What was not moved stays ahead of the next window.
+            start += len(rows) - n
+
+    def _requeue_move(self, member: bytes) -> scripts.Promotion | None:
+        try:
+            data = jobcodec.decode(member)
+        except jobcodec.MalformedPayload:
+            return None
+        if data.get("error_class") == "MalformedPayload" and "raw" in data:
+            return None
+        name = data.get("queue")
+        if not isinstance(name, str) or not name:
+            name = data["class"]
+        try:
+            validate_job_name(name)
+        except ConfigError:
+            return None
+        for f in _RESET_ON_RETRY:
+            data.pop(f, None)
+        data["enqueued_at"] = time.time()
+        return scripts.Promotion(member=member, name=name, payload=jobcodec.encode(data))
+
+    def _promote(self, zset_key: str, moves: Sequence[scripts.Promotion]) -> int:
+        return int(scripts.run_one(self._conn, scripts.promote(self.keys, zset_key=zset_key, moves=moves)))
+
+    # -- queues and pausing -------------------------------------------------------------------
+    def queues(self) -> list[Queue]:
+        """Every queue named in ``queues``, sorted by name, with length and latency."""
+        names = sorted(_s(n) for n in self._conn.smembers(self.keys.queues))
+        if not names:
+            return []
+        pipe = self._conn.pipeline(transaction=False)
+        for n in names:
+            pipe.llen(self.keys.queue(n))
+            pipe.lindex(self.keys.queue(n), -1)
+            pipe.exists(self.keys.paused(n))
+        res = pipe.execute()
+        now = time.time()
+        out = []
+        for i, n in enumerate(names):
+            count, oldest, paused = res[3 * i], res[3 * i + 1], res[3 * i + 2]
+            latency = 0.0
+            if oldest is not None:
+                try:
+                    data = orjson.loads(oldest)
+                    enq = _num(data.get("enqueued_at")) if isinstance(data, dict) else 0.0
+                except orjson.JSONDecodeError:
+                    enq = 0.0
+                if enq > 0:
+                    latency = max(0.0, now - enq)
+            out.append(Queue(job_name=n, count=int(count), latency=latency, paused=bool(paused)))
+        return out
+
+    def pause(self, name: str) -> None:
+        """Stop workers from taking jobs of ``name`` (queued jobs stay queued)."""
+        validate_job_name(name)
+        self._conn.set(self.keys.paused(name), b"1")
+
+    def unpause(self, name: str) -> None:
+        """Let workers take jobs of ``name`` again, and wake fetchers that sleep idle."""
+        validate_job_name(name)
+        pipe = self._conn.pipeline(transaction=True)
+        pipe.delete(self.keys.paused(name))
+        pipe.publish(self.keys.wake_channel, name)
+        pipe.execute()
+
+    def is_paused(self, name: str) -> bool:
+        validate_job_name(name)
+        return bool(self._conn.exists(self.keys.paused(name)))
+
+    # -- pools, workers, stats ------------------------------------------------------------------
+    def worker_pool_heartbeats(self) -> list[WorkerPoolHeartbeat]:
+        """Every pool in ``pools`` (current heartbeat or not), sorted by id."""
+        ids = sorted(_s(m) for m in self._conn.zrange(self.keys.pools, 0, -1))
+        if not ids:
+            return []
+        pipe = self._conn.pipeline(transaction=False)
+        for ident in ids:
+            pipe.hgetall(self.keys.pool(ident))
+        out = []
+        for ident, raw in zip(ids, pipe.execute(), strict=True):
+            h = {_s(k): _s(v) for k, v in raw.items()}
+            out.append(WorkerPoolHeartbeat(
+                worker_pool_id=ident,
+                started_at=_int(h.get("started_at")),
+                heartbeat_at=_int(h.get("heartbeat_at")),
+                job_names=tuple(sorted(x for x in h.get("job_names", "").split(",") if x)),
+                concurrency=_int(h.get("concurrency")),
+                host=h.get("host", ""),
+                pid=_int(h.get("pid")),
+                worker_ids=tuple(sorted((x for x in h.get("worker_ids", "").split(",") if x),
+                                        key=_worker_sort_key)),
+            ))
+        return out
+
+    def worker_observations(self) -> list[WorkerObservation]:
+        """One observation per worker of every pool; idle workers are listed as not busy.
+
+        A worker counts as busy only if its observation hash names the job that
+        its pool's latest beat lists for that thread in ``<identity>:work``, so an
+        observation left over from a finished job is not shown as running.
+        """
+        hbs = self.worker_pool_heartbeats()
+        pipe = self._conn.pipeline(transaction=False)
+        for hb in hbs:
+            pipe.hgetall(self.keys.process_work(hb.worker_pool_id))
+            for wid in hb.worker_ids:
+                pipe.hgetall(self.keys.worker(wid))
+        res = iter(pipe.execute())
+        out = []
+        for hb in hbs:
+            work = {_s(k): v for k, v in next(res).items()}
+            for wid in hb.worker_ids:
+                h = {_s(k): _s(v) for k, v in next(res).items()}
+                job_id = h.get("job_id", "")
+                if h and job_id and _running_jid(work, hb.worker_pool_id, wid) == job_id:
+                    out.append(WorkerObservation(
+                        worker_id=wid, worker_pool_id=hb.worker_pool_id, is_busy=True,
+                        job_name=h.get("job_name", ""), job_id=job_id,
+                        started_at=_int(h.get("started_at")), args_json=h.get("args", ""),
+                        checkin=h.get("checkin", ""), checkin_at=_int(h.get("checkin_at"))))
+                else:
+                    out.append(WorkerObservation(worker_id=wid, worker_pool_id=hb.worker_pool_id,
+                                                 is_busy=False))
+        return out
+
+    def stats(self) -> Stats:
+        """Sidekiq's dashboard numbers; ``busy``/``processes`` count live process hashes only."""
+        k = self.keys
+        day = k.today()
+        pipe = self._conn.pipeline(transaction=False)
+        pipe.get(k.stat_processed)
+        pipe.get(k.stat_failed)
+        pipe.get(k.stat_processed_day(day))
+        pipe.get(k.stat_failed_day(day))
+        pipe.zcard(k.schedule)
+        pipe.zcard(k.retry)
+        pipe.zcard(k.dead)
+        pipe.smembers(k.processes)
+        pipe.smembers(k.queues)
+        processed, failed, p_day, f_day, scheduled, retry, dead, procs, queues = pipe.execute()
+        procs = sorted(_s(p) for p in procs)
+        queues = sorted(_s(q) for q in queues)
+        pipe = self._conn.pipeline(transaction=False)
+        for ident in procs:
+            pipe.hmget(k.process(ident), "busy", "beat")
+        for q in queues:
+            pipe.llen(k.queue(q))
+        res = pipe.execute() if (procs or queues) else []
+        live = [r for r in res[:len(procs)] if r[1] is not None]
+        return Stats(
+            processed=_int(processed), failed=_int(failed),
+            processed_today=_int(p_day), failed_today=_int(f_day),
+            busy=sum(_int(r[0]) for r in live),
+            enqueued=sum(int(n) for n in res[len(procs):]),
+            scheduled=int(scheduled), retry=int(retry), dead=int(dead),
+            processes=len(live),
+        )
+
+
+def _at(score: float | None) -> str:
+    return "" if score is None else f" at {score!r}"
+
+
+def _jid_of(member: bytes) -> str:
+    """The jid of a stored job, cheaply when it is written first (forkq's own payloads)."""
+    if member.startswith(_JID_PREFIX):
+        end = member.find(b'"', len(_JID_PREFIX))
+        if end > 0:
+            return member[len(_JID_PREFIX):end].decode("utf-8", "replace")
+    try:
+        data = orjson.loads(member)
+    except orjson.JSONDecodeError:
+        return ""
+    jid = data.get("jid") if isinstance(data, dict) else None
+    return jid if isinstance(jid, str) else ""
+
+
+def _worker_sort_key(wid: str) -> tuple[str, int]:
+    """Sort ``<identity>:<n>`` numerically on n, so worker 10 follows worker 9."""
+    head, _, tail = wid.rpartition(":")
+    return (head, int(tail)) if tail.isdigit() else (wid, -1)
+
+
+def _running_jid(work: dict[str, bytes], identity: str, wid: str) -> str:
+    """The jid the pool's ``:work`` hash lists for this worker's thread, or ""."""
+    prefix = identity + ":"
+    if not wid.startswith(prefix) or not wid[len(prefix):].isdigit():
+        return ""
+    raw = work.get(format(int(wid[len(prefix):]), "x"))
+    if raw is None:
+        return ""
+    try:
+        entry = orjson.loads(raw)
+        payload = entry.get("payload") if isinstance(entry, dict) else None
+        if isinstance(payload, str):
+            return _jid_of(payload.encode())
+        if isinstance(payload, dict) and isinstance(payload.get("jid"), str):
+            return str(payload["jid"])
+    except orjson.JSONDecodeError:
+        pass
+    return ""
+
+
+__all__ = ["Client", "DeadJob", "JobEntry", "PAGE_SIZE", "Queue", "RetryJob", "ScheduledEntry",
+           "Stats", "WorkerObservation", "WorkerPoolHeartbeat"]
