@@ -30,6 +30,9 @@ from .stats import StatsBuffer
 
 log = logging.getLogger("forkq.fetcher")
 
+# Floor of the idle sleep: a due job that another pool is promoting must not make us spin.
+MIN_POLL_GAP = 0.01
+
 
 def weighted_order(targets: Sequence[FetchTarget], weights: Sequence[float]) -> list[int]:
     """Indices in priority-weighted random order (gocraft's sampler).
@@ -190,7 +193,7 @@ class Fetcher(threading.Thread):
         if not want:
             return
         fetched = results[-1]
-        due = fetched[0]
+        next_due = float(fetched[0]) if fetched[0] else None
         n = (len(fetched) - 1) // 3
         if n:
             submit = self.executor.submit
@@ -208,11 +211,16 @@ class Fetcher(threading.Thread):
                 submit((names[fetched[j] - 1], fetched[j + 1].decode(), payload))
             if unique_keys:
                 self._release_unique(unique_keys)
+        due_in = None if next_due is None else next_due - time.time()
         with self._cv:
             self._last_empty = n < want
             if self._last_empty:
-                self._next_poll = time.monotonic() + self._config.idle_poll_interval
-        if due:
+                # Sleep until the poll fallback, or until the next scheduled/retry job is due.
+                wait = self._config.idle_poll_interval
+                if due_in is not None and due_in > 0:
+                    wait = min(wait, due_in + 0.001)
+                self._next_poll = time.monotonic() + max(wait, MIN_POLL_GAP)
+        if due_in is not None and due_in <= 0:
             self._on_due()
 
     def _release_unique(self, unique_keys: list[bytes]) -> None:

@@ -65,6 +65,8 @@ class Heartbeat:
         self._proc = psutil.Process()
         self._sidekiq_info = info.sidekiq_info()
         self.last_beat = 0.0
+        self._had_work = True
+        self._beats = 0
 
     def beat(self, *, quiet: bool = False, now: float | None = None) -> None:
         t = time.time() if now is None else now
@@ -82,7 +84,8 @@ class Heartbeat:
             "pid": self.info.pid,
             "worker_ids": ",".join(worker_id(ident, s.index) for s in self._slots),
         })
-        pipe.expire(keys.pool(ident), LIVENESS_TTL * 10)
+        if self._beats % 10 == 0:
+            pipe.expire(keys.pool(ident), LIVENESS_TTL * 10)
         pipe.sadd(keys.processes, ident)
         try:
             rss_kb = self._proc.memory_info().rss // 1024
@@ -94,7 +97,11 @@ class Heartbeat:
         })
         pipe.expire(keys.process(ident), LIVENESS_TTL)
         work_key, workers_key = keys.process_work(ident), keys.process_workers(ident)
-        pipe.delete(work_key, workers_key)
+        # An idle pool whose last beat had no work has nothing to clear: an idle
+        # beat stays at five commands.
+        if running or self._had_work:
+            pipe.delete(work_key, workers_key)
+        self._had_work = bool(running)
         if running:
             work = {}
             for s in running:
@@ -123,7 +130,9 @@ class Heartbeat:
             pipe.execute()
         except redis.RedisError:
             self._stats.give_back(*taken)
+            self._had_work = True
             raise
+        self._beats += 1
         self.last_beat = t
 
     def flush_stats(self) -> None:

@@ -1,21 +1,22 @@
 -- fetch: take up to `want` ready jobs for one pool, across its job names, atomically
 -- recording each taken job in the pool's in-progress hash (reliable fetch) and,
--- for names with max_concurrency, adding a lease.  Also reports whether any
+-- for names with max_concurrency, adding a lease.  Also reports when the next
 -- scheduled/retry job is due, so idle pools need no separate poller.
 --
 -- KEYS[1]  inprogress:<identity>   hash  field -> job JSON
--- KEYS[2]  schedule                zset  checked for due jobs only
--- KEYS[3]  retry                   zset  checked for due jobs only
+-- KEYS[2]  schedule                zset  read only: earliest score
+-- KEYS[3]  retry                   zset  read only: earliest score
 -- KEYS[4..] one triple per job name, in the (priority-weighted random) order to try:
 --          queue:<name> (list), paused:<name> (string), lease:<name> (zset)
 -- ARGV[1]  want: maximum number of jobs to take
--- ARGV[2]  now (epoch seconds): expired leases are dropped, due check
+-- ARGV[2]  now (epoch seconds): leases that expired before it are dropped
 -- ARGV[3]  identity: lease members are "<identity>:<field>"
 -- ARGV[4]  lease expiry (epoch seconds) for leases taken now
 -- ARGV[5..] max_concurrency per name, same order as the triples (0 = unlimited)
 --
--- Returns {due, idx1, field1, payload1, idx2, field2, payload2, ...}: due is 1 when
--- schedule or retry holds a job whose time has come; idx is the 1-based position of
+-- Returns {next_due, idx1, field1, payload1, idx2, field2, payload2, ...}: next_due is
+-- the earliest score in schedule or retry as a string ("" when both are empty), so a
+-- caller can promote what is due now and sleep exactly until the next one; idx is the 1-based position of
 -- the job's name in the triples; field is the in-progress field (the jid, or
 -- "malformed:<sha1>" for an entry with no readable jid).
 
@@ -23,7 +24,7 @@ local want = tonumber(ARGV[1])
 local now = ARGV[2]
 local identity = ARGV[3]
 local lease_until = ARGV[4]
-local out = {0}
+local out = {''}
 local hset = {}
 local names = (#KEYS - 3) / 3
 
@@ -73,8 +74,13 @@ if #hset > 0 then
   redis.call('HSET', KEYS[1], unpack(hset))
 end
 
-if #redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1) > 0
-   or #redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1) > 0 then
-  out[1] = 1
+-- Scores travel as strings: a Lua number would be truncated to an integer reply.
+local next_due = nil
+for k = 2, 3 do
+  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+  if first[2] and (next_due == nil or tonumber(first[2]) < tonumber(next_due)) then
+    next_due = first[2]
+  end
 end
+if next_due then out[1] = next_due end
 return out
