@@ -434,3 +434,16 @@ def test_enqueue_to_unreachable_redis_raises_enqueue_error() -> None:
     enq = forkq.Enqueuer("redis://127.0.0.1:1/0", NS)
     with pytest.raises(forkq.EnqueueError, match="could not reach Redis"):
         enq.enqueue("x")
+
+
+def test_idle_pool_wakes_up_for_a_scheduled_job_without_polling(redis_url, pools) -> None:
+    """The fetch script reports the next due time; an idle fetcher sleeps until then."""
+    cfg = forkq.Config(idle_poll_interval=60.0)
+    pool = forkq.WorkerPool(NS, config=cfg)
+    ran = threading.Event()
+    pool.register("soon", lambda job: ran.set())
+    enq = pool.enqueuer(redis_url)
+    sj = enq.enqueue_in("soon", 1.0)
+    start(pools, pool, redis_url)
+    assert ran.wait(15), "scheduled job did not run although its time came"
+    assert time.time() >= sj.run_at
