@@ -63,5 +63,6 @@ class ReporterHub:
             for handler in self._handlers[event]:
                 try:
                     handler(*args)
-                except Exception:
+                except BaseException:  # noqa: B036 - a reporter's SystemExit must not end delivery
+                    # If this thread died, every later event would pile up unseen.
                     log.exception("reporter %r raised on %s; ignored", handler, event)
