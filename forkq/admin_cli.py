@@ -26,7 +26,9 @@ import redis
 
 from .client import Client, JobEntry
 from .connection import DEFAULT_URL, redact
-from .errors import ConfigError, ForkqError, NotDeleted, NotRetried, PayloadTooLarge
+from .enqueue import Enqueuer
+from .errors import ConfigError, EnqueueError, ForkqError, NotDeleted, NotRetried, PayloadTooLarge
+from .job import Job
 
 VERBS = ("stats", "queues", "enqueue", "dead", "retries", "scheduled", "pause", "unpause",
          "workers", "pools")
@@ -191,8 +193,6 @@ def _queues(c: Client, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _enqueue(c: Client, a: argparse.Namespace, out: TextIO) -> None:
-    from .enqueue import Enqueuer
-
     try:
         args = orjson.loads(a.args)
     except orjson.JSONDecodeError as exc:
@@ -202,13 +202,13 @@ def _enqueue(c: Client, a: argparse.Namespace, out: TextIO) -> None:
                          f"got a JSON {type(args).__name__}")
     enq = Enqueuer(c.connection, c.namespace)
     try:
-        if a.delay is not None:
-            sj = (enq.enqueue_unique_in(a.name, a.delay, args) if a.unique
-                  else enq.enqueue_in(a.name, a.delay, args))
-            job, run_at = (sj.job, sj.run_at) if sj is not None else (None, None)
-        else:
-            job = enq.enqueue_unique(a.name, args) if a.unique else enq.enqueue(a.name, args)
-            run_at = None
+        try:
+            job, run_at = _put(enq, a, args)
+        except EnqueueError as exc:
+            # Report an unreachable server like every other verb does.
+            if isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
+                raise exc.__cause__ from None
+            raise
     finally:
         enq.close()
     if a.json:
@@ -221,6 +221,14 @@ def _enqueue(c: Client, a: argparse.Namespace, out: TextIO) -> None:
         out.write(f"scheduled {a.name} {job.id} for {_when(run_at)}\n")
     else:
         out.write(f"enqueued {a.name} {job.id}\n")
+
+
+def _put(enq: Enqueuer, a: argparse.Namespace, args: dict[str, Any]) -> tuple[Job | None, float | None]:
+    if a.delay is not None:
+        sj = (enq.enqueue_unique_in(a.name, a.delay, args) if a.unique
+              else enq.enqueue_in(a.name, a.delay, args))
+        return (sj.job, sj.run_at) if sj is not None else (None, None)
+    return (enq.enqueue_unique(a.name, args) if a.unique else enq.enqueue(a.name, args)), None
 
 
 def _entries(items: Sequence[JobEntry], total: int, page: int, when_label: str,
