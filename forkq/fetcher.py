@@ -51,6 +51,7 @@ class Fetcher(threading.Thread):
                  stats: StatsBuffer, on_due: Callable[[], None]) -> None:
         super().__init__(name="forkq-fetcher", daemon=True)
         self._conn = conn
+        self._runner = scripts.Runner(conn)
         self._keys = keys
         self._identity = identity
         self._config = config
@@ -175,7 +176,7 @@ class Fetcher(threading.Thread):
             calls.append(scripts.fetch(keys, identity=self._identity, targets=targets, want=want,
                                        now=now_wall, lease_until=now_wall + self._config.lease_ttl))
         try:
-            results = scripts.run(self._conn, calls)
+            results = self._runner.run(calls)
         except RedisError as exc:
             self._on_error(exc, done, want)
             return
