@@ -422,3 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["VERBS", "main", "run", "table"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -380,6 +380,9 @@ class Client:
     def retry_dead_job(self, died_at: float | None, job_id: str) -> None:
         """Put one dead job back at the end of its queue (see module docstring); NotRetried if none."""
         found = self._find(self.keys.dead, died_at, job_id)
+        # Should bad data hold the same jid twice, requeue one copy (the newest
+        # death), never two runs of one job.
+        found = sorted(found, key=lambda pair: pair[1])[-1:]
         moves = [p for p in (self._requeue_move(m) for m, _ in found) if p is not None]
         moved = self._promote(self.keys.dead, moves) if moves else 0
         if not moved:

@@ -404,3 +404,12 @@ def test_client_describe_hides_the_password() -> None:
     c = Client("redis://user:s3cret@127.0.0.1:1/0", NS)
     assert "s3cret" not in c.describe()
     c.close()
+
+
+def test_retry_dead_job_requeues_one_copy_when_a_jid_is_stored_twice(client, r) -> None:
+    r.zadd(K.dead, {stored_job("twice", {"v": 1}, jid=jid(1), fails=1): 10.0,
+                    stored_job("twice", {"v": 2}, jid=jid(1), fails=1): 20.0})
+    client.retry_dead_job(None, jid(1))
+    (raw,) = r.lrange(K.queue("twice"), 0, -1)
+    assert jobcodec.decode(raw)["args"] == [{"v": 2}]
+    assert [d.died_at for d in client.dead_jobs()[0]] == [10.0]
