@@ -390,3 +390,10 @@ def test_subprocess_unknown_jid_is_one_stderr_line_and_exit_1(redis_url) -> None
     done = run_process("dead", "retry", "f" * 24, "--redis", redis_url)
     assert done.returncode == 1 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and "no dead job" in done.stderr
+
+
+def test_subprocess_redis_embedded_points_at_the_embedded_servers_socket(tmp_path) -> None:
+    done = run_process("stats", "--redis", "embedded", env={"FORKQ_EMBEDDED_DIR": str(tmp_path)})
+    assert done.returncode == 1 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1
+    assert "cannot reach Redis" in done.stderr and str(tmp_path / "redis.sock") in done.stderr

@@ -413,3 +413,36 @@ def test_retry_dead_job_requeues_one_copy_when_a_jid_is_stored_twice(client, r) 
     (raw,) = r.lrange(K.queue("twice"), 0, -1)
     assert jobcodec.decode(raw)["args"] == [{"v": 2}]
     assert [d.died_at for d in client.dead_jobs()[0]] == [10.0]
+
+
+def test_find_dead_job_searches_the_whole_set_by_jid(client, r) -> None:
+    r.zadd(K.dead, {stored_job("a", jid=jid(i), fails=2): float(i) for i in range(1200)})
+    found = client.find_dead_job(jid(777))
+    assert found is not None and (found.id, found.died_at, found.fails) == (jid(777), 777.0, 2)
+    assert client.find_dead_job(jid(5000)) is None
+
+
+def test_concurrent_retries_of_one_dead_job_requeue_it_once(client, r, redis_url) -> None:
+    r.zadd(K.dead, {stored_job("once", jid=jid(1), fails=1): 42.0})
+    outcomes = Recorder()
+    go = threading.Event()
+
+    def retry() -> None:
+        c = Client(redis_url, NS)
+        go.wait(10)
+        try:
+            c.retry_dead_job(42.0, jid(1))
+            outcomes.add("retried")
+        except forkq.NotRetried:
+            outcomes.add("not retried")
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=retry) for _ in range(8)]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes.snapshot()) == ["not retried"] * 7 + ["retried"]
+    assert r.llen(K.queue("once")) == 1 and r.zcard(K.dead) == 0
