@@ -210,3 +210,24 @@ def test_busy_and_processes_add_up_over_several_pools(redis_url, fast_config, po
         assert len(obs) == 5 and sorted(o.job_name for o in obs if o.is_busy) == ["slow_a", "slow_a", "slow_b"]
     finally:
         release.set()
+
+
+def test_counters_are_buffered_in_the_pool_not_written_per_job(redis_url, r) -> None:
+    # A beat at start, then none for an hour: counts reach Redis through at most
+    # that first beat and the flush at stop, never a write per job.
+    config = forkq.Config(heartbeat_interval=3600, idle_poll_interval=0.2, shutdown_timeout=5)
+    pool = forkq.WorkerPool(NS, config=config)
+
+    @pool.job
+    def ok(job: forkq.Job) -> None: ...
+
+    pool.enqueuer(redis_url).enqueue_many("ok", [{}] * 300)
+    r.config_resetstat()
+    pool.start(redis_url, concurrency=4)
+    try:
+        pool.drain(30)
+    finally:
+        pool.stop(timeout=5)
+    assert int_of(r, K.stat_processed) == 300 and int_of(r, K.stat_processed_day(K.today())) == 300
+    incrby = r.info("commandstats").get("cmdstat_incrby", {}).get("calls", 0)
+    assert incrby in (2, 4)  # the total and today's key, once or twice, for 300 jobs
