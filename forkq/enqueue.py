@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
 from . import job as jobcodec
 from . import scripts
@@ -58,6 +58,13 @@ class Enqueuer:
     def _run(self, call: scripts.Call) -> Any:
         try:
             return scripts.run_one(self._conn, call)
+        except OutOfMemoryError as exc:
+            raise EnqueueError(
+                "Redis is out of memory (OOM: maxmemory reached with noeviction); "
+                f"nothing was enqueued: {exc}") from exc
+        except ReadOnlyError as exc:
+            raise EnqueueError(
+                f"Redis at {self._spec.describe()} is a read-only replica; nothing was enqueued") from exc
         except ResponseError as exc:
             raise EnqueueError(f"Redis refused the enqueue: {exc}") from exc
         except RedisError as exc:

@@ -76,6 +76,8 @@ class Fetcher(threading.Thread):
         self.rounds = 0
         self.executor = executor_factory(self.complete)
         self._dead_cutoff = config.dead_max_age
+        # Set by the runtime once it knows the server (Redis >= 7 runs fetch/ack at maxmemory).
+        self.allow_oom = False
 
     # -- called from other threads ---------------------------------------------------
     def complete(self, item: Done) -> None:
@@ -163,7 +165,7 @@ class Fetcher(threading.Thread):
             now_wall = time.time()
             calls.append(scripts.ack(keys, identity=self._identity, plain_done=plain, settles=settles,
                                      dead_cutoff=now_wall - self._dead_cutoff,
-                                     dead_max=self._config.dead_max_jobs))
+                                     dead_max=self._config.dead_max_jobs, allow_oom=self.allow_oom))
         order: list[int] = []
         if want:
             now_wall = time.time()
@@ -174,7 +176,8 @@ class Fetcher(threading.Thread):
                 order = weighted_order(self._targets, self._weights)
                 targets = [self._targets[i] for i in order]
             calls.append(scripts.fetch(keys, identity=self._identity, targets=targets, want=want,
-                                       now=now_wall, lease_until=now_wall + self._config.lease_ttl))
+                                       now=now_wall, lease_until=now_wall + self._config.lease_ttl,
+                                       allow_oom=self.allow_oom))
         try:
             results = self._runner.run(calls)
         except RedisError as exc:

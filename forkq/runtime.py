@@ -88,10 +88,19 @@ class PoolRuntime:
     def start(self) -> None:
         try:
             self.conn.ping()
-            # Beat before the first fetch: the orphan scan trusts that order.
-            self.heartbeat.beat()
-        except RedisError as exc:
+            self.fetcher.allow_oom = scripts.supports_script_flags(self.conn)
+        except redis.AuthenticationError as exc:
+            raise ConnectionError(f"Redis at {self.spec.describe()} refused the credentials: {exc}") from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionError(f"cannot reach Redis at {self.spec.describe()}: {exc}") from None
+        except RedisError as exc:
+            raise ConnectionError(f"Redis at {self.spec.describe()} refused forkq: {exc}") from None
+        # Beat before the first fetch: the orphan scan trusts that order.  A server
+        # that is reachable but refuses writes (out of memory) still gets its queued
+        # jobs run; the beat is retried by the housekeeper.
+        if not self._beat_safely():
+            log.warning("first heartbeat refused; running anyway, it is retried every %.0fs",
+                        self.config.heartbeat_interval)
         if self.reporters is not None:
             self.reporters.start()
         self.executor.start()

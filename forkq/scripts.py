@@ -35,13 +35,37 @@ def _load(name: str) -> Script:
     return Script(name=name, text=text, sha=hashlib.sha1(text.encode()).hexdigest())
 
 
+def _allow_oom(script: Script) -> Script:
+    """The same script flagged to run while Redis is at maxmemory (Redis >= 7).
+
+    Under ``noeviction`` Redis refuses every script that may write once memory is
+    full.  Fetch and ack shrink or keep memory (a job moves from a list to a hash
+    and is then deleted), and refusing them would stall workers on jobs that are
+    already queued; so on servers that know shebang flags they run with
+    ``allow-oom``.  Enqueue scripts keep the default and fail loudly instead.
+    """
+    text = "#!lua flags=allow-oom\n" + script.text
+    return Script(name=script.name + "+oom", text=text, sha=hashlib.sha1(text.encode()).hexdigest())
+
+
 FETCH = _load("fetch")
 ACK = _load("ack")
+FETCH_OOM = _allow_oom(FETCH)
+ACK_OOM = _allow_oom(ACK)
 ENQUEUE = _load("enqueue")
 ENQUEUE_UNIQUE = _load("enqueue_unique")
 PROMOTE = _load("promote")
 CLAIM_POOL = _load("claim_pool")
 ALL = (FETCH, ACK, ENQUEUE, ENQUEUE_UNIQUE, PROMOTE, CLAIM_POOL)
+
+
+def supports_script_flags(conn: redis.Redis) -> bool:
+    """Shebang flags (``#!lua flags=...``) arrived in Redis 7.0."""
+    version = conn.info("server").get("redis_version", "0")
+    try:
+        return int(str(version).split(".")[0]) >= 7
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,13 +180,14 @@ class FetchTarget:
 
 
 def fetch(keys: Keys, *, identity: str, targets: Sequence[FetchTarget], want: int,
-          now: float, lease_until: float) -> Call:
+          now: float, lease_until: float, allow_oom: bool = False) -> Call:
     k: list[str] = [keys.inprogress(identity), keys.schedule, keys.retry]
     limits: list[Arg] = []
     for t in targets:
         k += (t.queue_key, t.paused_key, t.lease_key)
         limits.append(t.max_concurrency)
-    return Call(script=FETCH, keys=k, args=[want, repr(now), identity, repr(lease_until), *limits])
+    return Call(script=FETCH_OOM if allow_oom else FETCH, keys=k,
+                args=[want, repr(now), identity, repr(lease_until), *limits])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,7 +206,7 @@ class Settle:
 
 
 def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterable[Settle],
-        dead_cutoff: float, dead_max: int) -> Call:
+        dead_cutoff: float, dead_max: int, allow_oom: bool = False) -> Call:
     k: list[str] = [keys.inprogress(identity), keys.retry, keys.dead, keys.queues]
     pair_of: dict[str, int] = {}
     groups: list[Arg] = []
@@ -196,7 +221,7 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
     args: list[Arg] = [identity, keys.wake_channel, repr(dead_cutoff), dead_max, len(plain_done)]
     args += plain_done
     args += groups
-    return Call(script=ACK, keys=k, args=args)
+    return Call(script=ACK_OOM if allow_oom else ACK, keys=k, args=args)
 
 
 def enqueue(keys: Keys, *, name: str, payloads: Sequence[bytes]) -> Call:

@@ -447,3 +447,28 @@ def test_idle_pool_wakes_up_for_a_scheduled_job_without_polling(redis_url, pools
     start(pools, pool, redis_url)
     assert ran.wait(15), "scheduled job did not run although its time came"
     assert time.time() >= sj.run_at
+
+
+def test_workers_drain_queued_jobs_while_redis_is_out_of_memory(redis_url, fast_config, pools, r) -> None:
+    """At maxmemory with noeviction, enqueues fail loudly but fetch/ack (allow-oom) go on."""
+    if not forkq.scripts.supports_script_flags(r):
+        pytest.skip("script flags (allow-oom) need Redis >= 7")
+    pool = new_pool(fast_config)
+    seen = Recorder()
+    pool.register("fill", lambda job: seen.add(job.id))
+    enq = pool.enqueuer(redis_url)
+    enq.enqueue("fill")  # loads the enqueue script before memory is tight
+    used = int(r.info("memory")["used_memory"])
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", used + 2_000_000)
+    try:
+        accepted = 1
+        with pytest.raises(forkq.EnqueueError, match="OOM"):
+            for _ in range(1000):
+                enq.enqueue_many("fill", [{"pad": "x" * 200}] * 100)
+                accepted += 100
+        start(pools, pool, redis_url)
+        wait_for(lambda: len(seen) == accepted, 30, message=f"{accepted} queued jobs to run at OOM")
+        assert r.llen(K.queue("fill")) == 0
+    finally:
+        r.config_set("maxmemory", 0)
