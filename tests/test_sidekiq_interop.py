@@ -8,12 +8,18 @@ and ``web_pages.rb`` (pages of Sidekiq's Web UI rendered as a Rack app).
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,3 +322,73 @@ def test_sidekiq_deletes_a_forkq_job_from_a_queue(r: redis.Redis, redis_url: str
     keep, drop = enq.enqueue("idle_q", {"n": 1}), enq.enqueue("idle_q", {"n": 2})
     assert sidekiq(redis_url, "delete_queue_job", "idle_q", drop.id) == {"deleted": True}
     assert [orjson.loads(p)["jid"] for p in r.lrange(K.queue("idle_q"), 0, -1)] == [keep.id]
+
+
+# -- the Web UI served over HTTP by rackup, with the config.ru of docs/SIDEKIQ.md ----------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def web_ui(redis_url: str) -> Iterator[str]:
+    rackup = shutil.which("rackup")
+    if rackup is None:
+        pytest.skip("rackup is not installed (apt-get install ruby-rack ruby-webrick)")
+    port = _free_port()
+    proc = subprocess.Popen([rackup, "-p", str(port), "-o", "127.0.0.1", str(HERE / "config.ru")],
+                            env={**os.environ, "FORKQ_REDIS_URL": redis_url, "FORKQ_NAMESPACE": NS},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"rackup exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(base + "/stats", timeout=5) as res:
+                return bool(res.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, timeout=60, interval=0.1, message="Sidekiq Web UI under rackup")
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_retry_now_button_of_sidekiq_web_ui_runs_the_job_again_in_forkq(
+        r: redis.Redis, redis_url: str, fast_config: forkq.Config, pools: list[forkq.WorkerPool],
+        web_ui: str) -> None:
+    pool = forkq.WorkerPool(NS, config=fast_config)
+    attempts = Recorder()
+
+    @pool.job
+    def web_retried(job: forkq.Job) -> None:
+        attempts.add(job.id)
+        if len(attempts) == 1:
+            raise RuntimeError("first try fails")
+
+    job = pool.enqueuer(redis_url).enqueue("web_retried", {"x": 1})
+    pool.start(redis_url, concurrency=2)
+    pools.append(pool)
+    wait_for(lambda: r.zcard(K.retry) == 1, timeout=10, message="the failure in retry")
+
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    listing = browser.open(web_ui + "/retries", timeout=30).read().decode()
+    assert job.id in listing and "RuntimeError" in listing
+    [key] = set(re.findall(r'href="/retries/([^"/]+)"', listing))
+    page = browser.open(f"{web_ui}/retries/{key}", timeout=30).read().decode()
+    token = re.search(r"name='authenticity_token' value='([^']+)'", page)
+    assert token is not None, "no CSRF token on the retry page"
+    form = urllib.parse.urlencode({"authenticity_token": token.group(1), "retry": "Retry Now"}).encode()
+    with browser.open(f"{web_ui}/retries/{key}", data=form, timeout=30) as res:
+        assert res.status == 200  # redirected back to the retries listing
+    wait_for(lambda: len(attempts) == 2, timeout=20, message="forkq to run the job the Web UI retried")
+    pool.drain(10)
+    assert attempts.snapshot() == [job.id, job.id]
+    assert r.zcard(K.retry) == 0 and r.zcard(K.dead) == 0
