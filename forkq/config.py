@@ -31,9 +31,11 @@ class Config:
     max_recoveries: int = 3
 
     # Fetching.
-    # With nothing to do, a fetcher sleeps until a wake message, or this long at most
-    # (the fallback that notices jobs pushed by non-forkq clients and due scheduled jobs).
-    idle_poll_interval: float = 1.0
+    # With nothing to do, a fetcher sleeps until a wake message (enqueue, requeue,
+    # promotion, unpause, freed lease), until the next scheduled/retry job is due, or
+    # this long at most: the fallback that notices jobs LPUSHed by clients that do
+    # not publish a wake (Sidekiq's Ruby client).  Idle cost: one fetch per interval.
+    idle_poll_interval: float = 5.0
     promote_batch: int = 200
 
     # Safety limits.
