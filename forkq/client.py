@@ -16,7 +16,8 @@ Differences from gocraft/work, on purpose:
 * ``retry_dead_job`` follows gocraft: the job goes back to the *end* of its
   queue with its failure count, error and ``failed_at`` cleared, so it gets its
   full ``max_fails`` again (Sidekiq's Web UI instead decrements ``retry_count``
-  by one, a single extra attempt).  Its ``recovered`` (poison) count is cleared too.
+  by one, a single extra attempt).  Its ``recovered`` (poison) count is cleared too,
+  and so are its unique-job fields: it holds no guard, so it must not release one.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ PAGE_SIZE = 20
 _SCAN_CHUNK = 500
 _JID_PREFIX = b'{"jid":"'
 
-# Fields cleared when a dead job is retried (gocraft clears fails/err/failed_at).
+# Fields cleared when a dead job is retried (gocraft clears fails/err/failed_at).  A
+# retried job holds no unique guard (it was released when the job first started), so
+# it must not release, when taken, a guard that a newer job with its arguments holds.
 _RESET_ON_RETRY = ("retry_count", "error_message", "error_class", "error_backtrace", "failed_at",
-                   "retried_at", "recovered")
+                   "retried_at", "recovered", "unique", "unique_key")
 
 
 def _s(value: Any) -> str:

@@ -183,7 +183,8 @@ def test_delete_all_dead_jobs_empties_the_set_and_counts(client, r) -> None:
 # -- retrying ------------------------------------------------------------------------------
 
 def test_retry_dead_job_requeues_at_the_end_with_failures_cleared_and_wakes_fetchers(client, r) -> None:
-    r.zadd(K.dead, {stored_job("mail", {"to": "x"}, jid=jid(1), fails=4, recovered=2): 123.5})
+    r.zadd(K.dead, {stored_job("mail", {"to": "x"}, jid=jid(1), fails=4, recovered=2, unique=True,
+                               unique_key=K.unique("mail", '{"to":"x"}')): 123.5})
     ps = r.pubsub(ignore_subscribe_messages=True)
     ps.subscribe(K.wake_channel)
     wait_for(lambda: r.pubsub_numsub(K.wake_channel)[0][1] == 1, message="subscription")
@@ -194,7 +195,8 @@ def test_retry_dead_job_requeues_at_the_end_with_failures_cleared_and_wakes_fetc
     (raw,) = r.lrange(K.queue("mail"), 0, -1)
     data = jobcodec.decode(raw)
     assert data["jid"] == jid(1) and data["args"] == [{"to": "x"}]
-    for cleared in ("retry_count", "error_class", "error_message", "failed_at", "recovered"):
+    for cleared in ("retry_count", "error_class", "error_message", "failed_at", "recovered", "unique",
+                    "unique_key"):
         assert cleared not in data
     assert data["enqueued_at"] >= before
     assert jobcodec.Job.from_data(data).fails == 0
