@@ -1,0 +1,384 @@
+"""One forked child: a ``PoolRuntime`` with fresh connections, obeying the master only.
+
+The child's main thread never runs jobs.  It sleeps on a self-pipe (signals wake
+it) and, a few times a second, does the cheap checks that need a process-wide
+view: the master still alive, a job past its *hard* timeout, recycling limits
+(jobs done, RSS), the process title.  Once a second it sends a status line to
+the master over its report pipe (busy, jobs done, "shows progress"), which the
+master uses for ``STATUS=`` and ``WATCHDOG=1``.
+
+Signals: SIGTERM = stop gracefully (quiet, finish running jobs up to the
+shutdown timeout, requeue the rest, exit 0); SIGUSR1 = quiet.  The terminal's
+signals (INT from Ctrl-C, QUIT, TSTP, TTIN/TTOU, HUP) reach the whole process
+group; children ignore them and wait for the master to say what to do.  The
+child exits if the master dies (``PR_SET_PDEATHSIG`` plus a ``getppid`` check).
+
+Report lines are JSON, one ``os.write`` each (atomic below PIPE_BUF); the
+write end is non-blocking, so a master that stopped reading costs reports, never
+a stuck child.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import orjson
+import psutil
+import redis
+from redis.exceptions import RedisError
+from setproctitle import setproctitle
+
+from . import scripts
+from .config import Config
+from .connection import ConnectionSpec, redact
+from .executor import RUNNING, Slot
+from .job import Job, MalformedPayload, decode
+from .registry import JobOptions, WorkerPool
+from .retry import failure_settle
+from .runtime import PoolRuntime
+from .scripts import Settle
+
+log = logging.getLogger("forkq.child")
+
+EXIT_OK = 0
+EXIT_BOOT = 3           # could not build or start the pool (the reason was reported first)
+EXIT_HARD_TIMEOUT = 4   # a job ignored its timeout; the master replaces this child
+
+TICK = 0.25
+STATUS_EVERY = 1.0
+MEMORY_EVERY = 2.0
+RECYCLE_REPEAT = 30.0
+# Jitter on --max-jobs-per-child: up to this fraction more, so children recycle apart.
+JOBS_JITTER = 0.1
+
+_PR_SET_PDEATHSIG = 1
+_IGNORED = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN,
+            signal.SIGTTOU)
+
+
+def identity_for(pid: int, nonce: str) -> str:
+    """A child's pool identity, Sidekiq-shaped (``host:pid:nonce``).
+
+    The master picks the nonce before ``fork``; both sides then know the pid, so
+    the master knows which in-progress hash to requeue when the child dies without
+    the child having to tell it anything.
+    """
+    return f"{socket.gethostname()}:{pid}:{nonce}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChildPlan:
+    """Everything a child needs, decided by the master before ``fork``."""
+
+    index: int
+    nonce: str
+    pool: WorkerPool
+    spec: ConnectionSpec
+    config: Config
+    concurrency: int
+    app: str
+    master_pid: int
+    report_fd: int
+    close_fds: tuple[int, ...]
+    max_jobs: int
+    max_memory_mb: int
+    hard_grace: float
+    quiet: bool
+
+
+def run(plan: ChildPlan) -> NoReturn:
+    """The child's whole life after ``fork``; never returns into the master's stack."""
+    code = EXIT_BOOT
+    try:
+        code = _Child(plan).main()
+    except BaseException as exc:  # noqa: BLE001 - last resort: report, then exit
+        try:
+            log.exception("child %d crashed", plan.index)
+            _write(plan.report_fd, {"t": "boot_error", "msg": _one_line(exc)})
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        for h in logging.getLogger().handlers:
+            try:
+                h.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        # os._exit: no atexit handlers and no finally blocks of the master's
+        # stack (the CLI's embedded-Redis cleanup belongs to the master alone).
+        os._exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return redact(f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": "))
+
+
+def _write(fd: int, msg: dict[str, Any]) -> None:
+    try:
+        os.write(fd, orjson.dumps(msg) + b"\n")
+    except (BlockingIOError, BrokenPipeError, OSError):
+        pass
+
+
+def _set_pdeathsig(sig: int) -> None:
+    """Linux: have the kernel send ``sig`` when the master dies (best effort elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A no-op handler, not SIG_IGN: an ignored disposition would leak into job subprocesses."""
+
+
+class _Child:
+    def __init__(self, plan: ChildPlan) -> None:
+        self.plan = plan
+        self._stop = False
+        self._quiet = plan.quiet
+        self._quiet_applied = False
+        self._wake_r = -1
+        self._last_title = ""
+        self._ctl: redis.Redis | None = None
+        self._jobs_limit = 0
+        if plan.max_jobs > 0:
+            self._jobs_limit = plan.max_jobs + random.randint(0, int(plan.max_jobs * JOBS_JITTER))
+        self._proc = psutil.Process()
+
+    # -- process setup ---------------------------------------------------------
+    def _setup(self) -> None:
+        plan = self.plan
+        for fd in plan.close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        os.set_blocking(plan.report_fd, False)
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r = r
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        for sig in _IGNORED:
+            signal.signal(sig, _ignore)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGUSR1, self._on_quiet)
+        # Signals were blocked by the master around fork; our handlers are in place now.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        _set_pdeathsig(signal.SIGTERM)
+        if os.getppid() != plan.master_pid:  # the master died before prctl
+            self._stop = True
+        os.environ.pop("NOTIFY_SOCKET", None)  # only the master talks to systemd
+        self._title("booting")
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self._stop = True
+
+    def _on_quiet(self, signum: int, frame: object) -> None:
+        self._quiet = True
+
+    def _title(self, state: str) -> None:
+        if state != self._last_title:
+            self._last_title = state
+            setproctitle(f"forkq child {self.plan.index} {self.plan.app} [{state}]")
+
+    def send(self, msg: dict[str, Any]) -> None:
+        _write(self.plan.report_fd, msg)
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep until a signal arrives or ``seconds`` pass."""
+        try:
+            readable, _, _ = select.select([self._wake_r], [], [], seconds)
+        except InterruptedError:
+            return
+        if readable:
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+
+    # -- main -----------------------------------------------------------------------
+    def main(self) -> int:
+        self._setup()
+        plan = self.plan
+        identity = identity_for(os.getpid(), plan.nonce)
+        try:
+            rt = PoolRuntime(plan.pool, plan.spec, concurrency=plan.concurrency, identity=identity,
+                             tag=plan.app)
+        except Exception as exc:  # noqa: BLE001 - reported to the master, then exit
+            self.send({"t": "boot_error", "msg": _one_line(exc)})
+            return EXIT_BOOT
+        delay = 0.2
+        while True:
+            if self._stop:
+                return EXIT_OK
+            try:
+                rt.start()
+                break
+            except ConnectionError as exc:
+                # Redis is down: not this child's fault; keep trying until told to stop.
+                self.send({"t": "redis_down", "msg": redact(str(exc))})
+                self._title("waiting for Redis")
+                self._sleep(delay)
+                delay = min(5.0, delay * 2)
+            except Exception as exc:  # noqa: BLE001 - reported to the master, then exit
+                self.send({"t": "boot_error", "msg": _one_line(exc)})
+                return EXIT_BOOT
+        self.send({"t": "ready", "identity": identity})
+        try:
+            return self._loop(rt)
+        finally:
+            if self._ctl is not None:
+                self._ctl.close()
+
+    def _loop(self, rt: PoolRuntime) -> int:
+        plan = self.plan
+        slots = rt.executor.slots
+        total = len(slots)
+        next_status = 0.0
+        next_memory = time.monotonic() + MEMORY_EVERY
+        recycle_asked = -RECYCLE_REPEAT
+        recycle_why: str | None = None
+        while True:
+            self._sleep(TICK)
+            if self._stop:
+                break
+            if self._quiet and not self._quiet_applied:
+                rt.quiet()
+                self._quiet_applied = True
+            if os.getppid() != plan.master_pid:
+                log.warning("child %d: the master (pid %d) is gone; stopping", plan.index,
+                            plan.master_pid)
+                break
+            overdue = self._overdue(slots, time.time())
+            if overdue:
+                return self._hard_timeout(rt, overdue)
+            mono = time.monotonic()
+            if recycle_why is None:
+                if self._jobs_limit and rt.stats.total_processed >= self._jobs_limit:
+                    recycle_why = f"{rt.stats.total_processed} jobs done (limit {self._jobs_limit})"
+                elif plan.max_memory_mb and mono >= next_memory:
+                    next_memory = mono + MEMORY_EVERY
+                    rss_mb = self._rss_mb()
+                    if rss_mb > plan.max_memory_mb:
+                        recycle_why = f"RSS {rss_mb} MB above {plan.max_memory_mb} MB"
+            if recycle_why is not None and mono - recycle_asked >= RECYCLE_REPEAT:
+                # The master recycles one child at a time: it starts a replacement,
+                # then sends SIGTERM.  Until then this child keeps working.
+                recycle_asked = mono
+                self.send({"t": "recycle", "why": recycle_why})
+            busy = sum(1 for s in slots if s.state == RUNNING)
+            self._title(("quiet, " if self._quiet_applied else "") + f"{busy}/{total} busy")
+            if mono >= next_status:
+                next_status = mono + STATUS_EVERY
+                self.send({"t": "s", "busy": busy, "conc": total,
+                           "done": rt.stats.total_processed, "ok": self._shows_progress(rt, mono),
+                           "quiet": self._quiet_applied})
+        self._title("stopping")
+        rt.stop(plan.config.shutdown_timeout)
+        return EXIT_OK
+
+    def _rss_mb(self) -> int:
+        try:
+            return int(self._proc.memory_info().rss // (1024 * 1024))
+        except psutil.Error:
+            return 0
+
+    def _shows_progress(self, rt: PoolRuntime, mono: float) -> bool:
+        """Is this pool doing its work (for systemd's watchdog)?
+
+        The fetcher makes a round trip at least every ``idle_poll_interval`` when
+        idle and after every completion when busy; it only waits longer when every
+        thread is running a job (those are bounded by the hard timeout) or when
+        quiet.  The heartbeat must also be getting through to Redis.
+        """
+        cfg = self.plan.config
+        window = max(10.0, 3 * cfg.idle_poll_interval + 5.0)
+        fetcher = rt.fetcher
+        fetching = (fetcher.quiet or mono - fetcher.last_progress < window
+                    or fetcher.inflight >= rt.concurrency)
+        beating = time.time() - rt.heartbeat.last_beat < max(15.0, 3 * cfg.heartbeat_interval)
+        return bool(fetching and beating)
+
+    # -- hard timeout -------------------------------------------------------------
+    def _overdue(self, slots: list[Slot], now: float) -> list[tuple[Slot, str, str, bytes, float]]:
+        out = []
+        for s in slots:
+            deadline = s.deadline
+            if s.state != RUNNING or not deadline:
+                continue
+            timeout = deadline - s.started_at
+            if now < deadline + max(self.plan.hard_grace, 0.5 * timeout):
+                continue
+            with s.lock:
+                if s.state != RUNNING or s.deadline != deadline:
+                    continue
+                out.append((s, s.field, s.queue, s.payload, timeout))
+        return out
+
+    def _hard_timeout(self, rt: PoolRuntime, overdue: list[tuple[Slot, str, str, bytes, float]]) -> int:
+        """A job kept running past its timeout + grace: fail it, then replace this process.
+
+        A thread cannot be killed, so the process goes.  The stuck job fails with
+        reason "timeout" and goes through retry like any failure; the other jobs
+        get the shutdown timeout to finish and are requeued (not failed) if not.
+        """
+        plan = self.plan
+        rt.fetcher.set_quiet(True)
+        self._title("hard timeout, stopping")
+        settles: list[Settle] = []
+        names = []
+        now = time.time()
+        for _slot, field, qname, payload, timeout in overdue:
+            try:
+                data = decode(payload)
+            except MalformedPayload:
+                continue
+            job = Job.from_data(data)
+            spec = plan.pool.jobs.get(job.name)
+            opts = spec.options if spec is not None else JobOptions()
+            names.append(f"{job.name} {job.id}")
+            settles.append(failure_settle(
+                field=field, name=qname if opts.max_concurrency > 0 else None, data=data,
+                error_class="JobTimeout",
+                error_message=(f"hard timeout: job still running {now - _slot.deadline:.1f}s after "
+                               f"its timeout of {timeout:g}s; its worker process was replaced"),
+                max_fails=opts.max_fails, skip_dead=opts.skip_dead, backoff=opts.backoff, job=job))
+        log.error("child %d: %s ignored its timeout; failing it and replacing this process",
+                  plan.index, ", ".join(names))
+        self.send({"t": "hard_timeout", "jobs": names})
+        if settles:
+            try:
+                conn = self._control_conn()
+                scripts.run_one(conn, scripts.ack(
+                    rt.keys, identity=rt.identity, plain_done=(), settles=settles,
+                    dead_cutoff=now - plan.config.dead_max_age, dead_max=plan.config.dead_max_jobs))
+                rt.stats.add(len(settles), len(settles))
+            except RedisError as exc:
+                # The master requeues whatever is left in our in-progress hash.
+                log.error("could not record the timeout of %s: %s", ", ".join(names), exc)
+        stuck = len(overdue)
+        deadline = time.monotonic() + plan.config.shutdown_timeout
+        while rt.fetcher.inflight > stuck and time.monotonic() < deadline and not self._stop:
+            self._sleep(0.05)
+        rt.stop(0)
+        return EXIT_HARD_TIMEOUT
+
+    def _control_conn(self) -> redis.Redis:
+        if self._ctl is None:
+            self._ctl = self.plan.spec.connect()
+        return self._ctl

@@ -1,0 +1,647 @@
+"""The prefork master (arbiter), modelled on gunicorn's.
+
+The master imports the app (done by the CLI before it gets here), then forks
+the children; it opens no Redis connection and starts no thread before the
+first fork, and stays single-threaded for its whole life.  Signal handlers only
+append the signal to a queue (and ``set_wakeup_fd`` wakes the ``select``); the
+main loop dispatches ``handle_<name>``.
+
+What it does in its loop:
+
+* reads the children's report pipes (ready, status, recycle requests, errors);
+* reaps children with ``waitpid(pid, WNOHANG)`` — per known pid, so it never
+  steals the exit status of other subprocesses such as an embedded Redis;
+* for every child that exited, for any reason, claims the child's pool and
+  requeues its in-progress jobs at once (``reaper.release_pool``; a job recovered
+  more than ``max_recoveries`` times goes to dead as poison).  It opens a Redis
+  connection for that and closes it again, so no socket is open across a fork;
+* keeps the number of children at the target, respawning with backoff after
+  boot failures; a child that keeps dying at boot stops the master (no fork bomb);
+* rolls replacements one at a time (HUP, recycling): start the new child, wait
+  until every active child is up, then SIGTERM the old one and wait for it;
+* talks to systemd (READY, STATUS, STOPPING, RELOADING, WATCHDOG).
+
+Signals: TERM/INT/QUIT graceful stop (a second one: kill now, requeue, exit);
+TSTP quiet; HUP reload the app's code and roll the children; TTIN/TTOU one
+child more/less.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+import redis
+from redis.exceptions import RedisError
+from setproctitle import setproctitle
+
+from . import child as childmod
+from . import reaper
+from .config import Config
+from .connection import ConnectionSpec, redact
+from .registry import WorkerPool
+from .systemd import Notifier
+
+log = logging.getLogger("forkq.master")
+
+EXIT_OK = 0
+EXIT_REDIS = 5
+EXIT_CHILD_BOOT = 6
+
+# After this many children in a row die before reporting ready, the master gives up.
+MAX_BOOT_FAILURES = 5
+# Time the master gives a child beyond the shutdown timeout before SIGKILL.
+KILL_GRACE = 5.0
+# A booting child counts as healthy for the watchdog this long.
+BOOT_GRACE = 60.0
+# Longest a rolling replacement waits for the new child before stopping the old one.
+REPLACE_WAIT = 60.0
+STATUS_EVERY = 2.0
+REPORT_STALE = 5.0
+
+SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN,
+           signal.SIGTTOU, signal.SIGTSTP, signal.SIGCHLD)
+_NAMES: dict[int, str] = {signal.SIGHUP: "hup", signal.SIGQUIT: "quit", signal.SIGINT: "int",
+          signal.SIGTERM: "term", signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou",
+          signal.SIGTSTP: "tstp", signal.SIGCHLD: "chld"}
+
+
+class MasterError(Exception):
+    """Why the master stopped on its own; carries the CLI exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, kw_only=True)
+class MasterOptions:
+    processes: int
+    concurrency: int
+    max_jobs_per_child: int = 0
+    max_memory_per_child_mb: int = 0
+    hard_timeout_grace: float = 5.0
+
+
+@dataclass
+class ChildProc:
+    pid: int
+    index: int
+    identity: str
+    fd: int
+    started: float
+    buf: bytes = b""
+    ready: bool = False
+    retiring: bool = False
+    term_sent_at: float | None = None
+    killed: bool = False
+    busy: int = 0
+    conc: int = 0
+    done: int = 0
+    ok: bool = True
+    last_report: float = 0.0
+    last_error: str | None = None
+    redis_down: str | None = None
+
+
+class Master:
+    def __init__(self, *, pool: WorkerPool, app: str, spec: ConnectionSpec, config: Config,
+                 options: MasterOptions, reload_app: Callable[[], WorkerPool] | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.pool = pool
+        self.app = app
+        self.spec = spec
+        self.config = config
+        self.options = options
+        self.reload_app = reload_app
+        self.notifier = notifier or Notifier()
+        self.pid = os.getpid()
+        self.target = options.processes
+        self.children: dict[int, ChildProc] = {}
+        self.sig_queue: deque[int] = deque()
+        self.stopping = False
+        self.quiet = False
+        self.exit_code = EXIT_OK
+        self.error: str | None = None
+        self.boot_failures = 0
+        self.next_spawn_at = 0.0
+        self.any_ready = False
+        self.announced_ready = False
+        self.reloading = False
+        self.startup_reap_done = False
+        self.replace_queue: deque[int] = deque()
+        self.replacing: tuple[int, float] | None = None
+        self.pending_release: dict[str, str] = {}  # identity -> description
+        self.next_release_at = 0.0
+        self.next_watchdog = 0.0
+        self.next_status = 0.0
+        self.last_status = ""
+        self.last_title = ""
+        self._wake_r = -1
+        self._wake_w = -1
+        self._redis_down_logged = 0.0
+        pool.config = config
+
+    # -- entry ------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped; return the process exit code."""
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in SIGNALS:
+            signal.signal(sig, self._on_signal)
+        log.info("forkq master %d: app %s (namespace %s, %d jobs), %d children x %d threads, "
+                 "Redis %s", self.pid, self.app, self.pool.namespace, len(self.pool.jobs),
+                 self.target, self.options.concurrency, self.spec.describe())
+        self._title()
+        try:
+            while True:
+                self._manage_children()
+                if self.stopping and not self.children:
+                    self._do_releases(final=True)
+                    break
+                self._wait(self._timeout())
+                self._dispatch_signals()
+                self._reap()
+                self._do_releases()
+                self._step_replacement()
+                self._step_stop()
+                self._systemd()
+                self._title()
+        finally:
+            for sig in SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.notifier.close()
+        if self.error is None:
+            log.info("forkq master %d: stopped", self.pid)
+        return self.exit_code
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # Only record it: everything happens in the main loop (set_wakeup_fd wakes select).
+        if len(self.sig_queue) < 10 or signum != signal.SIGCHLD:
+            self.sig_queue.append(signum)
+
+    # -- loop parts -------------------------------------------------------------------
+    def _timeout(self) -> float:
+        t = 1.0
+        now = time.monotonic()
+        if self.stopping or self.replacing or self.replace_queue or self.pending_release:
+            t = 0.25
+        if len(self._active()) < self.target and not self.stopping:
+            t = min(t, max(0.0, self.next_spawn_at - now))
+        if self.notifier.watchdog_interval:
+            t = min(t, max(0.0, self.next_watchdog - now))
+        return t
+
+    def _wait(self, timeout: float) -> None:
+        fds = [self._wake_r] + [c.fd for c in self.children.values() if c.fd >= 0]
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                return
+            raise
+        for fd in readable:
+            if fd == self._wake_r:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+            else:
+                for c in list(self.children.values()):
+                    if c.fd == fd:
+                        self._read_reports(c)
+
+    def _dispatch_signals(self) -> None:
+        while self.sig_queue:
+            sig = self.sig_queue.popleft()
+            handler = getattr(self, "handle_" + _NAMES.get(sig, ""), None)
+            if handler is not None:
+                handler()
+
+    # -- signal handlers (run in the main loop) ---------------------------------------
+    def handle_chld(self) -> None:
+        """Reaping happens on every loop turn; the signal only wakes the loop."""
+
+    def handle_term(self) -> None:
+        self._begin_stop()
+
+    handle_int = handle_term
+    handle_quit = handle_term
+
+    def handle_tstp(self) -> None:
+        if self.stopping or self.quiet:
+            return
+        log.info("quiet: children stop taking new jobs (running ones finish)")
+        self.quiet = True
+        for c in self.children.values():
+            self._kill(c, signal.SIGUSR1)
+
+    def handle_ttin(self) -> None:
+        if self.stopping:
+            return
+        self.target += 1
+        log.info("TTIN: %d children", self.target)
+
+    def handle_ttou(self) -> None:
+        if self.stopping or self.target <= 1:
+            return
+        self.target -= 1
+        log.info("TTOU: %d children", self.target)
+
+    def handle_hup(self) -> None:
+        if self.stopping:
+            return
+        if self.reload_app is not None:
+            try:
+                pool = self.reload_app()
+            except Exception as exc:  # noqa: BLE001 - keep running the code we have
+                log.error("HUP: reloading %s failed, children keep the running code: %s",
+                          self.app, redact(str(exc)).splitlines()[0] if str(exc) else exc)
+                return
+            pool.config = replace(pool.config, **_process_fields(self.config))
+            self.config = pool.config
+            self.pool = pool
+        active = sorted(self._active(), key=lambda c: c.index)
+        log.info("HUP: rolling restart of %d children", len(active))
+        self.reloading = True
+        self.notifier.notify("RELOADING=1", f"STATUS=rolling restart of {len(active)} children")
+        for c in active:
+            if c.pid not in self.replace_queue:
+                self.replace_queue.append(c.pid)
+
+    # -- children -----------------------------------------------------------------------
+    def _active(self) -> list[ChildProc]:
+        return [c for c in self.children.values() if not c.retiring]
+
+    def _free_index(self) -> int:
+        used = {c.index for c in self._active()}
+        i = 1
+        while i in used:
+            i += 1
+        return i
+
+    def _manage_children(self) -> None:
+        if self.stopping:
+            return
+        active = self._active()
+        if len(active) < self.target and time.monotonic() >= self.next_spawn_at:
+            for _ in range(self.target - len(active)):
+                self._spawn(self._free_index())
+        elif len(active) > self.target and not self.replacing:
+            victim = max(active, key=lambda c: c.index)
+            log.info("stopping child %d (pid %d): %d children wanted", victim.index, victim.pid,
+                     self.target)
+            self._terminate(victim)
+
+    def _spawn(self, index: int) -> ChildProc:
+        nonce = os.urandom(6).hex()
+        r, w = os.pipe2(os.O_CLOEXEC)
+        close = [self._wake_r, self._wake_w, r] + [c.fd for c in self.children.values() if c.fd >= 0]
+        if self.notifier.fileno() >= 0:
+            close.append(self.notifier.fileno())
+        plan = childmod.ChildPlan(
+            index=index, nonce=nonce, pool=self.pool, spec=self.spec, config=self.config,
+            concurrency=self.options.concurrency, app=self.pool.namespace, master_pid=self.pid,
+            report_fd=w, close_fds=tuple(close), max_jobs=self.options.max_jobs_per_child,
+            max_memory_mb=self.options.max_memory_per_child_mb,
+            hard_grace=self.options.hard_timeout_grace, quiet=self.quiet)
+        # Block signals across fork: the child must not run the master's handlers.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            os.close(r)
+            os.close(w)
+            raise
+        if pid == 0:  # pragma: no cover - the child's life ends in os._exit
+            signal.set_wakeup_fd(-1)
+            childmod.run(plan)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        os.close(w)
+        os.set_blocking(r, False)
+        c = ChildProc(pid=pid, index=index, identity=childmod.identity_for(pid, nonce), fd=r,
+                      started=time.monotonic())
+        self.children[pid] = c
+        log.debug("spawned child %d (pid %d)", index, pid)
+        return c
+
+    def _kill(self, c: ChildProc, sig: int) -> None:
+        try:
+            os.kill(c.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _terminate(self, c: ChildProc) -> None:
+        """Ask a child to stop gracefully (it requeues what it cannot finish)."""
+        c.retiring = True
+        if c.term_sent_at is None:
+            c.term_sent_at = time.monotonic()
+            self._kill(c, signal.SIGTERM)
+
+    def _read_reports(self, c: ChildProc) -> None:
+        while True:
+            try:
+                data = os.read(c.fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:  # EOF: the child is gone (reaped soon)
+                os.close(c.fd)
+                c.fd = -1
+                break
+            c.buf += data
+        *lines, c.buf = c.buf.split(b"\n")
+        for line in lines:
+            try:
+                msg = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(msg, dict):
+                self._on_report(c, msg)
+
+    def _on_report(self, c: ChildProc, msg: dict[str, Any]) -> None:
+        kind = msg.get("t")
+        now = time.monotonic()
+        if kind == "s":
+            c.busy = int(msg.get("busy") or 0)
+            c.conc = int(msg.get("conc") or 0)
+            c.done = int(msg.get("done") or 0)
+            c.ok = bool(msg.get("ok"))
+            c.last_report = now
+        elif kind == "ready":
+            c.ready = True
+            c.redis_down = None
+            c.last_report = now
+            self.boot_failures = 0
+            self.any_ready = True
+            log.info("child %d (pid %d) ready", c.index, c.pid)
+        elif kind == "redis_down":
+            c.redis_down = str(msg.get("msg") or "Redis unreachable")
+            if not self.any_ready:
+                self._fatal(EXIT_REDIS, c.redis_down)
+            elif now - self._redis_down_logged > 30:
+                self._redis_down_logged = now
+                log.warning("child %d cannot start: %s (retrying)", c.index, c.redis_down)
+        elif kind == "boot_error":
+            c.last_error = str(msg.get("msg") or "")
+        elif kind == "recycle":
+            if not self.stopping and not c.retiring and c.pid not in self.replace_queue:
+                log.info("recycling child %d (pid %d): %s", c.index, c.pid, msg.get("why"))
+                self.replace_queue.append(c.pid)
+        elif kind == "hard_timeout":
+            log.error("child %d (pid %d): hard timeout of %s; replacing it", c.index, c.pid,
+                      ", ".join(str(j) for j in msg.get("jobs") or ()))
+
+    def _reap(self) -> None:
+        for pid in list(self.children):
+            try:
+                wpid, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                wpid, status = pid, 0
+            if wpid == 0:
+                continue
+            self._on_exit(self.children.pop(pid), status)
+
+    def _on_exit(self, c: ChildProc, status: int) -> None:
+        if c.fd >= 0:
+            self._read_reports(c)
+            if c.fd >= 0:
+                os.close(c.fd)
+                c.fd = -1
+        how = _describe_status(status)
+        expected = c.retiring or self.stopping
+        if expected:
+            log.info("child %d (pid %d) %s", c.index, c.pid, how)
+        else:
+            log.warning("child %d (pid %d) %s; requeueing its jobs and replacing it",
+                        c.index, c.pid, how)
+        # Whatever the reason, its in-progress jobs go back at once.
+        self.pending_release[c.identity] = f"child {c.index} (pid {c.pid})"
+        self.next_release_at = 0.0
+        self._do_releases()
+        if expected or c.ready:
+            if not expected:
+                self.next_spawn_at = time.monotonic() + 0.1
+            return
+        # Died before it said it was ready: a boot failure.
+        self.boot_failures += 1
+        reason = c.last_error or c.redis_down or how
+        if c.redis_down and not self.any_ready:
+            self._fatal(EXIT_REDIS, c.redis_down)
+            return
+        if self.boot_failures >= MAX_BOOT_FAILURES:
+            self._fatal(EXIT_CHILD_BOOT, f"children keep dying at boot ({self.boot_failures} in a "
+                                         f"row); last: {reason}")
+            return
+        delay = min(10.0, 0.25 * 2 ** (self.boot_failures - 1))
+        log.error("child %d died at boot (%s); next try in %.2fs", c.index, reason, delay)
+        self.next_spawn_at = time.monotonic() + delay
+
+    def _fatal(self, code: int, message: str) -> None:
+        if self.error is None:
+            self.error = message
+            self.exit_code = code
+        self._begin_stop()
+
+    # -- Redis (only after fork; opened and closed around each use) ----------------------
+    def _connect(self) -> redis.Redis:
+        return self.spec.connect(socket_timeout=10, socket_connect_timeout=5)
+
+    def _do_releases(self, final: bool = False) -> None:
+        if not self.pending_release or time.monotonic() < self.next_release_at:
+            return
+        conn = self._connect()
+        try:
+            attempts = 0
+            while self.pending_release:
+                identity, what = next(iter(self.pending_release.items()))
+                try:
+                    result = reaper.release_pool(conn, self.pool.keys, identity, self.config)
+                except RedisError as exc:
+                    attempts += 1
+                    if not final or attempts >= 3:
+                        log.warning("could not requeue the jobs of %s yet (%s); will retry",
+                                    what, exc)
+                        self.next_release_at = time.monotonic() + 1.0
+                        if final:
+                            log.error("giving up: the stale-pool reaper will requeue them")
+                            self.pending_release.clear()
+                        return
+                    time.sleep(0.5)
+                    continue
+                del self.pending_release[identity]
+                if result is not None and result != (0, 0):
+                    log.warning("%s: %d jobs requeued, %d to dead (poison)", what, *result)
+        finally:
+            conn.close()
+
+    def _startup_reap(self) -> None:
+        """Once every child is up: recover pools of hosts that died while we were down."""
+        self.startup_reap_done = True
+        conn = self._connect()
+        try:
+            reaped = reaper.reap_stale_pools(conn, self.pool.keys, self.config,
+                                             exclude=[c.identity for c in self.children.values()])
+            if reaped:
+                log.warning("recovered the jobs of %d dead pools at start", len(reaped))
+        except RedisError as exc:
+            log.warning("stale-pool reaper at start failed (children retry it): %s", exc)
+        finally:
+            conn.close()
+
+    # -- replacement and stop --------------------------------------------------------------
+    def _step_replacement(self) -> None:
+        if self.stopping:
+            return
+        now = time.monotonic()
+        if self.replacing is not None:
+            old_pid, since = self.replacing
+            old = self.children.get(old_pid)
+            if old is None:
+                self.replacing = None
+            else:
+                if old.term_sent_at is None:
+                    active = self._active()
+                    if (len(active) >= self.target and all(c.ready for c in active)) or \
+                            now - since > REPLACE_WAIT:
+                        self._terminate(old)
+                return
+        while self.replace_queue and self.replacing is None:
+            pid = self.replace_queue.popleft()
+            c = self.children.get(pid)
+            if c is None or c.retiring:
+                continue
+            c.retiring = True  # no longer counted: its replacement starts now
+            self._spawn(self._free_index())
+            self.replacing = (pid, now)
+        if self.reloading and self.replacing is None and not self.replace_queue:
+            self.reloading = False
+            log.info("rolling restart done")
+            self.notifier.notify("READY=1")
+
+    def _begin_stop(self) -> None:
+        now = time.monotonic()
+        if self.stopping:
+            if self.error is None:
+                log.warning("second stop signal: killing children now (their jobs are requeued)")
+                for c in self.children.values():
+                    c.killed = True
+                    self._kill(c, signal.SIGKILL)
+            return
+        self.stopping = True
+        if self.error is None:
+            log.info("stopping: children finish running jobs (up to %.0fs)",
+                     self.config.shutdown_timeout)
+        self.notifier.notify("STOPPING=1")
+        for c in self.children.values():
+            self._terminate(c)
+        self.next_status = now
+
+    def _step_stop(self) -> None:
+        now = time.monotonic()
+        limit = self.config.shutdown_timeout + KILL_GRACE
+        for c in self.children.values():
+            if c.term_sent_at is not None and not c.killed and now - c.term_sent_at > limit:
+                log.warning("child %d (pid %d) did not stop in %.0fs; killing it", c.index, c.pid,
+                            limit)
+                c.killed = True
+                self._kill(c, signal.SIGKILL)
+
+    # -- systemd and titles ---------------------------------------------------------------
+    def _systemd(self) -> None:
+        now = time.monotonic()
+        active = self._active()
+        if not self.announced_ready and not self.stopping and len(active) >= self.target and \
+                all(c.ready for c in active):
+            self.announced_ready = True
+            log.info("all %d children are up", len(active))
+            self.notifier.notify("READY=1", f"MAINPID={self.pid}")
+            if not self.startup_reap_done:
+                self._startup_reap()
+        if self.notifier.watchdog_interval and now >= self.next_watchdog:
+            self.next_watchdog = now + self.notifier.watchdog_interval
+            if self._healthy(now):
+                self.notifier.notify("WATCHDOG=1")
+        if self.notifier.enabled and now >= self.next_status:
+            self.next_status = now + STATUS_EVERY
+            status = self._status_text()
+            if status != self.last_status:
+                self.last_status = status
+                self.notifier.notify(f"STATUS={status}")
+
+    def _healthy(self, now: float) -> bool:
+        """Every child shows progress (or is still in its boot window)."""
+        active = self._active()
+        if not active:
+            return self.stopping
+        for c in active:
+            if not c.ready:
+                if now - c.started > BOOT_GRACE:
+                    return False
+            elif not c.ok or now - c.last_report > REPORT_STALE:
+                return False
+        return True
+
+    def _status_text(self) -> str:
+        kids = list(self.children.values())
+        busy = sum(c.busy for c in kids)
+        conc = sum(c.conc or self.options.concurrency for c in kids)
+        done = sum(c.done for c in kids)
+        return f"{self._state()}: {len(kids)} children, {busy}/{conc} busy, {done} jobs done by these children"
+
+    def _state(self) -> str:
+        if self.stopping:
+            return "stopping"
+        if self.reloading:
+            return "reloading"
+        if self.quiet:
+            return "quiet"
+        if not self.announced_ready:
+            return "booting"
+        return "running"
+
+    def _title(self) -> None:
+        n = len(self.children)
+        title = f"forkq master {self.pool.namespace} [{n} {'child' if n == 1 else 'children'}] {self._state()}"
+        if title != self.last_title:
+            self.last_title = title
+            setproctitle(title)
+
+
+def _process_fields(config: Config) -> dict[str, Any]:
+    """The fields the CLI and environment decide (kept when the app is reloaded)."""
+    names = ("concurrency", "processes", "redis_url", "shutdown_timeout", "max_jobs_per_child",
+             "max_memory_per_child_mb", "log_level", "heartbeat_interval", "stale_after",
+             "lease_ttl", "idle_poll_interval")
+    return {n: getattr(config, n) for n in names}
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"was killed by {name}"
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
+    if code == childmod.EXIT_HARD_TIMEOUT:
+        return "exited after a hard timeout"
+    return f"exited with code {code}"
