@@ -167,6 +167,13 @@ def test_sidekiq_process_set_and_workers_show_a_live_forkq_pool_and_its_running_
     assert (payload["jid"], payload["class"], payload["args"]) == (scene.ids["blocker"], "blocker", [{"c": 3}])
     assert isinstance(work["run_at"], int)
 
+    # A quiet pool (TSTP; running jobs finish, nothing new is taken) is "stopping" for Sidekiq.
+    rt = scene.pool.runtime
+    assert rt is not None
+    rt.quiet()
+    [quiet] = sidekiq(redis_url, "read")["processes"]
+    assert (quiet["identity"], quiet["quiet"], quiet["stopping"]) == (scene.identity, "true", True)
+
     # Once the pool stops, Sidekiq sees no process and no work.
     scene.release.set()
     scene.pool.stop(timeout=5)
