@@ -51,18 +51,42 @@ class ReporterHub:
         self._q.put((event, *args))
 
     def close(self, timeout: float = 5.0) -> None:
+        """Deliver what was emitted so far, then end every job still open.
+
+        A job whose thread did not answer the shutdown interrupt in time (stuck in
+        a C call) emits nothing more that anyone reads; the pool has requeued it,
+        so its reporters get ``aborted(job, "shutdown")`` and ``stopped`` here and
+        the started/outcome/stopped pairing holds for every job.
+        """
         self._q.put(None)
         self._thread.join(timeout)
 
     def _loop(self) -> None:
+        # id(job) -> [job, outcome seen]; only this thread touches it.
+        open_jobs: dict[int, list[Any]] = {}
         while True:
             item = self._q.get()
             if item is None:
-                return
+                break
             event, *args = item
-            for handler in self._handlers[event]:
-                try:
-                    handler(*args)
-                except BaseException:  # noqa: B036 - a reporter's SystemExit must not end delivery
-                    # If this thread died, every later event would pile up unseen.
-                    log.exception("reporter %r raised on %s; ignored", handler, event)
+            if event == "started":
+                open_jobs[id(args[0])] = [args[0], False]
+            elif event == "stopped":
+                open_jobs.pop(id(args[0]), None)
+            else:
+                entry = open_jobs.get(id(args[0]))
+                if entry is not None:
+                    entry[1] = True
+            self._deliver(event, args)
+        for job, outcome_seen in open_jobs.values():
+            if not outcome_seen:
+                self._deliver("aborted", (job, "shutdown"))
+            self._deliver("stopped", (job,))
+
+    def _deliver(self, event: str, args: Sequence[Any]) -> None:
+        for handler in self._handlers[event]:
+            try:
+                handler(*args)
+            except BaseException:  # noqa: B036 - a reporter's SystemExit must not end delivery
+                # If this thread died, every later event would pile up unseen.
+                log.exception("reporter %r raised on %s; ignored", handler, event)

@@ -346,3 +346,27 @@ def test_a_reporter_raising_system_exit_does_not_end_event_delivery(
     pool.stop(timeout=2)
     for job in jobs:
         assert rec.names_of(job.id) == ["started", "success", "stopped"]
+
+
+def test_a_job_stuck_in_a_c_call_at_shutdown_still_gets_aborted_and_stopped(
+        r: redis.Redis, redis_url: str, fast_config: forkq.Config, pools: list[forkq.WorkerPool]) -> None:
+    """The shutdown interrupt cannot land inside one long C call (time.sleep); the pool
+    requeues the job and its reporters still see aborted("shutdown") then stopped."""
+    pool = forkq.WorkerPool(NS, config=fast_config)
+    rec = pool.reporter(Recording())
+    running = threading.Event()
+
+    @pool.job
+    def stuck(job: forkq.Job) -> None:
+        running.set()
+        time.sleep(1.5)
+
+    job = pool.enqueuer(redis_url).enqueue("stuck")
+    run_pool(pool, pools, redis_url, concurrency=1)
+    assert running.wait(10)
+    pool.stop(timeout=0.2)
+    assert rec.names_of(job.id) == ["started", "aborted", "stopped"]
+    assert rec.of(job.id)[1][1] == "shutdown"
+    assert [orjson.loads(p)["jid"] for p in r.lrange(K.queue("stuck"), 0, -1)] == [job.id]
+    time.sleep(1.6)  # the job's thread wakes up after the pool is gone: no second outcome
+    assert rec.names_of(job.id) == ["started", "aborted", "stopped"]
