@@ -1,0 +1,318 @@
+"""Redis misbehaving under a running pool: restarted (AOF on), frozen (SIGSTOP),
+out of memory (noeviction), script cache flushed, read-only replica, wrong
+password, unreachable.  Each test damages a real redis-server and checks that
+every job whose enqueue was acknowledged still runs, and that no thread dies.
+
+Jobs record their jid in a Redis set when they finish, so "lost" is measured in
+Redis; executions are counted in the worker process (a recording client that
+re-sends its write after a timeout must not count as a duplicate run).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from helpers import Recorder
+from redis_server import RedisServer, wait_for
+
+import forkq
+from forkq import reaper
+from forkq.keys import Keys
+
+NS = "rf"
+K = Keys(NS)
+DONE = "test:done"       # set of jids that finished (outside the namespace on purpose)
+
+
+@pytest.fixture
+def aof_server() -> Iterator[RedisServer]:
+    """A private server with AOF on and fsync every second, as in production."""
+    server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "everysec"]).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def private_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+def recording_pool(server: RedisServer, config: forkq.Config, runs: Recorder) -> forkq.WorkerPool:
+    """A pool whose one job records its jid in Redis; a failed write fails the job (it retries)."""
+    pool = forkq.WorkerPool(NS, config=config)
+    rec = server.client()
+
+    @pool.job(max_fails=1000, backoff=lambda job: 0.05)
+    def record(job: forkq.Job) -> None:
+        runs.add(job.id)
+        time.sleep(0.001)
+        rec.sadd(DONE, job.id)
+
+    return pool
+
+
+class Producer(threading.Thread):
+    """Enqueues batches until told to stop; remembers only the acknowledged jids."""
+
+    def __init__(self, url: str, batch: int = 20, total: int = 3000) -> None:
+        super().__init__(daemon=True)
+        self.enq = forkq.Enqueuer(url, NS)
+        self.batch = batch
+        self.total = total
+        self.acked: set[str] = set()
+        self.refused = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        while len(self.acked) < self.total:
+            try:
+                jobs = self.enq.enqueue_many("record", [{"i": i} for i in range(self.batch)])
+            except forkq.EnqueueError as exc:
+                self.refused += 1
+                self.errors.append(str(exc))
+                time.sleep(0.02)
+                continue
+            self.acked.update(j.id for j in jobs)
+            time.sleep(0.005)
+
+
+def threads_alive(pool: forkq.WorkerPool) -> bool:
+    rt = pool.runtime
+    assert rt is not None
+    return (rt.fetcher.is_alive() and all(t.is_alive() for t in rt._threads)
+            and all(t.is_alive() for t in rt.executor._threads))
+
+
+def settled(r: redis.Redis, pools: list[forkq.WorkerPool]) -> bool:
+    """Nothing queued, scheduled for retry or held in progress by any pool."""
+    if r.llen(K.queue("record")) or r.zcard(K.retry):
+        return False
+    return all(p.runtime is not None and r.hlen(K.inprogress(p.runtime.identity)) == 0 for p in pools)
+
+
+def test_redis_restarts_mid_run_lose_no_acknowledged_job(aof_server, pools, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="forkq")
+    cfg = forkq.Config(heartbeat_interval=0.5, idle_poll_interval=0.2)
+    runs = Recorder()
+    for _ in range(2):
+        pool = recording_pool(aof_server, cfg, runs)
+        pool.start(aof_server.url, concurrency=4)
+        pools.append(pool)
+    producer = Producer(aof_server.url, total=3000)
+    producer.start()
+    r = aof_server.client()
+    restarts = 0
+    for _ in range(3):
+        wait_for(lambda: r.scard(DONE) > 200 * (restarts + 1), 60, interval=0.05,
+                 message="progress before a restart")
+        aof_server.restart()
+        restarts += 1
+        r = aof_server.client()
+    producer.join(120)
+    assert not producer.is_alive(), "producer never got its 3000 acknowledged enqueues"
+    done = wait_for(lambda: (lambda d: d if producer.acked <= d else None)(
+        {m.decode() for m in r.smembers(DONE)}), 120, interval=0.2,
+        message="every acknowledged job to finish")
+    wait_for(lambda: settled(r, pools), 30, message="queues, retries and in-progress empty")
+    lost = producer.acked - done
+    assert lost == set()
+    assert len(runs) >= len(done)
+    assert all(threads_alive(p) for p in pools), "a pool thread died"
+    text = caplog.text
+    assert "Redis round trip failed" in text and "Redis is reachable again" in text
+    # A job that is still wanted after the restarts runs promptly: the pools are serving.
+    job = forkq.Enqueuer(aof_server.url, NS).enqueue("record")
+    wait_for(lambda: r.sismember(DONE, job.id), 20, message="a fresh job after the restarts")
+    print(f"\nRESTART: restarts={restarts} acked={len(producer.acked)} refused_batches={producer.refused} "
+          f"done={len(done)} runs={len(runs)} duplicates={len(runs) - len(set(runs.snapshot()))} lost={len(lost)}")
+
+
+@pytest.mark.slow
+def test_redis_frozen_ten_seconds_then_resumed_reaps_no_live_pool(private_server, pools) -> None:
+    cfg = forkq.Config(heartbeat_interval=0.5, idle_poll_interval=0.2)
+    runs = Recorder()
+    for _ in range(2):
+        pool = recording_pool(private_server, cfg, runs)
+        pool.start(private_server.url, concurrency=4)
+        pools.append(pool)
+    r = private_server.client()
+    enq = forkq.Enqueuer(private_server.url, NS)
+    before = {j.id for j in enq.enqueue_many("record", [{}] * 400)}
+    wait_for(lambda: r.scard(DONE) > 50, 30, message="work started")
+    identities = {p.runtime.identity for p in pools}  # type: ignore[union-attr]
+    private_server.signal(signal.SIGSTOP)
+    try:
+        time.sleep(10)
+    finally:
+        private_server.signal(signal.SIGCONT)
+    # A reaper running right after the freeze (every pool's beat is ~10 s old)
+    # must find nobody stale with the default stale window.
+    assert reaper.reap_stale_pools(r, K, cfg) == []
+    after = {j.id for j in enq.enqueue_many("record", [{}] * 400)}
+    done = wait_for(lambda: (lambda d: d if (before | after) <= d else None)(
+        {m.decode() for m in r.smembers(DONE)}), 60, interval=0.2, message="all jobs done after the freeze")
+    wait_for(lambda: settled(r, pools), 30, message="nothing left in progress")
+    live = {m.decode() for m in r.zrange(K.pools, 0, -1)}
+    assert identities <= live, "a live pool was reaped"
+    assert all(threads_alive(p) for p in pools)
+    print(f"\nFREEZE: jobs={len(before | after)} done={len(done)} runs={len(runs)} "
+          f"duplicates={len(runs) - len(set(runs.snapshot()))} lost={len((before | after) - done)}")
+
+
+def test_redis_at_maxmemory_refuses_enqueue_clearly_and_queued_jobs_still_run(private_server, pools) -> None:
+    r = private_server.client()
+    r.config_set("maxmemory-policy", "noeviction")
+    pool = forkq.WorkerPool(NS, config=forkq.Config(heartbeat_interval=0.5, idle_poll_interval=0.2))
+    gate = threading.Event()
+    seen = Recorder()
+
+    @pool.job
+    def held(job: forkq.Job) -> None:
+        gate.wait(30)
+        seen.add(job.id)
+
+    pool.start(private_server.url, concurrency=4)
+    pools.append(pool)
+    enq = pool.enqueuer(private_server.url)
+    queued = {j.id for j in enq.enqueue_many("held", [{"pad": "x" * 200}] * 300)}
+    wait_for(lambda: r.hlen(K.inprogress(pool.runtime.identity)) == 4, 10,  # type: ignore[union-attr]
+             message="4 jobs taken")
+    used = int(r.info("memory")["used_memory"])
+    r.config_set("maxmemory", str(used // 2))
+    try:
+        with pytest.raises(forkq.EnqueueError, match="out of memory") as info:
+            enq.enqueue("held", {"late": True})
+        assert "nothing was enqueued" in str(info.value) and "\n" not in str(info.value)
+        with pytest.raises(forkq.EnqueueError, match="OOM|maxmemory"):
+            enq.enqueue_many("held", [{}] * 10)
+        with pytest.raises(forkq.EnqueueError, match="OOM|maxmemory"):
+            enq.enqueue_in("held", 5)
+        assert r.llen(K.queue("held")) == 296
+        gate.set()
+        wait_for(lambda: set(seen.snapshot()) == queued, 60, message="every queued job to run under OOM")
+        wait_for(lambda: r.hlen(K.inprogress(pool.runtime.identity)) == 0, 10,  # type: ignore[union-attr]
+                 message="acks under OOM")
+        assert threads_alive(pool)
+    finally:
+        r.config_set("maxmemory", "0")
+    job = enq.enqueue("held", {"after": True})
+    wait_for(lambda: job.id in seen.snapshot(), 10, message="enqueue works again once memory is freed")
+    assert len(seen) == 301
+
+
+def test_script_cache_flushed_mid_run_reloads_and_loses_nothing(private_server, pools) -> None:
+    cfg = forkq.Config(heartbeat_interval=0.5, idle_poll_interval=0.2)
+    runs = Recorder()
+    pool = recording_pool(private_server, cfg, runs)
+    pool.start(private_server.url, concurrency=4)
+    pools.append(pool)
+    r = private_server.client()
+    enq = forkq.Enqueuer(private_server.url, NS)
+    acked: set[str] = set()
+    for round_ in range(20):
+        acked |= {j.id for j in enq.enqueue_many("record", [{"round": round_}] * 50)}
+        r.script_flush()
+        time.sleep(0.02)
+    done = wait_for(lambda: (lambda d: d if acked <= d else None)(
+        {m.decode() for m in r.smembers(DONE)}), 60, interval=0.1, message="all jobs done")
+    wait_for(lambda: settled(r, pools), 10, message="nothing left in progress")
+    assert len(done) == 1000 and r.zcard(K.dead) == 0
+    assert threads_alive(pool)
+
+
+def test_read_only_replica_refuses_enqueue_clearly_and_a_pool_on_it_takes_nothing(
+        private_server, pools, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="forkq")
+    replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(private_server.port)]).start()
+    try:
+        wait_for(lambda: replica.client().info("replication").get("master_link_status") == "up", 20,
+                 message="replica linked")
+        enq = forkq.Enqueuer(replica.url, NS)
+        with pytest.raises(forkq.EnqueueError, match="read-only replica") as info:
+            enq.enqueue("anything", {"x": 1})
+        assert "nothing was enqueued" in str(info.value) and "\n" not in str(info.value)
+        queued = forkq.Enqueuer(private_server.url, NS).enqueue("anything", {"x": 2})
+        wait_for(lambda: replica.client().llen(K.queue("anything")) == 1, 10, message="replicated")
+        # A pool pointed at the replica (a failover may promote it) keeps trying and says why.
+        pool = forkq.WorkerPool(NS, config=forkq.Config(idle_poll_interval=0.2))
+        ran = Recorder()
+        pool.register("anything", lambda job: ran.add(job.id))
+        pool.start(replica.url, concurrency=1)
+        pools.append(pool)
+        wait_for(lambda: "read only replica" in caplog.text, 10, message="a warning naming the replica")
+        assert len(ran) == 0
+        assert private_server.client().lrange(K.queue("anything"), 0, -1) == [
+            forkq.job.encode(queued.data)]
+    finally:
+        replica.cleanup()
+
+
+def test_wrong_password_is_a_clear_error_without_the_secret() -> None:
+    secret = "s3cr3t-Hunter2"
+    server = RedisServer(extra=["--requirepass", "right-password"], password="right-password").start()
+    try:
+        url = f"redis://:{secret}@127.0.0.1:{server.port}/0"
+        with pytest.raises(forkq.EnqueueError) as info:
+            forkq.Enqueuer(url, NS).enqueue("x")
+        message = str(info.value)
+        assert secret not in message and secret not in repr(info.value)
+        assert "password" in message.lower() or "auth" in message.lower()
+        pool = forkq.WorkerPool(NS)
+        pool.register("x", lambda job: None)
+        with pytest.raises(ConnectionError) as cinfo:
+            pool.start(url, concurrency=1)
+        assert secret not in str(cinfo.value)
+        assert f"127.0.0.1:{server.port}" in str(cinfo.value)
+    finally:
+        server.cleanup()
+
+
+def test_pool_start_against_unreachable_redis_raises_a_clear_connection_error() -> None:
+    pool = forkq.WorkerPool(NS)
+    pool.register("x", lambda job: None)
+    with pytest.raises(ConnectionError, match=r"cannot reach Redis at redis://127\.0\.0\.1:1/0"):
+        pool.start("redis://:pw@127.0.0.1:1/0", concurrency=1)
+    assert pool.runtime is None or not pool.runtime.fetcher.is_alive()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("given", ["url", "redis_client"])
+def test_fetch_in_flight_while_redis_is_frozen_loses_no_job(private_server, pools, given: str) -> None:
+    """The freeze outlasts the client's socket timeout while an ack+fetch is in flight.
+
+    The timed-out round trip still runs when Redis resumes; the jobs it took must
+    not be stranded in this pool's in-progress hash while the pool lives on.
+    """
+    pool = forkq.WorkerPool(NS, config=forkq.Config(heartbeat_interval=0.5, idle_poll_interval=0.2))
+    gate = threading.Event()
+    seen = Recorder()
+
+    @pool.job
+    def gated(job: forkq.Job) -> None:
+        gate.wait(60)
+        seen.add(job.id)
+
+    # A redis.Redis built by the user carries redis-py's default retry policy.
+    pool.start(private_server.url if given == "url" else private_server.client(), concurrency=4)
+    pools.append(pool)
+    r = private_server.client()
+    queued = {j.id for j in forkq.Enqueuer(private_server.url, NS).enqueue_many("gated", [{}] * 100)}
+    identity = pool.runtime.identity  # type: ignore[union-attr]
+    wait_for(lambda: r.hlen(K.inprogress(identity)) == 4, 10, message="4 jobs taken")
+    private_server.signal(signal.SIGSTOP)
+    try:
+        gate.set()  # 4 jobs finish: the fetcher sends ack+fetch into the frozen server
+        time.sleep(12)
+    finally:
+        private_server.signal(signal.SIGCONT)
+    wait_for(lambda: queued <= set(seen.snapshot()), 60, interval=0.1,
+             message="every job to run after the freeze")
+    wait_for(lambda: r.hlen(K.inprogress(identity)) == 0, 10, message="in-progress empty")
