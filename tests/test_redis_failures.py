@@ -110,8 +110,9 @@ def test_redis_restarts_mid_run_lose_no_acknowledged_job(aof_server, pools, capl
     producer.start()
     r = aof_server.client()
     restarts = 0
-    for _ in range(3):
-        wait_for(lambda: r.scard(DONE) > 200 * (restarts + 1), 60, interval=0.05,
+    for n in range(1, 4):
+        target = 200 * n
+        wait_for(lambda c=r, t=target: c.scard(DONE) > t, 60, interval=0.05,
                  message="progress before a restart")
         aof_server.restart()
         restarts += 1
