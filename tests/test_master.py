@@ -154,13 +154,18 @@ class ForkqProc:
         self._log.close()
 
 
-@pytest.fixture
-def forkqs() -> Iterator[list[ForkqProc]]:
-    """Masters started by a test are killed afterwards even when it fails."""
+def forkq_procs() -> Iterator[list[ForkqProc]]:
+    """Body of the ``forkqs`` fixture (each test module declares it with this)."""
     started: list[ForkqProc] = []
     yield started
     for f in started:
         f.kill_all()
+
+
+@pytest.fixture
+def forkqs() -> Iterator[list[ForkqProc]]:
+    """Masters started by a test are killed afterwards even when it fails."""
+    yield from forkq_procs()
 
 
 def start_forkq(forkqs: list[ForkqProc], tmp_path: Path, redis_url: str, module: str,
