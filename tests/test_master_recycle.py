@@ -1,0 +1,147 @@
+"""Children replaced on purpose: recycling by job count and by memory, hard timeouts,
+and jobs that kill their process (the poison cap)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+import redis
+from redis_server import wait_for
+from test_master import (
+    KEYS,
+    ForkqProc,
+    enqueue,
+    forkq_procs,
+    inprogress_total,
+    runs,
+    start_forkq,
+    wait_all_done,
+    wait_children_ready,
+    write_jobs,
+)
+
+
+@pytest.fixture
+def forkqs() -> Iterator[list[ForkqProc]]:
+    yield from forkq_procs()
+
+
+def test_children_are_recycled_after_max_jobs_and_no_job_is_lost(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod,
+                    ["-p", "2", "-c", "2", "--max-jobs-per-child", "40"])
+    first = wait_children_ready(f, r, 2)
+    jids = enqueue(redis_url, "slow", [{"s": 0.01}] * 300)
+    done = wait_all_done(r, jids, f)
+    assert all(v == 1 for v in done.values())
+    pids = {int(p) for p in r.hvals("test:pids")}
+    # 300 jobs, at most ~44 per child: at least 7 children did the work.
+    assert len(pids) >= 7, pids
+    assert not (f.child_pids() & first)
+    assert "recycling child" in f.log()
+    wait_children_ready(f, r, 2)
+    assert f.stop() == 0
+    assert inprogress_total(r) == 0
+
+
+HOG = '''
+_hoard = []
+
+
+@pool.job
+def hog(job):
+    _hoard.append(bytearray(job.arg_int("mb") * 1024 * 1024))
+    R().hset("test:hog", job.id, os.getpid())
+    R().hincrby("test:runs", job.id, 1)
+'''
+
+
+def test_child_above_max_memory_is_recycled(tmp_path: Path, redis_url: str, r: redis.Redis,
+                                            forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path, HOG)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod,
+                    ["-p", "1", "-c", "2", "--max-memory-per-child", "150"])
+    (pid,) = wait_children_ready(f, r, 1)
+    assert psutil.Process(pid).memory_info().rss < 150 * 1024 * 1024
+    jids = enqueue(redis_url, "hog", [{"mb": 200}])
+    wait_all_done(r, jids, f)
+    assert int(r.hget("test:hog", jids[0]) or 0) == pid
+    wait_for(lambda: f.child_pids() and pid not in f.child_pids(), timeout=30, message="hog recycled")
+    (new,) = wait_children_ready(f, r, 1)
+    assert psutil.Process(new).memory_info().rss < 150 * 1024 * 1024
+    later = enqueue(redis_url, "record", [{}] * 10)
+    wait_all_done(r, later, f)
+    assert "RSS" in f.log()
+    assert f.stop() == 0
+
+
+STUCK = '''
+@pool.job(timeout=1)
+def stuck(job):
+    R().hincrby("test:starts", job.id, 1)
+    time.sleep(120)  # in C: the soft JobTimeout cannot land until it returns
+    R().hincrby("test:runs", job.id, 1)
+'''
+
+
+def test_job_past_its_hard_timeout_fails_and_its_child_is_replaced(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path, STUCK)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod,
+                    ["-p", "1", "-c", "3", "--shutdown-timeout", "0.5"],
+                    env={"FORKQ_HARD_TIMEOUT_GRACE": "1"})
+    (pid,) = wait_children_ready(f, r, 1)
+    sibling = enqueue(redis_url, "slow", [{"s": 4.0}])
+    wait_for(lambda: runs(r, "test:starts"), timeout=20, message="sibling running")
+    (stuck,) = enqueue(redis_url, "stuck", [{}])
+    wait_for(lambda: r.zcard(KEYS.retry) == 1, timeout=30, message="stuck job in retry")
+    (entry,) = r.zrange(KEYS.retry, 0, -1)
+    data = orjson.loads(entry)
+    assert data["jid"] == stuck
+    assert data["error_class"] == "JobTimeout" and "hard timeout" in data["error_message"]
+    assert data["retry_count"] == 0
+    wait_for(lambda: f.child_pids() and pid not in f.child_pids(), timeout=30, message="child replaced")
+    # The sibling was interrupted by the replacement and requeued, not failed: it runs again.
+    done = wait_all_done(r, sibling, f)
+    assert done[sibling[0]] == 1
+    assert runs(r, "test:starts")[sibling[0]] == 2
+    assert r.zcard(KEYS.dead) == 0 and r.zcard(KEYS.retry) == 1
+    assert f.stop() == 0
+    assert inprogress_total(r) == 0
+
+
+CRASH = '''
+import signal
+
+
+@pool.job
+def crash(job):
+    R().hincrby("test:starts", job.id, 1)
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_job_that_keeps_killing_its_child_goes_to_dead_as_poison(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path, CRASH)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"])
+    wait_children_ready(f, r, 1)
+    (jid,) = enqueue(redis_url, "crash", [{}])
+    wait_for(lambda: r.zcard(KEYS.dead) == 1, timeout=60, message="poison job in dead")
+    data = orjson.loads(r.zrange(KEYS.dead, 0, -1)[0])
+    assert data["jid"] == jid and data["error_class"] == "Poison"
+    # Recovered 3 times (run 4 times); the 4th recovery buries it.
+    assert runs(r, "test:starts")[jid] == 4
+    assert r.llen(KEYS.queue("crash")) == 0
+    # The master is still up with a fresh child and keeps working.
+    later = enqueue(redis_url, "record", [{}] * 5)
+    wait_all_done(r, later, f)
+    assert f.proc.poll() is None
+    assert f.stop() == 0
+    assert os.path.exists(f.log_path)
