@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from redis_server import wait_for
@@ -263,3 +265,101 @@ def test_three_pool_processes_run_each_periodic_occurrence_exactly_once(
         r.hlen(k) == 0 for k in r.keys(f"{keys.prefix}inprogress:*"))
     remaining = _scheduled(r, keys)
     assert not set(remaining) & set(runs), "an occurrence that ran is still scheduled"
+
+
+# -- the real prefork master: two "hosts" with two children each ------------------------
+
+MASTER_JOBS = """
+import os
+import redis
+import forkq
+
+pool = forkq.WorkerPool(namespace="NAMESPACE")
+_conns = {}
+
+
+def R():
+    c = _conns.get(os.getpid())
+    if c is None:  # one connection per forked child
+        c = _conns[os.getpid()] = redis.Redis.from_url(os.environ["TEST_REDIS_URL"])
+    return c
+
+
+@pool.job
+def tick(job):
+    p = R().pipeline(transaction=False)
+    p.hincrby("test:runs", job.id, 1)
+    p.hset("test:who", job.id, os.getpid())
+    p.execute()
+
+
+pool.periodically_enqueue("* * * * * *", "tick")
+""".replace("NAMESPACE", NS)
+
+
+class Master:
+    """``python -m forkq -p 2 -c 2 periodic_jobs`` in its own session."""
+
+    def __init__(self, tmp_path: Path, url: str, tag: str) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]),
+               "TEST_REDIS_URL": url, "FORKQ_HEARTBEAT_INTERVAL": "0.5",
+               "FORKQ_IDLE_POLL_INTERVAL": "0.2", "FORKQ_STALE_AFTER": "30", "FORKQ_LOG_LEVEL": "WARNING"}
+        self.log = open(tmp_path / f"master-{tag}.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "forkq", "-p", "2", "-c", "2", "--redis", url,
+                                      "periodic_jobs"], cwd=tmp_path, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def child_pids(self) -> set[int]:
+        try:
+            return {c.pid for c in psutil.Process(self.proc.pid).children()}
+        except psutil.NoSuchProcess:
+            return set()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            for p in [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children()]:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def masters() -> Iterator[list[Master]]:
+    started: list[Master] = []
+    yield started
+    for m in started:
+        m.kill()
+
+
+@pytest.mark.slow
+def test_two_prefork_masters_run_each_periodic_occurrence_once_across_a_rolling_restart(
+        tmp_path: Path, redis_url: str, r: redis.Redis, masters: list[Master]) -> None:
+    """Four pools (2 masters x 2 children) each pre-schedule the same occurrences; a HUP
+    rolls one master's children mid-way (new pools schedule again)."""
+    keys = Keys(NS)
+    (tmp_path / "periodic_jobs.py").write_text(MASTER_JOBS)
+    a, b = Master(tmp_path, redis_url, "a"), Master(tmp_path, redis_url, "b")
+    masters += [a, b]
+    wait_for(lambda: r.scard(keys.processes) == 4, timeout=60, interval=0.05, message="four live pools")
+    wait_for(lambda: r.hlen("test:runs") >= 4, timeout=20, message="first occurrences")
+    old = a.child_pids()
+    a.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: len(a.child_pids()) == 2 and not (a.child_pids() & old), timeout=60,
+             interval=0.05, message="master a to roll both children")
+    start_new = r.hlen("test:runs")
+    wait_for(lambda: r.hlen("test:runs") >= max(10, start_new + 4), timeout=30,
+             message="occurrences after the HUP")
+    for m in (a, b):
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.proc.wait(30) == 0
+    runs = {k.decode(): int(v) for k, v in r.hgetall("test:runs").items()}
+    assert {jid: n for jid, n in runs.items() if n != 1} == {}, "occurrences that ran more than once"
+    epochs = sorted(int(jid.rsplit(":", 1)[1]) for jid in runs)
+    assert epochs == list(range(epochs[0], epochs[-1] + 1)), "an occurrence was skipped"
+    assert len(epochs) >= 10
+    pids = {int(p) for p in r.hvals("test:who")}
+    print(f"{len(epochs)} occurrences run by {len(pids)} children")
+    assert not set(_scheduled(r, keys)) & set(runs)
