@@ -19,9 +19,17 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _SCHEMES = ("redis", "rediss", "unix")
 
 
+_USERINFO = re.compile(r"(\w+://)([^:/@\s]*):([^\s/?#]*)@")
+_QUERY_SECRET = re.compile(r"([?&](?:password|pass|pwd)=)[^&#\s]*", re.IGNORECASE)
+
+
 def redact(text: str) -> str:
-    """Hide passwords in any URL inside ``text`` (``redis://user:***@host``)."""
-    return re.sub(r"(\w+://)([^:/@\s]*):([^@\s]*)@", r"\1\2:***@", text)
+    """Hide passwords in any URL inside ``text`` (``redis://user:***@host``).
+
+    The password may itself hold ``@`` (the last ``@`` of the authority ends it),
+    and redis-py also accepts it as a ``?password=`` query parameter.
+    """
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(r"\1\2:***@", text))
 
 
 def validate_url(url: str) -> str:
@@ -63,6 +71,10 @@ class ConnectionSpec:
             kw.pop("decode_responses", None)
             return cls(kwargs=kw, connection_class=pool.connection_class)
         raise ConfigError(f"redis must be a URL or a redis.Redis, got {type(value).__name__}")
+
+    def __repr__(self) -> str:
+        # The dataclass repr would print the URL's password or the kwargs' one.
+        return f"ConnectionSpec({self.describe()!r})"
 
     def connect(self, **overrides: Any) -> redis.Redis:
         """A new client with its own pool; bytes responses (orjson reads bytes)."""
