@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-
 from redis_server import RedisServer, find_redis_server, free_port
 
 
