@@ -227,6 +227,7 @@ class _Child:
             if self._stop:
                 return EXIT_OK
             try:
+                self.send({"t": "starting"})
                 rt.start()
                 break
             except ConnectionError as exc:

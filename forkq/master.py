@@ -111,6 +111,7 @@ class ChildProc:
     last_report: float = 0.0
     last_error: str | None = None
     redis_down: str | None = None
+    starting: bool = False  # inside PoolRuntime.start(): it may have fetched jobs
 
 
 class Master:
@@ -392,7 +393,10 @@ class Master:
             self.boot_failures = 0
             self.any_ready = True
             log.info("child %d (pid %d) ready", c.index, c.pid)
+        elif kind == "starting":
+            c.starting = True
         elif kind == "redis_down":
+            c.starting = False
             c.redis_down = str(msg.get("msg") or "Redis unreachable")
             if not self.any_ready:
                 self._fatal(EXIT_REDIS, c.redis_down)
@@ -429,13 +433,15 @@ class Master:
         expected = c.retiring or self.stopping
         if expected:
             log.info("child %d (pid %d) %s", c.index, c.pid, how)
-        else:
+        elif c.ready:
             log.warning("child %d (pid %d) %s; requeueing its jobs and replacing it",
                         c.index, c.pid, how)
-        # Whatever the reason, its in-progress jobs go back at once.
-        self.pending_release[c.identity] = f"child {c.index} (pid {c.pid})"
-        self.next_release_at = 0.0
-        self._do_releases()
+        # Whatever the reason, its in-progress jobs go back at once.  (A child that
+        # never started its pool, or failed to reach Redis, took nothing.)
+        if c.ready or c.starting:
+            self.pending_release[c.identity] = f"child {c.index} (pid {c.pid})"
+            self.next_release_at = 0.0
+            self._do_releases()
         if expected or c.ready:
             if not expected:
                 self.next_spawn_at = time.monotonic() + 0.1
