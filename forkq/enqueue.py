@@ -60,11 +60,12 @@ class Enqueuer:
             return scripts.run_one(self._conn, call)
         except OutOfMemoryError as exc:
             raise EnqueueError(
-                "Redis is out of memory (OOM: maxmemory reached with noeviction); "
-                f"nothing was enqueued: {exc}") from exc
+                "Redis refused the enqueue: out of memory (OOM: maxmemory reached with "
+                f"noeviction); nothing was enqueued: {exc}") from exc
         except ReadOnlyError as exc:
             raise EnqueueError(
-                f"Redis at {self._spec.describe()} is a read-only replica; nothing was enqueued") from exc
+                f"Redis refused the enqueue: {self._spec.describe()} is a read-only replica; "
+                "nothing was enqueued") from exc
         except ResponseError as exc:
             raise EnqueueError(f"Redis refused the enqueue: {exc}") from exc
         except RedisError as exc:

@@ -202,19 +202,19 @@ class Fetcher(threading.Thread):
         if n:
             submit = self.executor.submit
             names = [self._targets[i].name for i in order]
-            unique_keys: list[bytes] = []
+            guards: list[tuple[str, str]] = []
             with self._cv:
                 self._inflight += n
                 self._held.update(f.decode() for f in fetched[2::3])
             for j in range(1, len(fetched), 3):
                 payload = fetched[j + 2]
                 if b'"unique":true' in payload:
-                    uk = _unique_key(payload)
-                    if uk:
-                        unique_keys.append(uk)
+                    guard = _unique_guard(payload)
+                    if guard:
+                        guards.append(guard)
                 submit((names[fetched[j] - 1], fetched[j + 1].decode(), payload))
-            if unique_keys:
-                self._release_unique(unique_keys)
+            if guards:
+                self._release_unique(guards)
         due_in = None if next_due is None else next_due - time.time()
         with self._cv:
             self._last_empty = n < want
@@ -227,10 +227,10 @@ class Fetcher(threading.Thread):
         if due_in is not None and due_in <= 0:
             self._on_due()
 
-    def _release_unique(self, unique_keys: list[bytes]) -> None:
+    def _release_unique(self, guards: list[tuple[str, str]]) -> None:
         """A unique job's guard goes when a worker takes it (gocraft's semantics)."""
         try:
-            self._conn.delete(*unique_keys)
+            self._runner.run([scripts.release_unique(guards)])
         except RedisError as exc:
             log.warning("could not release unique guards (they expire by TTL): %s", exc)
 
@@ -266,9 +266,10 @@ class Fetcher(threading.Thread):
             log.warning("gave back %d jobs taken by a fetch whose reply was lost", requeued + dead)
 
 
-def _unique_key(payload: bytes) -> bytes | None:
+def _unique_guard(payload: bytes) -> tuple[str, str] | None:
     try:
-        key = jobcodec.decode(payload).get("unique_key")
+        data = jobcodec.decode(payload)
     except jobcodec.MalformedPayload:
         return None
-    return key.encode() if isinstance(key, str) else None
+    key = data.get("unique_key")
+    return (key, data["jid"]) if isinstance(key, str) else None

@@ -67,6 +67,9 @@ class Heartbeat:
         self.last_beat = 0.0
         self._had_work = True
         self._beats = 0
+        # Slots whose worker:<id> observation the last beat wrote; they are deleted
+        # when the slot is idle again (gocraft readers take the hash as "busy").
+        self._observed: set[int] = set()
 
     def beat(self, *, quiet: bool = False, now: float | None = None) -> None:
         t = time.time() if now is None else now
@@ -102,6 +105,10 @@ class Heartbeat:
         if running or self._had_work:
             pipe.delete(work_key, workers_key)
         self._had_work = bool(running)
+        now_observed = {s.index for s in running}
+        finished = self._observed - now_observed
+        if finished:
+            pipe.delete(*(keys.worker(worker_id(ident, i)) for i in finished))
         if running:
             work = {}
             for s in running:
@@ -133,7 +140,14 @@ class Heartbeat:
             self._had_work = True
             raise
         self._beats += 1
+        self._observed = now_observed
         self.last_beat = t
+
+    def forget(self) -> None:
+        """Delete this pool's observations (at stop): none of its workers is busy any more."""
+        ident = self.info.identity
+        self._conn.delete(*(self._keys.worker(worker_id(ident, s.index)) for s in self._slots))
+        self._observed = set()
 
     def flush_stats(self) -> None:
         pipe = self._conn.pipeline(transaction=False)

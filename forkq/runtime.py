@@ -98,9 +98,12 @@ class PoolRuntime:
         # Beat before the first fetch: the orphan scan trusts that order.  A server
         # that is reachable but refuses writes (out of memory) still gets its queued
         # jobs run; the beat is retried by the housekeeper.
-        if not self._beat_safely():
-            log.warning("first heartbeat refused; running anyway, it is retried every %.0fs",
-                        self.config.heartbeat_interval)
+        # A read-only replica is not fatal either: after a failover it may be promoted.
+        try:
+            self.heartbeat.beat()
+        except RedisError as exc:
+            log.warning("first heartbeat refused (%s); running anyway, it is retried every %.0fs",
+                        exc, self.config.heartbeat_interval)
         if self.reporters is not None:
             self.reporters.start()
         self.executor.start()
@@ -149,6 +152,7 @@ class PoolRuntime:
             self.heartbeat.flush_stats()
             scripts.run_one(self.conn, scripts.claim_pool(self.keys, identity=self.identity,
                                                           expected_beat=None))
+            self.heartbeat.forget()
         except RedisError as exc:
             log.error("could not remove this pool's liveness records: %s", exc)
         self.executor.join(0.5)

@@ -56,7 +56,8 @@ ENQUEUE = _load("enqueue")
 ENQUEUE_UNIQUE = _load("enqueue_unique")
 PROMOTE = _load("promote")
 CLAIM_POOL = _load("claim_pool")
-ALL = (FETCH, ACK, ENQUEUE, ENQUEUE_UNIQUE, PROMOTE, CLAIM_POOL)
+RELEASE_UNIQUE = _load("release_unique")
+ALL = (FETCH, ACK, ENQUEUE, ENQUEUE_UNIQUE, PROMOTE, CLAIM_POOL, RELEASE_UNIQUE)
 
 
 def supports_script_flags(conn: redis.Redis) -> bool:
@@ -255,6 +256,11 @@ def promote(keys: Keys, *, zset_key: str, moves: Sequence[Promotion]) -> Call:
             i = index[m.name] = len(index) + 1
         args += (m.member, i, m.payload, m.name)
     return Call(script=PROMOTE, keys=k, args=args)
+
+
+def release_unique(guards: Sequence[tuple[str, str]]) -> Call:
+    """Release unique guards ``(guard key, jid)`` that still hold the jid."""
+    return Call(script=RELEASE_UNIQUE, keys=[g for g, _ in guards], args=[j for _, j in guards])
 
 
 def claim_pool(keys: Keys, *, identity: str, expected_beat: float | None) -> Call:

@@ -179,8 +179,9 @@ def test_unknown_job_names_are_promoted_to_their_queue_not_to_dead(redis_url, fa
     enq.enqueue_in("someone_elses_job", 0.1)
     enq.enqueue_in("known", 0.1)
     start(pools, pool, redis_url)
-    wait_for(lambda: r.llen(K.queue("someone_elses_job")) == 1, 10, message="promotion")
-    assert r.zcard(K.dead) == 0 and r.zcard(K.schedule) == 0
+    wait_for(lambda: r.llen(K.queue("someone_elses_job")) == 1 and r.zcard(K.schedule) == 0, 10,
+             message="both promoted")
+    assert r.zcard(K.dead) == 0
     assert b"someone_elses_job" in r.smembers(K.queues)
 
 
@@ -472,3 +473,32 @@ def test_workers_drain_queued_jobs_while_redis_is_out_of_memory(redis_url, fast_
         assert r.llen(K.queue("fill")) == 0
     finally:
         r.config_set("maxmemory", 0)
+
+
+def test_observation_of_a_finished_job_is_removed_at_the_next_beat(redis_url, fast_config, pools, r) -> None:
+    pool = new_pool(fast_config)
+    gate = threading.Event()
+    pool.register("observed", lambda job: gate.wait(10))
+    start(pools, pool, redis_url, concurrency=2)
+    pool.enqueuer(redis_url).enqueue("observed")
+    wkeys = wait_for(lambda: r.keys(K.prefix + "worker:*"), 10, message="observation written")
+    assert r.hget(wkeys[0], "job_name") == b"observed"
+    gate.set()
+    wait_for(lambda: not r.keys(K.prefix + "worker:*"), 10, message="observation removed")
+
+
+def test_a_retried_unique_job_does_not_release_the_guard_of_a_newer_one(redis_url, fast_config, pools, r) -> None:
+    """Guards are released compare-and-delete: only by the job whose jid they hold."""
+    pool = new_pool(fast_config)
+    seen = Recorder()
+    pool.register("uniq", lambda job: seen.add(job.id))
+    enq = pool.enqueuer(redis_url)
+    old = enq.enqueue_unique("uniq", {"k": 1})
+    assert old is not None
+    guard = K.unique("uniq", '{"k":1}')
+    # The old job's guard expired and a newer job with the same args holds it now.
+    r.set(guard, "newer-jid")
+    start(pools, pool, redis_url)
+    wait_for(lambda: seen.snapshot() == [old.id], 10, message="old unique job run")
+    pool.drain(5)
+    assert r.get(guard) == b"newer-jid"
