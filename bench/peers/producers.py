@@ -25,6 +25,9 @@ KINDS = ("noop", "sleep10", "probe")
 class Producer:
     has_bulk = False
 
+    def __init__(self, url: str) -> None:
+        self.url = url
+
     def send(self, kind: str) -> None:
         raise NotImplementedError
 
@@ -43,9 +46,8 @@ class ForkqProducer(Producer):
     has_bulk = True
 
     def __init__(self, url: str) -> None:
-        from forkq import Enqueuer
-
         from bench.jobs import NAMESPACE
+        from forkq import Enqueuer
 
         self.enq = Enqueuer(url, NAMESPACE)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 
-from bench.peers._counter import done, probe as _probe
+from bench.peers._counter import done
+from bench.peers._counter import probe as _probe
 
 
 def noop() -> None:

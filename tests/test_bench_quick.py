@@ -1,0 +1,42 @@
+"""The benchmark harness's smoke run works end to end on forkq (correctness only, never speed).
+
+``python bench/run.py --quick --only forkq`` runs every workload (a..h) through the
+real CLI and exits non-zero if any run lost a job; this test checks that it exits
+0 and that its JSON shows every run's jobs all counted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(600)
+def test_quick_bench_processes_every_job_on_forkq(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    res = subprocess.run(
+        [sys.executable, "bench/run.py", "--quick", "--only", "forkq", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=540)
+    assert res.returncode == 0, f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-3000:]}"
+    data = json.loads((out / "results.json").read_text())
+    assert data["failures"] == []
+    runs = data["runs"]
+    workloads = {r["workload"] for r in runs}
+    assert {"a", "b16", "b200", "c", "d", "e", "h:names100", "h:backlog", "h:scheduled",
+            "h:p1"} <= workloads
+    for r in runs:
+        assert r["system"] == "forkq"
+        if "done" in r:  # throughput runs: every enqueued job was processed
+            assert r["ok"] and r["done"] >= r["n"], r
+        if r["workload"] == "c":  # enqueue runs: every job is in Redis
+            assert r["queued"] >= r["n"], r
+        if r["workload"] == "d":  # every latency probe ran
+            assert r["timeouts"] == 0 and r["p50_ms"] >= 0, r
+    assert "| forkq |" in res.stdout
+    assert (out / "results.md").read_text().startswith("# forkq benchmark")
