@@ -143,9 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] in ADMIN_VERBS:
         return _admin(args_list)
     if args_list and args_list[0] == "demo":
-        from . import demo
+        from .demo import main as demo_main
 
-        return demo.main(args_list[1:])
+        return demo_main(args_list[1:])
     try:
         try:
             args = build_parser().parse_args(args_list)
