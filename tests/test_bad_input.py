@@ -117,10 +117,6 @@ def test_two_entries_sharing_a_jid_both_run(redis_url, fast_config, pools, r) ->
     wait_for(lambda: r.hlen(K.inprogress(pool.runtime.identity)) == 0, 5, message="acked")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fetch.lua keys in-progress by jid: a second entry with the same jid overwrites the first "
-    "field, so when both fail the second failure's ack finds no field and its retry is dropped. "
-    "Fix proposed in docs/RELIABILITY.md (fetch.lua: HSETNX, suffix the field on collision)."))
 def test_two_failing_entries_sharing_a_jid_both_reach_retry(redis_url, fast_config, pools, r) -> None:
     pool = new_pool(fast_config)
     barrier = threading.Barrier(2, timeout=10)

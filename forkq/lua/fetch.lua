@@ -17,18 +17,17 @@
 -- Returns {next_due, idx1, field1, payload1, idx2, field2, payload2, ...}: next_due is
 -- the earliest score in schedule or retry as a string ("" when both are empty), so a
 -- caller can promote what is due now and sleep exactly until the next one; idx is the 1-based position of
--- the job's name in the triples; field is the in-progress field (the jid, or
--- "malformed:<sha1>" for an entry with no readable jid).
+-- the job's name in the triples; field is the in-progress field: the jid ("<jid>#2"
+-- when that jid is already held), or "malformed:<sha1>" for an entry with no jid.
 
 local want = tonumber(ARGV[1])
 local now = ARGV[2]
 local identity = ARGV[3]
 local lease_until = ARGV[4]
 local out = {''}
-local hset = {}
 local names = (#KEYS - 3) / 3
 
-local function field_of(payload)
+local function jid_of(payload)
   local jid = string.match(payload, '^{"jid":"([^"]+)"')
   if jid then return jid end
   local ok, data = pcall(cjson.decode, payload)
@@ -38,31 +37,24 @@ local function field_of(payload)
   return 'malformed:' .. redis.sha1hex(payload)
 end
 
+-- 1. Take jobs, queue by queue, in the caller's order.
+local taken = {}   -- {name index, field, payload, leased}
 for i = 1, names do
   if want <= 0 then break end
   local base = 3 * i + 1
   if redis.call('EXISTS', KEYS[base + 1]) == 0 then
     local take = want
     local maxc = tonumber(ARGV[4 + i])
-    local lease_key = KEYS[base + 2]
     if maxc > 0 then
-      redis.call('ZREMRANGEBYSCORE', lease_key, '-inf', now)
-      local free = maxc - redis.call('ZCARD', lease_key)
+      redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', now)
+      local free = maxc - redis.call('ZCARD', KEYS[base + 2])
       if free < take then take = free end
     end
     if take > 0 then
       local got = redis.call('RPOP', KEYS[base], take)
       if got then
         for _, payload in ipairs(got) do
-          local field = field_of(payload)
-          hset[#hset + 1] = field
-          hset[#hset + 1] = payload
-          if maxc > 0 then
-            redis.call('ZADD', lease_key, lease_until, identity .. ':' .. field)
-          end
-          out[#out + 1] = i
-          out[#out + 1] = field
-          out[#out + 1] = payload
+          taken[#taken + 1] = {i, jid_of(payload), payload, maxc > 0}
         end
         want = want - #got
       end
@@ -70,7 +62,34 @@ for i = 1, names do
   end
 end
 
-if #hset > 0 then
+if #taken > 0 then
+  -- 2. In-progress fields are jids; two entries sharing a jid (a producer that pushed
+  --    the same job twice) must not overwrite each other, or one outcome is lost.
+  --    One HMGET finds collisions with jobs already held; suffixes make them unique.
+  local fields = {}
+  for k, t in ipairs(taken) do fields[k] = t[2] end
+  local existing = redis.call('HMGET', KEYS[1], unpack(fields))
+  local used = {}
+  local hset = {}
+  for k, t in ipairs(taken) do
+    local field = t[2]
+    if existing[k] or used[field] then
+      local n = 2
+      while used[field .. '#' .. n] or redis.call('HEXISTS', KEYS[1], field .. '#' .. n) == 1 do
+        n = n + 1
+      end
+      field = field .. '#' .. n
+    end
+    used[field] = true
+    hset[#hset + 1] = field
+    hset[#hset + 1] = t[3]
+    if t[4] then
+      redis.call('ZADD', KEYS[3 * t[1] + 3], lease_until, identity .. ':' .. field)
+    end
+    out[#out + 1] = t[1]
+    out[#out + 1] = field
+    out[#out + 1] = t[3]
+  end
   redis.call('HSET', KEYS[1], unpack(hset))
 end
 
