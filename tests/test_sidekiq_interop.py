@@ -32,6 +32,7 @@ from helpers import Recorder
 from redis_server import wait_for
 
 import forkq
+from forkq import scheduler
 from forkq.keys import Keys
 
 HERE = Path(__file__).resolve().parent / "sidekiq"
@@ -322,6 +323,36 @@ def test_dead_and_scheduled_entries_moved_by_sidekiq_run_in_forkq(
     pool.drain(10)
     assert sorted(runs.snapshot()) == sorted([dying.id, dying.id, later.id])
     assert r.zcard(K.dead) == 0 and r.zcard(K.schedule) == 0 and r.zcard(K.retry) == 0
+
+
+def test_periodic_occurrences_show_in_sidekiq_scheduled_set_and_can_be_run_now(
+        r: redis.Redis, redis_url: str, fast_config: forkq.Config, pools: list[forkq.WorkerPool]) -> None:
+    pool = forkq.WorkerPool(NS, config=fast_config)
+    runs = Recorder()
+
+    @pool.job
+    def report(job: forkq.Job) -> None:
+        runs.add(job.id)
+
+    # Hourly, pre-scheduled two hours ahead (as a pool's housekeeper does with its horizon).
+    pool.periodically_enqueue("0 0 * * * *", "report")
+    assert scheduler.schedule_periodic(r, K, pool.periodic, now=time.time(), horizon=7200) >= 2
+    pool.start(redis_url, concurrency=1)
+    pools.append(pool)
+    scheduled = sidekiq(redis_url, "read")["scheduled"]
+    target = max(scheduled, key=lambda e: e["at"])  # >= 1 h away: cannot come due during the test
+    hour = int(target["at"])
+    assert hour % 3600 == 0 and target["class"] == "report"
+    assert target["jid"] == f"periodic:report:{hour}"
+    pages = ruby("web_pages.rb", redis_url, "/scheduled")
+    assert pages["/scheduled"]["status"] == 200 and target["jid"] in pages["/scheduled"]["body"]
+    # "Add to queue" from Sidekiq runs it now; the occurrence's guard keeps it from coming back.
+    assert sidekiq(redis_url, "enqueue_scheduled", target["jid"]) == {"enqueued": target["jid"]}
+    wait_for(lambda: target["jid"] in runs.snapshot(), timeout=20, message="the occurrence to run in forkq")
+    assert scheduler.schedule_periodic(r, K, pool.periodic, now=time.time(), horizon=7200) == 0
+    pool.drain(10)
+    assert runs.snapshot().count(target["jid"]) == 1
+    assert target["jid"] not in {orjson.loads(m)["jid"] for m in r.zrange(K.schedule, 0, -1)}
 
 
 def test_sidekiq_deletes_a_forkq_job_from_a_queue(r: redis.Redis, redis_url: str) -> None:
