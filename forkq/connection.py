@@ -99,7 +99,3 @@ class ConnectionSpec:
         port = self.kwargs.get("port")
         return f"{host}:{port}" if port else str(host)
 
-
-def client_for(value: str | redis.Redis | ConnectionSpec | None) -> redis.Redis:
-    """A bytes-mode client for a producer/admin argument (reuses nothing of the user's)."""
-    return ConnectionSpec.of(value).connect()

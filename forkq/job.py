@@ -94,7 +94,7 @@ class Job:
     """
 
     __slots__ = ("name", "id", "args", "data", "enqueued_at", "fails", "_arg_error",
-                 "_checkin", "_checkin_at", "_on_checkin")
+                 "_checkin", "_checkin_at")
 
     def __init__(self, *, name: str, id: str, args: dict[str, Any], data: dict[str, Any],
                  enqueued_at: float = 0.0, fails: int = 0) -> None:
@@ -107,7 +107,6 @@ class Job:
         self._arg_error: ArgError | None = None
         self._checkin: str | None = None
         self._checkin_at: float | None = None
-        self._on_checkin: Any = None
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Job:
@@ -178,8 +177,6 @@ class Job:
         """Record progress; visible in ``Client.worker_observations()`` at the next beat."""
         self._checkin = str(message)
         self._checkin_at = time.time()
-        if self._on_checkin is not None:
-            self._on_checkin(self)
 
     def __repr__(self) -> str:
         return f"Job(name={self.name!r}, id={self.id!r}, args={self.args!r}, fails={self.fails})"

@@ -74,9 +74,6 @@ class Keys:
     def periodic_guard(self, name: str, epoch: int) -> str:
         return self.prefix + "periodic:" + name + ":" + str(epoch)
 
-    def name_from_queue_key(self, key: str) -> str:
-        return key[len(self.prefix) + len("queue:"):]
-
     # Per pool identity ----------------------------------------------------
     def inprogress(self, identity: str) -> str:
         return self.prefix + "inprogress:" + identity

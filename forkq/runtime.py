@@ -254,8 +254,3 @@ class PoolRuntime:
         while not self._stop.wait(0.1):
             self.executor.expire_overdue(time.time())
 
-
-def connect_checked(spec: ConnectionSpec) -> redis.Redis:
-    conn = spec.connect()
-    conn.ping()
-    return conn

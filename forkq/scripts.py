@@ -57,7 +57,6 @@ ENQUEUE_UNIQUE = _load("enqueue_unique")
 PROMOTE = _load("promote")
 CLAIM_POOL = _load("claim_pool")
 RELEASE_UNIQUE = _load("release_unique")
-ALL = (FETCH, ACK, ENQUEUE, ENQUEUE_UNIQUE, PROMOTE, CLAIM_POOL, RELEASE_UNIQUE)
 
 
 def supports_script_flags(conn: redis.Redis) -> bool:
