@@ -32,6 +32,11 @@ log = logging.getLogger("forkq.fetcher")
 
 # Floor of the idle sleep: a due job that another pool is promoting must not make us spin.
 MIN_POLL_GAP = 0.01
+# Large pools refill in batches: while jobs run, wait until this fraction of the
+# threads is free (or BATCH_DELAY passed) before a round trip.  One round trip per
+# freed thread costs more CPU than the jobs themselves at a hundred threads.
+BATCH_FRACTION = 20
+BATCH_DELAY = 0.0005
 
 
 def weighted_order(targets: Sequence[FetchTarget], weights: Sequence[float]) -> list[int]:
@@ -66,6 +71,9 @@ class Fetcher(threading.Thread):
         self._held: set[str] = set()
         self._woken = True
         self._waiting = False
+        self._batch_min = max(1, concurrency // BATCH_FRACTION)
+        self._notify_at = 1
+        self._batch_until = 0.0
         self._quiet = False
         self._stopping = False
         self._last_empty = False
@@ -84,7 +92,7 @@ class Fetcher(threading.Thread):
         """A worker thread finished a job (hot path: one lock, maybe one notify)."""
         with self._cv:
             self._done.append(item)
-            if self._waiting:
+            if self._waiting and len(self._done) >= self._notify_at:
                 self._cv.notify()
 
     def wake(self) -> None:
@@ -133,6 +141,19 @@ class Fetcher(threading.Thread):
                     free = self._concurrency - self._inflight + len(self._done)
                     can_fetch = (not self._quiet and free > 0 and
                                  (self._woken or not self._last_empty or now >= self._next_poll))
+                    if (can_fetch and free < self._batch_min and not self._last_empty
+                            and not self._woken):
+                        # Busy: let a few more threads finish so one round trip carries more.
+                        if not self._batch_until:
+                            self._batch_until = now + BATCH_DELAY
+                        if now < self._batch_until:
+                            self._waiting = True
+                            self._notify_at = self._batch_min
+                            self._cv.wait(self._batch_until - now)
+                            self._waiting = False
+                            self._notify_at = 1
+                            continue
+                    self._batch_until = 0.0
                     if self._done or can_fetch:
                         break
                     self._waiting = True
