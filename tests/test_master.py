@@ -175,6 +175,11 @@ def start_forkq(forkqs: list[ForkqProc], tmp_path: Path, redis_url: str, module:
     return f
 
 
+def title(p: psutil.Process) -> str:
+    """A process title as ``ps`` shows it (setproctitle pads argv with NULs)."""
+    return " ".join(a for a in p.cmdline() if a)
+
+
 def live_identities(r: redis.Redis) -> set[str]:
     return {m.decode() for m in r.smembers(KEYS.processes)}
 
@@ -240,6 +245,16 @@ def test_two_thousand_jobs_run_each_exactly_once_through_two_children(tmp_path: 
     done = wait_all_done(r, jids, f)
     assert set(done) == set(jids)
     assert all(v == 1 for v in done.values()), {k: v for k, v in done.items() if v != 1}
+    # The master stays single-threaded and holds no Redis connection while all is well.
+    master = psutil.Process(f.pid)
+    assert master.num_threads() == 1
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    assert not [c for c in master.net_connections(kind="tcp") if c.raddr and c.raddr.port == port]
+    # Process titles say who is who.
+    wait_for(lambda: title(master) == "forkq master tm [2 children] running",
+             timeout=10, message="master title")
+    titles = sorted(title(p) for p in f.children())
+    assert titles == ["forkq child 1 tm [0/4 busy]", "forkq child 2 tm [0/4 busy]"], titles
     # Both children took part (2,000 jobs cannot all go to one fetcher's batches first).
     assert len({int(p) for p in r.hvals("test:pids")}) == 2
     assert f.stop() == 0
@@ -340,3 +355,29 @@ def test_child_with_late_heartbeat_keeps_its_jobs(tmp_path: Path, redis_url: str
     assert all(v == 1 for v in runs(r, "test:starts").values())
     assert f.child_pids() == kids
     assert f.stop() == 0
+
+
+def test_children_stop_by_themselves_when_the_master_dies(tmp_path: Path, redis_url: str,
+                                                           r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod,
+                    ["-p", "2", "-c", "2", "--shutdown-timeout", "0.5"])
+    kids = wait_children_ready(f, r, 2)
+    jids = enqueue(redis_url, "slow", [{"s": 5.0}] * 6)
+    wait_for(lambda: len(runs(r, "test:starts")) == 4, timeout=20, message="4 jobs running")
+    f.signal(signal.SIGKILL)
+    f.wait(10)
+
+    def gone() -> bool:
+        return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                       for p in kids)
+
+    wait_for(gone, timeout=20, message="orphaned children exit")
+    # They requeued what they could not finish and removed their liveness records.
+    assert inprogress_total(r) == 0
+    assert r.llen(KEYS.queue("slow")) == 6
+    assert r.scard(KEYS.processes) == 0
+    g = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "6"], tag="2")
+    done = wait_all_done(r, jids, g)
+    assert all(v == 1 for v in done.values())
+    assert g.stop() == 0

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from redis_server import wait_for
@@ -19,6 +20,7 @@ from test_master import (
     inprogress_total,
     runs,
     start_forkq,
+    title,
     wait_all_done,
     wait_children_ready,
     write_jobs,
@@ -160,3 +162,19 @@ def test_hup_with_broken_new_code_keeps_the_running_children(
     wait_all_done(r, jids, f)
     assert f.child_pids() == old
     assert f.stop() == 0
+
+
+def test_second_term_kills_children_at_once_and_requeues_their_jobs(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2", "--shutdown-timeout", "120"])
+    wait_children_ready(f, r, 1)
+    jids = enqueue(redis_url, "slow", [{"s": 60.0}] * 2)
+    wait_for(lambda: len(runs(r, "test:starts")) == 2, timeout=20, message="2 jobs running")
+    f.signal(signal.SIGTERM)
+    wait_for(lambda: "stopping" in title(psutil.Process(f.pid)), timeout=10,
+             message="master stopping")
+    f.signal(signal.SIGTERM)
+    assert f.wait(30) == 0  # far less than the 120 s shutdown timeout
+    assert inprogress_total(r) == 0
+    assert sorted(r.lrange(KEYS.queue("slow"), 0, -1)) and r.llen(KEYS.queue("slow")) == len(jids)
