@@ -182,7 +182,12 @@ class Executor:
             with slot.lock:
                 slot.state = FINISHED
         except BaseException as exc:  # noqa: B036 - JobTimeout/Shutdown are BaseExceptions
-            with slot.lock:
+            # The job raised just as its interrupt was being set: the interrupt may land
+            # here.  Only one is ever set per job, so a second try cannot be hit.
+            try:
+                with slot.lock:
+                    slot.state = FINISHED
+            except (JobTimeout, Shutdown):
                 slot.state = FINISHED
             error = exc
             if not isinstance(exc, (JobTimeout, Shutdown)):

@@ -71,7 +71,8 @@ class Heartbeat:
         # when the slot is idle again (gocraft readers take the hash as "busy").
         self._observed: set[int] = set()
 
-    def beat(self, *, quiet: bool = False, now: float | None = None) -> None:
+    def beat(self, *, quiet: bool = False, now: float | None = None) -> str | None:
+        """Write the beat; return a signal the Web UI left for this pool (``TSTP``/``TERM``)."""
         t = time.time() if now is None else now
         keys, ident = self._keys, self.info.identity
         running = [s for s in self._slots if s.state == RUNNING and s.job is not None]
@@ -99,6 +100,8 @@ class Heartbeat:
             "quiet": "true" if quiet else "false", "rss": rss_kb, "rtt_us": 0,
         })
         pipe.expire(keys.process(ident), LIVENESS_TTL)
+        signal_at = len(pipe)
+        pipe.rpop(keys.process_signals(ident))
         work_key, workers_key = keys.process_work(ident), keys.process_workers(ident)
         # An idle pool whose last beat had no work has nothing to clear: an idle
         # beat stays at five commands.
@@ -134,7 +137,7 @@ class Heartbeat:
             pipe.expire(workers_key, LIVENESS_TTL)
         taken = self._stats.queue_flush(pipe, keys, t)
         try:
-            pipe.execute()
+            results = pipe.execute()
         except redis.RedisError:
             self._stats.give_back(*taken)
             self._had_work = True
@@ -142,6 +145,8 @@ class Heartbeat:
         self._beats += 1
         self._observed = now_observed
         self.last_beat = t
+        sig = results[signal_at]
+        return sig.decode("utf-8", "replace") if sig else None
 
     def forget(self) -> None:
         """Delete this pool's observations (at stop): none of its workers is busy any more."""

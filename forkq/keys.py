@@ -89,6 +89,10 @@ class Keys:
         """Sidekiq 6.x reads ``<identity>:workers``; we write both names."""
         return self.prefix + identity + ":workers"
 
+    def process_signals(self, identity: str) -> str:
+        """Where Sidekiq's Web UI pushes ``TSTP`` (quiet) and ``TERM`` (stop) for a process."""
+        return self.prefix + identity + "-signals"
+
     def pool(self, identity: str) -> str:
         return self.prefix + "pool:" + identity
 

@@ -14,6 +14,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis
@@ -83,6 +84,8 @@ class PoolRuntime:
                                    slots=self.executor.slots, stats=self.stats, leased=self._leased,
                                    lease_ttl=self.config.lease_ttl)
         self._threads: list[threading.Thread] = []
+        # Set by a prefork child: how a Web UI "Stop" reaches the master.
+        self.on_remote_stop: Callable[[], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -219,13 +222,36 @@ class PoolRuntime:
 
     def _beat_safely(self) -> bool:
         try:
-            self.heartbeat.beat(quiet=self.fetcher.quiet)
-            return True
+            sig = self.heartbeat.beat(quiet=self.fetcher.quiet)
         except RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
             return False
+        except Exception:
+            log.exception("heartbeat raised; retried at the next beat")
+            return False
+        if sig is not None:
+            self._remote_signal(sig)
+        return True
+
+    def _remote_signal(self, sig: str) -> None:
+        """Sidekiq's Web UI buttons: Quiet (TSTP) stops fetching; Stop (TERM) stops the
+        pool's process through ``on_remote_stop`` (the child asks its master), and
+        only quiets a pool running inside someone else's process."""
+        log.warning("Web UI asked this pool to %s", "stop" if sig == "TERM" else "quiet")
+        if sig == "TSTP":
+            self.fetcher.set_quiet(True)
+        elif sig == "TERM":
+            if self.on_remote_stop is not None:
+                self.on_remote_stop()
+            else:
+                self.fetcher.set_quiet(True)
 
     def _housekeep(self) -> None:
+        """Beat, pre-schedule periodic jobs, reap stale pools.
+
+        Every duty is guarded on its own: if one raised out of this thread the
+        beats would stop, and a live pool would be reaped as dead.
+        """
         interval = self.config.heartbeat_interval
         next_periodic = 0.0
         next_reap = time.monotonic() + random.uniform(0, REAP_EVERY / 4)
@@ -233,22 +259,29 @@ class PoolRuntime:
             self._beat_safely()
             now = time.monotonic()
             if self.pool.periodic and now >= next_periodic:
-                try:
-                    scheduler.schedule_periodic(self._hk_conn, self.keys, self.pool.periodic,
-                                                now=time.time(), horizon=PERIODIC_HORIZON)
+                if self._duty("periodic scheduling", lambda: scheduler.schedule_periodic(
+                        self._hk_conn, self.keys, self.pool.periodic, now=time.time(),
+                        horizon=PERIODIC_HORIZON)):
                     next_periodic = now + PERIODIC_EVERY * random.uniform(0.8, 1.2)
-                except RedisError as exc:
-                    log.warning("periodic scheduling failed (will retry): %s", exc)
+                else:
                     next_periodic = now + interval
             elif not next_periodic:
                 next_periodic = now + PERIODIC_EVERY
             if now >= next_reap:
                 next_reap = now + REAP_EVERY * random.uniform(0.8, 1.2)
-                try:
-                    reaper.reap_stale_pools(self._hk_conn, self.keys, self.config,
-                                            exclude=(self.identity,))
-                except RedisError as exc:
-                    log.warning("stale-pool reaper failed (will retry): %s", exc)
+                self._duty("stale-pool reaper", lambda: reaper.reap_stale_pools(
+                    self._hk_conn, self.keys, self.config, exclude=(self.identity,)))
+
+    @staticmethod
+    def _duty(what: str, fn: Callable[[], object]) -> bool:
+        try:
+            fn()
+            return True
+        except RedisError as exc:
+            log.warning("%s failed (will retry): %s", what, exc)
+        except Exception:
+            log.exception("%s raised; the heartbeat goes on", what)
+        return False
 
     def _watchdog(self) -> None:
         while not self._stop.wait(0.1):

@@ -502,3 +502,28 @@ def test_a_retried_unique_job_does_not_release_the_guard_of_a_newer_one(redis_ur
     wait_for(lambda: seen.snapshot() == [old.id], 10, message="old unique job run")
     pool.drain(5)
     assert r.get(guard) == b"newer-jid"
+
+
+def test_sidekiq_web_ui_quiet_signal_stops_fetching(redis_url, fast_config, pools, r) -> None:
+    """Sidekiq's Web UI LPUSHes TSTP to <identity>-signals; the next beat quiets the pool."""
+    pool = new_pool(fast_config)
+    seen = Recorder()
+    pool.register("q", lambda job: seen.add(job.id))
+    start(pools, pool, redis_url)
+    identity = pool.runtime.identity
+    r.lpush(K.process_signals(identity), "TSTP")
+    wait_for(lambda: r.hget(K.process(identity), "quiet") == b"true", 10, message="quiet beat")
+    pool.enqueuer(redis_url).enqueue("q")
+    time.sleep(3 * fast_config.idle_poll_interval)
+    assert len(seen) == 0 and r.llen(K.queue("q")) == 1
+    assert r.llen(K.process_signals(identity)) == 0
+
+
+def test_sidekiq_web_ui_stop_signal_calls_the_stop_hook(redis_url, fast_config, pools, r) -> None:
+    pool = new_pool(fast_config)
+    pool.register("q", lambda job: None)
+    start(pools, pool, redis_url)
+    stopped = threading.Event()
+    pool.runtime.on_remote_stop = stopped.set
+    r.lpush(K.process_signals(pool.runtime.identity), "TERM")
+    assert stopped.wait(10)
