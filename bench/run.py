@@ -696,6 +696,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "lat_idle_p99": pick(system, "d", "p99_ms", mode="idle"),
             "lat_load_p50": pick(system, "d", "p50_ms", mode="load"),
             "lat_load_p99": pick(system, "d", "p99_ms", mode="load"),
+            "lat_load_timeouts": max([r.get("timeouts", 0) for r in runs if r["system"] == system
+                                      and r["workload"] == "d" and r.get("mode") == "load"],
+                                     default=0),
             "cmds_per_job": pick(system, "a", "commands_per_job"),
             "redis_us_per_job": pick(system, "a", "redis_cpu_us_per_job"),
             "idle_cpu_pct_child": pick(system, "e", "cpu_pct_per_child"),
@@ -742,9 +745,20 @@ def render(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(
             f"| {system} | {fmt(s['noop'])} | {b16s} | {fmt(s['b200'])} | {fmt(s['enq_single'])} | "
             f"{fmt(s['enq_bulk'])} | {fmt(s['lat_idle_p50'], 2)} / {fmt(s['lat_idle_p99'], 2)} | "
-            f"{fmt(s['lat_load_p50'], 2)} / {fmt(s['lat_load_p99'], 2)} | "
+            f"{fmt(s['lat_load_p50'], 2)} / {fmt(s['lat_load_p99'], 2)}"
+            f"{' †' if s['lat_load_timeouts'] else ''} | "
             f"{fmt(s['cmds_per_job'], 2)} | {fmt(s['redis_us_per_job'], 1)} | "
             f"{fmt(s['rss_load_child'], 1)} |")
+    lines.append("")
+    if any(s["lat_load_timeouts"] for s in summary.values()):
+        lines.append("† some probes had not started when the loaded-latency run ended: the system "
+                     "could not keep up with the offered load (saturated); percentiles are of the "
+                     "probes that ran.")
+        lines.append("")
+    lines.append("Throughput: steady rate from the first to the last completion (enqueued first); "
+                 "no-op N = 100,000 for forkq, smaller for slower peers (see JSON `n`). Latency: "
+                 "enqueue → job start; loaded = 400 10-ms jobs/s offered to 2 × 10 workers. "
+                 "Redis cmds/job include commands run inside Lua scripts.")
     lines.append("")
     idle_rows = [(k, s) for k, s in summary.items() if s["idle_cpu_pct_total"] is not None]
     if idle_rows:
