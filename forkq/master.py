@@ -33,6 +33,7 @@ import logging
 import os
 import select
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -162,6 +163,12 @@ class Master:
         log.info("forkq master %d: app %s (namespace %s, %d jobs), %d children x %d threads, "
                  "Redis %s", self.pid, self.app, self.pool.namespace, len(self.pool.jobs),
                  self.target, self.options.concurrency, self.spec.describe())
+        if threading.active_count() > 1:
+            # Threads do not survive fork: whatever they do would silently stop in children.
+            log.warning("the app started %d thread(s) at import (%s); they do not run in the "
+                        "children: start them in a job or a reporter instead",
+                        threading.active_count() - 1,
+                        ", ".join(t.name for t in threading.enumerate() if t is not threading.main_thread()))
         self._title()
         try:
             while True:

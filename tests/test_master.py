@@ -281,8 +281,8 @@ def test_sigkilled_child_has_its_jobs_requeued_at_once_and_is_replaced(
         return fields if fields and all(r.hexists("test:starts", x) for x in fields) else None
 
     held = wait_for(running, timeout=20, message="victim running jobs")
+    t0 = time.monotonic()  # before the kill: the master may run before kill() returns to us
     os.kill(victim, signal.SIGKILL)
-    t0 = time.monotonic()
     while r.exists(KEYS.inprogress(ident)):
         assert time.monotonic() - t0 < 10, "in-progress hash of the killed child not requeued"
         time.sleep(0.001)
