@@ -222,6 +222,8 @@ class _Child:
         except Exception as exc:  # noqa: BLE001 - reported to the master, then exit
             self.send({"t": "boot_error", "msg": _one_line(exc)})
             return EXIT_BOOT
+        if self._quiet:
+            rt.fetcher.set_quiet(True)  # born into a quiet master: never take a job
         delay = 0.2
         while True:
             if self._stop:
