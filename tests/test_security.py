@@ -4,7 +4,9 @@ secrets from URLs never reach logs, error messages or reprs."""
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +33,7 @@ FORKQ_COMMANDS = (
     "+ping +hello +info +select "
     "+evalsha +script|load "
     "+get +set +del +exists +expire "
-    "+hset +hgetall +hdel "
+    "+hset +hgetall +hdel +hmget +hexists "
     "+sadd +srem "
     "+llen +lpush +rpush +rpop "
     "+zadd +zrem +zscore +zcard +zrange +zrangebyscore +zremrangebyscore +zremrangebyrank "
@@ -179,6 +181,15 @@ def test_acl_user_without_script_rights_is_refused_clearly(acl_server) -> None:
     assert "reader-pw" not in str(info.value)
 
 
+def test_acl_command_list_covers_every_command_the_lua_scripts_call() -> None:
+    """The recommended ACL line must grow with the scripts (Redis checks calls made from Lua)."""
+    allowed = {c[1:].lower() for c in FORKQ_COMMANDS.split()}
+    called = set()
+    for path in (PACKAGE / "lua").glob("*.lua"):
+        called |= {m.lower() for m in re.findall(r"redis\.p?call\(\s*'([A-Za-z]+)'", path.read_text())}
+    assert called and called <= allowed, f"missing from the ACL line: {sorted(called - allowed)}"
+
+
 # -- TLS -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -300,3 +311,74 @@ def test_connection_spec_repr_and_description_hide_the_password() -> None:
 def test_redact_keeps_non_secret_text_intact() -> None:
     assert redact("see redis://127.0.0.1:6379/0 and mail a@b.c") == "see redis://127.0.0.1:6379/0 and mail a@b.c"
     assert redact("redis://u:pw@h/0?db=1") == "redis://u:***@h/0?db=1"
+
+
+# -- the same through the real CLI (master + children) ------------------------------------
+
+@pytest.fixture
+def forkqs() -> Iterator[list]:
+    from test_master import forkq_procs
+
+    yield from forkq_procs()
+
+
+@pytest.mark.slow
+def test_cli_with_an_acl_user_runs_jobs_and_hides_the_password_from_titles_and_logs(
+        acl_server, tmp_path, forkqs) -> None:
+    import psutil
+    from test_master import KEYS as MK
+    from test_master import enqueue, runs, start_forkq, wait_children_ready, write_jobs
+
+    admin = acl_server.client()
+    admin.execute_command("ACL", "SETUSER", *acl_line("tmworker", SECRET, MK.namespace))
+    admin.execute_command("ACL", "SETUSER", "recorder", "on", ">rec-pw", "~test:*", "+@all")
+    admin.execute_command("ACL", "LOG", "RESET")
+    url = f"redis://tmworker:{SECRET}@127.0.0.1:{acl_server.port}/0"
+    rec_url = f"redis://recorder:rec-pw@127.0.0.1:{acl_server.port}/0"
+    mod = write_jobs(tmp_path)
+    f = start_forkq(forkqs, tmp_path, url, mod, ["-p", "2", "-c", "2"],
+                    env={"TEST_REDIS_URL": rec_url})
+    kids = wait_children_ready(f, admin, 2)
+    jids = enqueue(url, "record", [{"i": i} for i in range(200)])
+    wait_for(lambda: set(jids) <= set(runs(admin)), 30,
+             message=f"jobs run by an ACL-limited CLI; log: {f.log()[-3000:]}")
+    os.kill(sorted(kids)[0], signal.SIGKILL)  # the master's reaping path under the ACL too
+    wait_children_ready(f, admin, 2)
+    titles = [" ".join(psutil.Process(p).cmdline()) for p in [f.pid, *f.child_pids()]]
+    assert all(SECRET not in t for t in titles), titles
+    assert f.stop() == 0
+    assert SECRET not in f.log()
+    assert admin.execute_command("ACL", "LOG") == []
+
+
+@pytest.mark.slow
+def test_cli_with_a_wrong_password_exits_non_zero_without_the_secret(auth_server, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from test_master import write_jobs
+
+    mod = write_jobs(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    wrong = "Wr0ng-" + SECRET[::-1]
+    proc = subprocess.run([sys.executable, "-m", "forkq", "-p", "1", "--redis",
+                           f"redis://:{wrong}@127.0.0.1:{auth_server.port}/0", mod],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert wrong not in out and "Traceback" not in out
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("forkq: error:")]
+    assert len(errors) == 1 and re.search("(?i)password|credentials|auth", errors[0]), proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_over_tls_runs_jobs_end_to_end(tls_server, tmp_path, forkqs) -> None:
+    from test_master import enqueue, runs, start_forkq, wait_children_ready, write_jobs
+
+    mod = write_jobs(tmp_path)
+    c = tls_server.client()
+    f = start_forkq(forkqs, tmp_path, tls_server.url, mod, ["-p", "2", "-c", "2"])
+    wait_children_ready(f, c, 2)
+    jids = enqueue(tls_server.url, "record", [{"i": i} for i in range(200)])
+    wait_for(lambda: set(jids) <= set(runs(c)), 30, message="jobs over TLS through the CLI")
+    assert f.stop() == 0
