@@ -253,8 +253,9 @@ def test_two_thousand_jobs_run_each_exactly_once_through_two_children(tmp_path: 
     # Process titles say who is who.
     wait_for(lambda: title(master) == "forkq master tm [2 children] running",
              timeout=10, message="master title")
-    titles = sorted(title(p) for p in f.children())
-    assert titles == ["forkq child 1 tm [0/4 busy]", "forkq child 2 tm [0/4 busy]"], titles
+    wait_for(lambda: sorted(title(p) for p in f.children()) ==
+             ["forkq child 1 tm [0/4 busy]", "forkq child 2 tm [0/4 busy]"],
+             timeout=10, message="idle child titles")
     # Both children took part (2,000 jobs cannot all go to one fetcher's batches first).
     assert len({int(p) for p in r.hvals("test:pids")}) == 2
     assert f.stop() == 0
