@@ -149,6 +149,35 @@ def test_master_and_children_sigkilled_mid_run_then_restart_recovers_every_job(
     assert inprogress_total(r) == 0
 
 
+def test_redis_restarted_twice_under_the_cli_loses_nothing_and_no_child_crashes(
+        tmp_path: Path, forkqs: list[ForkqProc]) -> None:
+    from redis_server import RedisServer
+
+    server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "everysec"]).start()
+    try:
+        r = server.client()
+        mod = write_jobs(tmp_path)
+        f = start_forkq(forkqs, tmp_path, server.url, mod, ["-p", "2", "-c", "4"])
+        kids = wait_children_ready(f, r, 2)
+        jids = enqueue(server.url, "slow", [{"s": 0.002} for _ in range(5000)])
+        for n in (1, 2):
+            wait_for(lambda c=r, t=1000 * n: c.hlen("test:runs") > t, 60, interval=0.05,
+                     message="progress before a restart")
+            server.restart()
+            r = server.client()
+        done = wait_settled(r, jids, f, timeout=120)
+        lost = set(jids) - set(done)
+        duplicates = sum(v - 1 for v in done.values())
+        assert lost == set()
+        assert f.child_pids() == kids, "children were replaced: a crash loop"
+        wait_for(lambda: inprogress_total(r) == 0, timeout=30, message="in-progress empty")
+        assert f.stop() == 0
+        print(f"\nCLI-REDIS-RESTART: jobs={len(jids)} restarts=2 lost={len(lost)} duplicates={duplicates} "
+              f"children_replaced=0")
+    finally:
+        server.cleanup()
+
+
 def test_redis_unreachable_at_start_exits_non_zero_with_one_clear_line(tmp_path: Path) -> None:
     mod = write_jobs(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(tmp_path), FORKQ_LOG_LEVEL="WARNING")

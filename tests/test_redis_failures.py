@@ -317,3 +317,38 @@ def test_fetch_in_flight_while_redis_is_frozen_loses_no_job(private_server, pool
     wait_for(lambda: queued <= set(seen.snapshot()), 60, interval=0.1,
              message="every job to run after the freeze")
     wait_for(lambda: r.hlen(K.inprogress(identity)) == 0, 10, message="in-progress empty")
+
+
+@pytest.mark.slow
+def test_redis_sigkilled_with_fsync_always_loses_no_acknowledged_job(pools) -> None:
+    """The brutal variant: no graceful AOF flush.  With ``appendfsync always`` Redis
+    promises every acknowledged write is on disk; forkq must not lose any either."""
+    server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    try:
+        cfg = forkq.Config(heartbeat_interval=0.5, idle_poll_interval=0.2)
+        runs = Recorder()
+        for _ in range(2):
+            pool = recording_pool(server, cfg, runs)
+            pool.start(server.url, concurrency=4)
+            pools.append(pool)
+        producer = Producer(server.url, total=2000)
+        producer.start()
+        r = server.client()
+        for n in range(1, 3):
+            wait_for(lambda c=r, t=300 * n: c.scard(DONE) > t, 60, interval=0.05, message="progress")
+            server.signal(signal.SIGKILL)
+            assert server.proc is not None
+            server.proc.wait(10)
+            server.proc = None
+            server.start()
+            r = server.client()
+        producer.join(120)
+        assert not producer.is_alive()
+        done = wait_for(lambda: (lambda d: d if producer.acked <= d else None)(
+            {m.decode() for m in r.smembers(DONE)}), 120, interval=0.2, message="acknowledged jobs done")
+        wait_for(lambda: settled(r, pools), 30, message="nothing left in progress")
+        assert all(threads_alive(p) for p in pools)
+        print(f"\nREDIS-SIGKILL: kills=2 acked={len(producer.acked)} done={len(done)} runs={len(runs)} "
+              f"duplicates={len(runs) - len(set(runs.snapshot()))} lost={len(producer.acked - done)}")
+    finally:
+        server.cleanup()
