@@ -9,7 +9,13 @@ from typing import Any
 
 import orjson
 import redis
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
 from . import job as jobcodec
 from . import scripts
@@ -58,18 +64,25 @@ class Enqueuer:
     def _run(self, call: scripts.Call) -> Any:
         try:
             return scripts.run_one(self._conn, call)
-        except OutOfMemoryError as exc:
-            raise EnqueueError(
-                "Redis refused the enqueue: out of memory (OOM: maxmemory reached with "
-                f"noeviction); nothing was enqueued: {exc}") from exc
-        except ReadOnlyError as exc:
-            raise EnqueueError(
-                f"Redis refused the enqueue: {self._spec.describe()} is a read-only replica; "
-                "nothing was enqueued") from exc
-        except ResponseError as exc:
-            raise EnqueueError(f"Redis refused the enqueue: {exc}") from exc
         except RedisError as exc:
-            raise EnqueueError(f"could not reach Redis at {self._spec.describe()}: {exc}") from exc
+            raise self._refused(exc) from exc
+
+    def _refused(self, exc: RedisError) -> EnqueueError:
+        """One clear line per cause, the same for every enqueue call (no password in it)."""
+        where = self._spec.describe()
+        if isinstance(exc, OutOfMemoryError):
+            return EnqueueError(
+                "Redis refused the enqueue: out of memory (OOM: maxmemory reached with "
+                f"noeviction); nothing was enqueued: {exc}")
+        if isinstance(exc, ReadOnlyError):
+            return EnqueueError(
+                f"Redis refused the enqueue: {where} is a read-only replica; nothing was enqueued")
+        if isinstance(exc, AuthenticationError):
+            # A ConnectionError subclass in redis-py, but the server was reached.
+            return EnqueueError(f"Redis at {where} refused the credentials: {exc}")
+        if isinstance(exc, ResponseError):
+            return EnqueueError(f"Redis refused the enqueue: {exc}")
+        return EnqueueError(f"could not reach Redis at {where}: {exc}")
 
     @staticmethod
     def _check_args(args: Mapping[str, Any] | None) -> None:
@@ -108,7 +121,7 @@ class Enqueuer:
         try:
             self._conn.zadd(self.keys.schedule, {payload: run_at})
         except RedisError as exc:
-            raise EnqueueError(f"Redis refused the enqueue: {exc}") from exc
+            raise self._refused(exc) from exc
         return ScheduledJob(job=Job.from_data(data), run_at=run_at)
 
     def enqueue_unique(self, name: str, args: Mapping[str, Any] | None = None) -> Job | None:

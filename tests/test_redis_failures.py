@@ -352,3 +352,53 @@ def test_redis_sigkilled_with_fsync_always_loses_no_acknowledged_job(pools) -> N
               f"duplicates={len(runs) - len(set(runs.snapshot()))} lost={len(producer.acked - done)}")
     finally:
         server.cleanup()
+
+
+ENQUEUE_CALLS = {
+    "enqueue": lambda e: e.enqueue("x", {"a": 1}),
+    "enqueue_many": lambda e: e.enqueue_many("x", [{"a": 1}]),
+    "enqueue_in": lambda e: e.enqueue_in("x", 5, {"a": 1}),
+    "enqueue_unique": lambda e: e.enqueue_unique("x", {"a": 1}),
+    "enqueue_unique_in": lambda e: e.enqueue_unique_in("x", 5, {"a": 1}),
+}
+
+
+@pytest.mark.parametrize("call", sorted(ENQUEUE_CALLS))
+def test_every_enqueue_call_reports_an_unreachable_redis_the_same_way(call: str) -> None:
+    enq = forkq.Enqueuer("redis://:pw-xyz@127.0.0.1:1/0", NS)
+    with pytest.raises(forkq.EnqueueError, match=r"^could not reach Redis at redis://127\.0\.0\.1:1/0: ") as info:
+        ENQUEUE_CALLS[call](enq)
+    assert "pw-xyz" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def auth_only_server() -> Iterator[RedisServer]:
+    server = RedisServer(extra=["--requirepass", "right-pw"], password="right-pw").start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def replica_server() -> Iterator[RedisServer]:
+    primary = RedisServer().start()
+    replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    wait_for(lambda: replica.client().info("replication").get("master_link_status") == "up", 20,
+             message="replica linked")
+    yield replica
+    replica.cleanup()
+    primary.cleanup()
+
+
+@pytest.mark.parametrize("call", sorted(ENQUEUE_CALLS))
+def test_every_enqueue_call_reports_a_wrong_password_as_refused_credentials(
+        auth_only_server, call: str) -> None:
+    enq = forkq.Enqueuer(f"redis://:wrong-pw@127.0.0.1:{auth_only_server.port}/0", NS)
+    with pytest.raises(forkq.EnqueueError, match="refused the credentials") as info:
+        ENQUEUE_CALLS[call](enq)
+    assert "wrong-pw" not in str(info.value) and "right-pw" not in str(info.value)
+
+
+@pytest.mark.parametrize("call", sorted(ENQUEUE_CALLS))
+def test_every_enqueue_call_names_a_read_only_replica(replica_server, call: str) -> None:
+    with pytest.raises(forkq.EnqueueError, match="read-only replica; nothing was enqueued"):
+        ENQUEUE_CALLS[call](forkq.Enqueuer(replica_server.url, NS))
