@@ -402,3 +402,51 @@ def test_every_enqueue_call_reports_a_wrong_password_as_refused_credentials(
 def test_every_enqueue_call_names_a_read_only_replica(replica_server, call: str) -> None:
     with pytest.raises(forkq.EnqueueError, match="read-only replica; nothing was enqueued"):
         ENQUEUE_CALLS[call](forkq.Enqueuer(replica_server.url, NS))
+
+
+def test_client_connections_killed_twenty_times_mid_run_lose_nothing(private_server, pools) -> None:
+    """Proxies, load balancers and failovers cut connections between and during commands."""
+    cfg = forkq.Config(heartbeat_interval=0.3, idle_poll_interval=0.2)
+    runs = Recorder()
+    for _ in range(2):
+        pool = recording_pool(private_server, cfg, runs)
+        pool.start(private_server.url, concurrency=4)
+        pools.append(pool)
+    producer = Producer(private_server.url, total=5000)
+    producer.start()
+    admin = private_server.client()
+    admin.client_setname("chaos-admin")
+    kills = 0
+    while kills < 20:  # while the producer pushes and the pools work
+        time.sleep(0.1)
+        # Every other client: pools' fetchers, beats, listeners, the producer, the recorders.
+        kills += 1
+        for c in admin.client_list():
+            if c.get("name") != "chaos-admin":
+                try:
+                    admin.client_kill_filter(_id=c["id"])
+                except redis.ResponseError:
+                    pass
+    producer.join(120)
+    assert not producer.is_alive()
+    done = wait_for(lambda: (lambda d: d if producer.acked <= d else None)(
+        {m.decode() for m in admin.smembers(DONE)}), 120, interval=0.2, message="acknowledged jobs done")
+    wait_for(lambda: settled(admin, pools), 30, message="nothing left in progress")
+    assert all(threads_alive(p) for p in pools)
+    print(f"\nCLIENT-KILL: rounds={kills} acked={len(producer.acked)} done={len(done)} "
+          f"duplicates={len(runs) - len(set(runs.snapshot()))} lost={len(producer.acked - done)}")
+
+
+def test_idle_pool_whose_pubsub_connection_was_killed_still_wakes_on_enqueue(private_server, pools) -> None:
+    pool = forkq.WorkerPool(NS, config=forkq.Config(idle_poll_interval=60.0, heartbeat_interval=0.5))
+    seen = Recorder()
+    pool.register("ping", lambda job: seen.add(job.id))
+    pool.start(private_server.url, concurrency=2)
+    pools.append(pool)
+    admin = private_server.client()
+    wait_for(lambda: admin.pubsub_numsub(K.wake_channel)[0][1] == 1, 10, message="listener subscribed")
+    time.sleep(0.5)  # let the fetcher find nothing and go to sleep
+    admin.client_kill_filter(_type="pubsub")
+    wait_for(lambda: admin.pubsub_numsub(K.wake_channel)[0][1] == 1, 20, message="listener re-subscribed")
+    job = forkq.Enqueuer(private_server.url, NS).enqueue("ping")
+    wait_for(lambda: seen.snapshot() == [job.id], 20, message="the enqueue to wake the pool")
