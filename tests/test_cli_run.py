@@ -169,7 +169,10 @@ def test_redis_embedded_runs_jobs_keeps_data_on_disk_and_stops_its_server(tmp_pa
                  timeout=30, message="embedded server socket")
         c = redis.Redis(unix_socket_path=f"{data}/redis.sock")
         jids = enqueue(url, "record", [{}] * 50)
-        wait_for(lambda: len(runs(c)) == 50, timeout=30, message="jobs done")
+        try:
+            wait_for(lambda: len(runs(c)) == 50, timeout=30, message="jobs done")
+        except AssertionError:
+            raise AssertionError(f"{len(runs(c))} of 50 done; log:\n{f.log()[-3000:]}") from None
         assert f.stop() == 0
         c.close()
         with pytest.raises(redis.ConnectionError):
