@@ -270,3 +270,14 @@ def test_redis_client_in_decode_mode_is_accepted(redis_url, pools, fast_config) 
     pool.enqueuer(user_client).enqueue("plain", {"s": "ok"})
     start(pools, pool, redis_url)
     wait_for(lambda: seen.snapshot() == ["ok"], 10, message="job via decode-mode client")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "registry.WorkerPool.start uses `concurrency or self.config.concurrency`, so 0 silently means "
+    "the default (10); it should test `is None` (docs/RELIABILITY.md, core change 4)."))
+def test_zero_concurrency_is_a_config_error(redis_url, pools) -> None:
+    pool = forkq.WorkerPool(NS)
+    pool.register("x", lambda job: None)
+    pools.append(pool)
+    with pytest.raises(forkq.ConfigError, match="concurrency"):
+        pool.start(redis_url, concurrency=0)

@@ -479,3 +479,19 @@ def test_live_pool_working_through_a_long_oom_is_not_reaped(private_server, pool
         assert r.hlen(K.inprogress(identity)) == 2
     finally:
         gate.set()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "registry.WorkerPool.start keeps the runtime whose start() raised, so a second start() says "
+    "'pool already started' (and 3 connections stay open); it should reset _runtime on failure "
+    "(docs/RELIABILITY.md, core change 5)."))
+def test_pool_can_be_started_once_redis_is_back_after_a_failed_start(private_server, pools) -> None:
+    pool = forkq.WorkerPool(NS, config=forkq.Config(idle_poll_interval=0.2))
+    seen = Recorder()
+    pool.register("x", lambda job: seen.add(job.id))
+    with pytest.raises(ConnectionError):
+        pool.start("redis://127.0.0.1:1/0", concurrency=1)
+    pool.start(private_server.url, concurrency=1)
+    pools.append(pool)
+    job = forkq.Enqueuer(private_server.url, NS).enqueue("x")
+    wait_for(lambda: seen.snapshot() == [job.id], 10, message="the job after a second start")
