@@ -222,6 +222,8 @@ class _Child:
         except Exception as exc:  # noqa: BLE001 - reported to the master, then exit
             self.send({"t": "boot_error", "msg": _one_line(exc)})
             return EXIT_BOOT
+        # Sidekiq Web UI "Stop" on this process: the whole service stops, via the master.
+        rt.on_remote_stop = lambda: self.send({"t": "remote_stop"})
         if self._quiet:
             rt.fetcher.set_quiet(True)  # born into a quiet master: never take a job
         delay = 0.2

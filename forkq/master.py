@@ -151,6 +151,7 @@ class Master:
         self._wake_r = -1
         self._wake_w = -1
         self._redis_down_logged = 0.0
+        self._release_failures = 0
         pool.config = config
 
     # -- entry ------------------------------------------------------------------------
@@ -309,7 +310,12 @@ class Master:
         active = self._active()
         if len(active) < self.target and time.monotonic() >= self.next_spawn_at:
             for _ in range(self.target - len(active)):
-                self._spawn(self._free_index())
+                try:
+                    self._spawn(self._free_index())
+                except OSError as exc:  # EAGAIN/ENOMEM: out of processes or memory
+                    log.error("cannot fork a child (%s); next try in 5s", exc)
+                    self.next_spawn_at = time.monotonic() + 5.0
+                    break
         elif len(active) > self.target and not self.replacing:
             victim = max(active, key=lambda c: c.index)
             log.info("stopping child %d (pid %d): %d children wanted", victim.index, victim.pid,
@@ -416,6 +422,11 @@ class Master:
             if not self.stopping and not c.retiring and c.pid not in self.replace_queue:
                 log.info("recycling child %d (pid %d): %s", c.index, c.pid, msg.get("why"))
                 self.replace_queue.append(c.pid)
+        elif kind == "remote_stop":
+            if not self.stopping:
+                log.warning("Web UI asked child %d (pid %d) to stop: stopping gracefully",
+                            c.index, c.pid)
+                self._begin_stop()
         elif kind == "hard_timeout":
             log.error("child %d (pid %d): hard timeout of %s; replacing it", c.index, c.pid,
                       ", ".join(str(j) for j in msg.get("jobs") or ()))
@@ -490,9 +501,11 @@ class Master:
                 except RedisError as exc:
                     attempts += 1
                     if not final or attempts >= 3:
-                        log.warning("could not requeue the jobs of %s yet (%s); will retry",
-                                    what, exc)
-                        self.next_release_at = time.monotonic() + 1.0
+                        self._release_failures += 1
+                        delay = min(30.0, 0.5 * 2 ** min(self._release_failures, 6))
+                        log.warning("could not requeue the jobs of %s yet (%s); next try in %.0fs",
+                                    what, exc, delay)
+                        self.next_release_at = time.monotonic() + delay
                         if final:
                             log.error("giving up: the stale-pool reaper will requeue them")
                             self.pending_release.clear()
@@ -500,6 +513,7 @@ class Master:
                     time.sleep(0.5)
                     continue
                 del self.pending_release[identity]
+                self._release_failures = 0
                 if result is not None and result != (0, 0):
                     log.warning("%s: %d jobs requeued, %d to dead (poison)", what, *result)
         finally:
@@ -542,7 +556,13 @@ class Master:
             if c is None or c.retiring:
                 continue
             c.retiring = True  # no longer counted: its replacement starts now
-            self._spawn(self._free_index())
+            try:
+                self._spawn(self._free_index())
+            except OSError as exc:
+                log.error("cannot fork a replacement for child %d (%s); it keeps running",
+                          c.index, exc)
+                c.retiring = False
+                continue
             self.replacing = (pid, now)
         if self.reloading and self.replacing is None and not self.replace_queue:
             self.reloading = False

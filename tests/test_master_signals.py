@@ -17,6 +17,7 @@ from test_master import (
     ForkqProc,
     enqueue,
     forkq_procs,
+    identity_of,
     inprogress_total,
     runs,
     start_forkq,
@@ -178,3 +179,19 @@ def test_second_term_kills_children_at_once_and_requeues_their_jobs(
     assert f.wait(30) == 0  # far less than the 120 s shutdown timeout
     assert inprogress_total(r) == 0
     assert sorted(r.lrange(KEYS.queue("slow"), 0, -1)) and r.llen(KEYS.queue("slow")) == len(jids)
+
+
+def test_sidekiq_web_ui_stop_on_a_child_stops_the_service_gracefully(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "2"])
+    kids = wait_children_ready(f, r, 2)
+    jids = enqueue(redis_url, "slow", [{"s": 1.0}] * 2)
+    wait_for(lambda: len(runs(r, "test:starts")) == 2, timeout=20, message="2 jobs running")
+    # What Sidekiq's Web UI does for "Stop": push TERM to the process's signal list.
+    r.lpush(KEYS.process_signals(identity_of(r, sorted(kids)[0])), "TERM")
+    assert f.wait(30) == 0
+    assert "Web UI asked child" in f.log()
+    done = runs(r)
+    assert set(done) == set(jids)  # running jobs finished first
+    assert inprogress_total(r) == 0
