@@ -3,8 +3,8 @@
 Threads are created once per pool, never per job.  Each finished job becomes a
 *done item* handed to the fetcher, which acks them in batches::
 
-    (field, None, failed)      plain success: only HDEL from in-progress
-    (field, Settle, failed)    anything that needs a write (retry, dead, lease drop)
+    (field, None)      plain success: only HDEL from in-progress
+    (field, Settle)    anything that needs a write (retry, dead, lease drop)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .scripts import Settle
 log = logging.getLogger("forkq.executor")
 
 Taken = tuple[str, str, bytes]  # (queue name, in-progress field, payload)
-Done = tuple[str, Settle | None, bool]
+Done = tuple[str, Settle | None]
 
 _DEFAULT_OPTIONS = JobOptions()
 _STOP = None
@@ -152,7 +152,7 @@ class Executor:
             self._complete((field, Settle(
                 op="d", field=field, name=qname if qname in self._leased else None,
                 payload=malformed_dead_entry(queue=qname, raw=payload, reason=str(exc)),
-                score=time.time()), True))
+                score=time.time())))
             return
         job = Job.from_data(data)
         spec = self._specs.get(job.name)
@@ -196,7 +196,7 @@ class Executor:
             slot.job = None
         aborted = slot.aborted
         if error is None and aborted is None:
-            self._complete((field, Settle(op="k", field=field, name=lease_name) if lease_name else None, False))
+            self._complete((field, Settle(op="k", field=field, name=lease_name) if lease_name else None))
             if reporters is not None:
                 reporters.emit("success", job, time.time() - now)
                 reporters.emit("stopped", job)
@@ -215,7 +215,7 @@ class Executor:
         settle = failure_settle(field=field, name=lease_name, data=data, error_class=error_class,
                                 error_message=message, max_fails=opts.max_fails,
                                 skip_dead=opts.skip_dead, backoff=opts.backoff, job=job)
-        self._complete((field, settle, True))
+        self._complete((field, settle))
         if reporters is not None:
             if aborted is not None:
                 reporters.emit("aborted", job, aborted)

@@ -174,14 +174,11 @@ class Fetcher(threading.Thread):
         calls: list[scripts.Call] = []
         plain: list[str] = []
         settles: list[Settle] = []
-        failed = 0
-        for field, settle, is_failure in done:
+        for field, settle in done:
             if settle is None:
                 plain.append(field)
             else:
                 settles.append(settle)
-            if is_failure:
-                failed += 1
         if done:
             now_wall = time.time()
             calls.append(scripts.ack(keys, identity=self._identity, plain_done=plain, settles=settles,
@@ -211,8 +208,11 @@ class Fetcher(threading.Thread):
         self.last_progress = time.monotonic()
         if done:
             with self._cv:
-                self._held.difference_update(f for f, _, _ in done)
-            self._stats.add(len(done), failed)
+                self._held.difference_update(f for f, _ in done)
+            # Counted from what the script settled, so a batch re-sent after a lost
+            # reply is not counted twice.
+            processed, failed = results[0]
+            self._stats.add(int(processed), int(failed))
         if self._reconcile:
             self._reconcile_inprogress()
         if not want:

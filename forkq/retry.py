@@ -44,7 +44,7 @@ def failure_settle(*, field: str, name: str | None, data: dict[str, Any], error_
         job.fails = fails
     if fails >= max_fails:
         if skip_dead:
-            return Settle(op="k", field=field, name=name)
+            return Settle(op="K", field=field, name=name)
         return Settle(op="d", field=field, name=name, payload=jobcodec.encode(data), score=t)
     delay = (backoff or default_backoff)(job if job is not None else _Fails(fails))
     return Settle(op="r", field=field, name=name, payload=jobcodec.encode(data),

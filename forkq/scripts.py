@@ -194,7 +194,8 @@ def fetch(keys: Keys, *, identity: str, targets: Sequence[FetchTarget], want: in
 class Settle:
     """How one taken job is settled by the ack script.
 
-    op: 'k' done, 'r' retry at ``score``, 'd' dead at ``score``, 'q' requeue to run next.
+    op: 'k' done, 'K' dropped after failing, 'r' retry at ``score``, 'd' dead at
+    ``score``, 'q' requeue to run next (see ack.lua).
     ``name`` is needed when the job holds a lease or is requeued (its queue/lease keys).
     """
 

@@ -178,7 +178,7 @@ def test_late_ack_of_a_job_already_requeued_does_not_write_a_retry(r, fast_confi
     reaper.recover_inprogress(r, K, identity, fast_config)
     settle = scripts.Settle(op="r", field=jid, payload=b"{}", score=time.time())
     assert scripts.run_one(r, scripts.ack(K, identity=identity, plain_done=(), settles=[settle],
-                                          dead_cutoff=0, dead_max=10)) == 0
+                                          dead_cutoff=0, dead_max=10)) == [0, 0]
     assert r.zcard(K.retry) == 0 and r.llen(K.queue("work")) == 1
 
 
@@ -197,3 +197,15 @@ def test_lost_fetch_reply_is_reconciled(redis_url, fast_config, pools, r) -> Non
     pool.runtime.fetcher.wake()
     wait_for(lambda: seen == [job.id, job.id], 5, message="job given back and run again")
     wait_for(lambda: r.hlen(K.inprogress(identity)) == 0, 5, message="in-progress empty")
+
+
+def test_an_ack_batch_sent_twice_is_counted_once(r, fast_config) -> None:
+    """The ack script reports what it settled; a re-sent batch (lost reply) counts nothing."""
+    identity = "twice:1:x"
+    jids = _fake_dead_pool(r, identity, time.time(), 3)
+    settles = [scripts.Settle(op="r", field=jids[2], payload=b"{}", score=time.time())]
+    call = scripts.ack(K, identity=identity, plain_done=jids[:2], settles=settles,
+                       dead_cutoff=0, dead_max=10)
+    assert scripts.run_one(r, call) == [3, 1]
+    assert scripts.run_one(r, call) == [0, 0]
+    assert r.zcard(K.retry) == 1

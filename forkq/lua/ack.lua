@@ -16,19 +16,23 @@
 -- ARGV[5]  n: count of plain successes that follow (no lease, nothing to write)
 -- ARGV[6 .. 5+n] their in-progress fields
 -- ARGV[6+n ..] groups of 5: op, field, pair index (0 = none), payload, score
---          op 'k' = done (drop lease), 'r' = ZADD retry score payload,
---          'd' = ZADD dead score payload, 'q' = RPUSH payload to its queue (runs next)
+--          op 'k' = done (drop lease), 'K' = dropped after failing (skip_dead),
+--          'r' = ZADD retry score payload, 'd' = ZADD dead score payload (both failures),
+--          'q' = RPUSH payload to its queue (runs next; recovery, not an execution)
 --
--- Returns the number of groups settled (plain successes not counted).
+-- Returns {processed, failed}: executions really settled by this call (fields that
+-- were still in progress).  A batch sent again after a lost reply settles nothing
+-- and counts nothing, so stats built on this stay exact.
 
 local n = tonumber(ARGV[5])
 local identity = ARGV[1]
+local processed, failed = 0, 0
 if n > 0 then
   local start = 6
   local last = 5 + n
   while start <= last do
     local stop = math.min(start + 999, last)
-    redis.call('HDEL', KEYS[1], unpack(ARGV, start, stop))
+    processed = processed + redis.call('HDEL', KEYS[1], unpack(ARGV, start, stop))
     start = stop + 1
   end
 end
@@ -45,6 +49,8 @@ while i + 4 <= #ARGV do
   local op, field, pair, payload, score = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
   if redis.call('HDEL', KEYS[1], field) == 1 then
     settled = settled + 1
+    if op ~= 'q' then processed = processed + 1 end
+    if op == 'K' or op == 'r' or op == 'd' then failed = failed + 1 end
     local qkey, lkey
     if pair > 0 then
       qkey = KEYS[3 + 2 * pair]
@@ -79,4 +85,4 @@ if dead_written then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[4]) + 1))
 end
-return settled
+return {processed, failed}
