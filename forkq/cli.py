@@ -115,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=("Verbs: forkq demo | stats | queues | enqueue | dead | retries | scheduled | "
                 "pause | unpause | workers | pools (forkq VERB --help). Signals to the master: "
                 "TERM/INT stop gracefully, TSTP quiet, HUP reload code and restart children "
-                "one by one, TTIN/TTOU one child more/less."))
+                "one by one, TTIN/TTOU one child more/less. Environment: FORKQ_REDIS_URL, "
+                "FORKQ_LOG_LEVEL, FORKQ_EMBEDDED_DIR, and in seconds FORKQ_HEARTBEAT_INTERVAL, "
+                "FORKQ_STALE_AFTER, FORKQ_LEASE_TTL, FORKQ_IDLE_POLL_INTERVAL, "
+                "FORKQ_HARD_TIMEOUT_GRACE. Exit codes: 2 usage, 3 import failed, 4 no WorkerPool, "
+                "5 Redis unreachable, 6 children keep dying at boot."))
     p.add_argument("app", metavar="MODULE[:ATTR]",
                    help="module holding the WorkerPool (ATTR picks one if it has several)")
     p.add_argument("-c", "--concurrency", type=_positive_int, default=None,
