@@ -112,6 +112,54 @@ def test_twenty_thousand_jobs_while_a_random_child_is_sigkilled_every_250ms(
     assert r.llen(KEYS.queue("record")) == 0
 
 
+LIMITED = '''
+
+
+@pool.job(max_concurrency=3)
+def limited(job):
+    r = R()
+    r.hincrby("test:starts", job.id, 1)
+    time.sleep(0.01)
+    p = r.pipeline(transaction=False)
+    p.hincrby("test:runs", job.id, 1)
+    p.hset("test:pids", job.id, os.getpid())
+    p.execute()
+'''
+
+
+def test_leased_jobs_under_child_kills_lose_nothing_and_leave_no_lease_behind(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    """max_concurrency leases of killed children are dropped by identity: no drift, no stall."""
+    mod = write_jobs(tmp_path, LIMITED)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "4"],
+                    env={"FORKQ_STALE_AFTER": "600", "FORKQ_LEASE_TTL": "600", "FORKQ_LOG_LEVEL": "WARNING"})
+    wait_children_ready(f, r, 2)
+    jids = enqueue(redis_url, "limited", [{"i": i} for i in range(2000)])
+    rnd = random.Random(7)
+    kills = 0
+    max_leases = 0
+    t0 = time.monotonic()
+    while len(runs(r)) < len(jids) and time.monotonic() - t0 < 120:
+        max_leases = max(max_leases, r.zcard(KEYS.lease("limited")))
+        kids = sorted(f.child_pids())
+        if kids and kills < 40:
+            try:
+                os.kill(rnd.choice(kids), signal.SIGKILL)
+                kills += 1
+            except ProcessLookupError:
+                pass
+        time.sleep(0.25)
+    # With a 600 s lease TTL, only dropping leases by identity lets the queue finish.
+    done = wait_settled(r, jids, f, timeout=60)
+    lost = set(jids) - set(done) - set(dead_jids(r))
+    assert lost == set()
+    wait_for(lambda: r.zcard(KEYS.lease("limited")) == 0, timeout=10, message="no lease left")
+    assert max_leases <= 3
+    assert f.stop() == 0
+    print(f"\nLEASED-KILL: jobs={len(jids)} kills={kills} lost={len(lost)} "
+          f"duplicates={sum(v - 1 for v in done.values())} max_leases_seen={max_leases} leases_left=0")
+
+
 def test_master_and_children_sigkilled_mid_run_then_restart_recovers_every_job(
         tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
     mod = write_jobs(tmp_path)
