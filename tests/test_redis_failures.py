@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import orjson
 import pytest
 import redis
 from helpers import Recorder
@@ -495,3 +496,37 @@ def test_pool_can_be_started_once_redis_is_back_after_a_failed_start(private_ser
     pools.append(pool)
     job = forkq.Enqueuer(private_server.url, NS).enqueue("x")
     wait_for(lambda: seen.snapshot() == [job.id], 10, message="the job after a second start")
+
+
+def test_pool_stopped_while_redis_is_down_leaves_its_jobs_for_the_reaper(aof_server, pools) -> None:
+    """Shutdown cannot requeue (Redis is gone): the jobs stay recorded in progress, and the
+    stale reaper gives them back once Redis returns.  Nothing is lost, stop() returns."""
+    cfg = forkq.Config(heartbeat_interval=0.3, idle_poll_interval=0.2, stale_after=2.0)
+    pool = forkq.WorkerPool(NS, config=cfg)
+    started = threading.Event()
+
+    @pool.job
+    def stuck(job: forkq.Job) -> None:
+        started.set()
+        time.sleep(30)
+
+    job = forkq.Enqueuer(aof_server.url, NS).enqueue("stuck")
+    pool.start(aof_server.url, concurrency=1)
+    identity = pool.runtime.identity  # type: ignore[union-attr]
+    assert started.wait(10)
+    aof_server.signal(signal.SIGTERM)  # graceful: the AOF keeps the in-progress record
+    assert aof_server.proc is not None
+    aof_server.proc.wait(10)
+    t0 = time.monotonic()
+    pool.stop(timeout=0.2)
+    stop_took = time.monotonic() - t0
+    aof_server.proc = None
+    aof_server.start()
+    r = aof_server.client()
+    assert r.hexists(K.inprogress(identity), job.id), "the job's in-progress record is gone"
+    wait_for(lambda: (r.zscore(K.pools, identity) or 0) < time.time() - cfg.stale_after, 10,
+             message="its beat to go stale")
+    assert reaper.reap_stale_pools(r, K, cfg) == [identity]
+    queued = [orjson.loads(p)["jid"] for p in r.lrange(K.queue("stuck"), 0, -1)]
+    assert queued == [job.id]
+    print(f"\nSTOP-WHILE-DOWN: stop() returned after {stop_took:.1f}s; job requeued by the reaper")
