@@ -46,6 +46,15 @@ def validate_url(url: str) -> str:
         parts.port  # noqa: B018 - raises ValueError on a non-numeric port
     except ValueError:
         raise ConfigError(f"bad Redis URL {redact(url)!r}: port is not a number") from None
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        # redis-py silently falls back to database 0 here: a typo would mix two apps' data.
+        raise ConfigError(f"bad Redis URL {redact(url)!r}: database {redact(db)!r} is not a number")
+    try:
+        # Query options (socket_timeout=..., db=...) would otherwise fail only in a child at boot.
+        redis.connection.parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"bad Redis URL {redact(url)!r}: {redact(str(exc))}") from None
     return url
 
 
@@ -91,6 +100,8 @@ class ConnectionSpec:
         """Where this points, safe to print (no password)."""
         if self.url is not None:
             parts = urlsplit(self.url)
+            if parts.scheme == "unix":
+                return f"unix://{parts.path}"
             netloc = parts.hostname or ""
             if parts.port:
                 netloc += f":{parts.port}"

@@ -221,6 +221,8 @@ def test_unencodable_arguments_are_refused_at_enqueue(redis_url, r, args: dict, 
     ("redis://", "no host"),
     ("redis://127.0.0.1:port/0", "port is not a number"),
     ("redis://[::1/0", "bad Redis URL"),
+    ("redis://127.0.0.1:6379/notanumber", "database 'notanumber' is not a number"),
+    ("redis://127.0.0.1:6379/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
 ])
 def test_bad_redis_url_is_a_config_error_naming_the_problem(url: str, fragment: str) -> None:
     with pytest.raises(forkq.ConfigError, match=fragment):
@@ -246,7 +248,7 @@ def test_redis_argument_of_the_wrong_type_is_a_config_error() -> None:
 
 def test_missing_unix_socket_is_a_clear_connection_error(tmp_path) -> None:
     url = f"unix://{tmp_path}/nope.sock"
-    with pytest.raises(forkq.EnqueueError, match="could not reach Redis"):
+    with pytest.raises(forkq.EnqueueError, match=f"could not reach Redis at {url}: "):
         forkq.Enqueuer(url, NS).enqueue("x")
     pool = forkq.WorkerPool(NS)
     pool.register("x", lambda job: None)
@@ -281,3 +283,24 @@ def test_zero_concurrency_is_a_config_error(redis_url, pools) -> None:
     pools.append(pool)
     with pytest.raises(forkq.ConfigError, match="concurrency"):
         pool.start(redis_url, concurrency=0)
+
+
+@pytest.mark.parametrize(("url", "fragment"), [
+    ("redis://127.0.0.1:6379/notanumber", "is not a number"),
+    ("redis://:Hidden-pw@127.0.0.1:6379/0?socket_timeout=abc", "socket_timeout"),
+])
+def test_cli_rejects_a_url_redis_py_would_misread_as_a_usage_error(tmp_path, url: str, fragment: str) -> None:
+    """Before: db silently 0, or children dying at boot five times (exit 6) over a query typo."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "tiny_jobs.py").write_text(
+        "import forkq\npool = forkq.WorkerPool('bi')\npool.register('x', lambda job: None)\n")
+    proc = subprocess.run([sys.executable, "-m", "forkq", "-p", "1", "--redis", url, "tiny_jobs"],
+                          cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("forkq: error:") and fragment in lines[0]
+    assert "Hidden-pw" not in proc.stderr

@@ -387,3 +387,15 @@ def test_cli_over_tls_runs_jobs_end_to_end(tls_server, tmp_path, forkqs) -> None
     jids = enqueue(tls_server.url, "record", [{"i": i} for i in range(200)])
     wait_for(lambda: set(jids) <= set(runs(c)), 30, message="jobs over TLS through the CLI")
     assert f.stop() == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "runtime.PoolRuntime.start tolerates a refused first heartbeat (meant for OOM), so a pool whose "
+    "ACL user lacks rights starts and only logs warnings forever; a NoPermissionError there should "
+    "raise (docs/RELIABILITY.md, core change 6)."))
+def test_pool_started_by_a_user_without_rights_fails_at_start_clearly(acl_server, pools) -> None:
+    pool = forkq.WorkerPool(NS)
+    pool.register("work", lambda job: None)
+    pools.append(pool)
+    with pytest.raises((ConnectionError, forkq.ConfigError), match="(?i)permission"):
+        pool.start(f"redis://intruder:intruder-pw@127.0.0.1:{acl_server.port}/0", concurrency=1)
