@@ -71,9 +71,9 @@ VENV = BENCH / ".peers-venv"
 # comparison stays fair; the sizes are in the JSON next to every number.
 FULL_N = {
     "a": {"forkq": 100_000, "huey": 40_000, "dramatiq": 30_000, "celery": 15_000, "arq": 10_000,
-          "rq": 3_000},
-    "b16": {"forkq": 16_000, "huey": 10_000, "dramatiq": 10_000, "celery": 10_000, "arq": 10_000,
-            "rq": 2_000},
+          "rq": 2_000},
+    "b16": {"forkq": 16_000, "huey": 10_000, "dramatiq": 10_000, "celery": 8_000, "arq": 6_000,
+            "rq": 1_500},
     "b200": {"forkq": 100_000, "huey": 20_000, "dramatiq": 20_000, "arq": 20_000},
     "c_single": {"forkq": 10_000, "huey": 5_000, "dramatiq": 5_000, "celery": 3_000, "arq": 3_000,
                  "rq": 3_000},
@@ -254,7 +254,7 @@ class Bench:
         self.vpy: dict[str, Path] = {}
         self.harness_calls = 0
         self.harness_gets = 0
-        self.results: dict[str, Any] = {"runs": [], "failures": []}
+        self.results: dict[str, Any] = {"runs": [], "failures": [], "steps": []}
 
     # -- plumbing ------------------------------------------------------------------
     def python(self, system: str) -> str:
@@ -330,7 +330,7 @@ class Bench:
                     os.killpg(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        end = time.monotonic() + 10
+        end = time.monotonic() + 5
         for p in w.procs:
             try:
                 p.wait(max(0.1, end - time.monotonic()))
@@ -550,19 +550,22 @@ class Bench:
             s0 = self.snapshot()
             t0 = time.monotonic()
             end = t0 + self.plan.idle_seconds
+            monitor = Monitor(self.server.port)
             while time.monotonic() < end:
                 self.progress.detail(f"idle {end - time.monotonic():4.1f}s")
-                time.sleep(0.25)
+                monitor.read_until(min(end, time.monotonic() + 0.25))
             dt = time.monotonic() - t0
+            monitor.close()
             s1 = self.snapshot()
             cpu1 = {p.pid: _cpu(p) for p in allp}
             mem = self.rss(kids)
         finally:
             self.stop_workers(w)
-        own = s1["harness"] - s0["harness"]
+        own = (s1["harness"] - s0["harness"]
+               + s1["cmdstat"].get("incrby", 0) - s0["cmdstat"].get("incrby", 0))
         cmds = s1["commands"] - s0["commands"] - own
         idle_stats = {k: round((v - s0["cmdstat"].get(k, 0)) / dt, 3) for k, v in s1["cmdstat"].items()
-                      if v - s0["cmdstat"].get(k, 0) > 0 and k != "info"}
+                      if v - s0["cmdstat"].get(k, 0) > 0 and k not in ("info", "incrby")}
         kid_pids = {p.pid for p in kids}
         per_child = [100 * (cpu1[p] - cpu0[p]) / dt for p in kid_pids if p in cpu0 and p in cpu1]
         total = sum(100 * (cpu1[p] - cpu0[p]) / dt for p in cpu0 if p in cpu1)
@@ -573,7 +576,64 @@ class Bench:
                      "cpu_pct_total": total,
                      "redis_cmds_per_s": cmds / dt, "redis_cmds_per_s_per_child": cmds / dt / nkids,
                      "redis_cpu_pct": 100 * (s1["cpu"] - s0["cpu"]) / dt, "rss": mem,
+                     "client_cmds_per_s_per_child": monitor.client / dt / nkids,
+                     "lua_cmds_per_s_per_child": monitor.lua / dt / nkids,
+                     "client_cmds": monitor.names,
                      "cmdstat_per_s": idle_stats})
+
+
+class Monitor:
+    """Counts commands with MONITOR, telling client-issued ones from those run inside Lua.
+
+    INFO counts a script's inner commands as commands, so an idle fetch script that
+    checks three queues looks like ten commands.  Used only for the idle window (e),
+    where the traffic is tiny and MONITOR's overhead does not matter.
+    """
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(b"MONITOR\r\n")
+        self.buf = b""
+        self.client = 0
+        self.lua = 0
+        self.names: dict[str, int] = {}
+
+    def read_until(self, deadline: float) -> None:
+
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                return
+            if not chunk:
+                return
+            self.buf += chunk
+            *lines, self.buf = self.buf.split(b"\r\n")
+            for line in lines:
+                self._count(line.decode(errors="replace"))
+
+    def _count(self, line: str) -> None:
+        # +1700000000.123456 [0 127.0.0.1:5000] "evalsha" ...   /   [0 lua] "exists" ...
+        if not line.startswith("+") or "]" not in line:
+            return
+        origin, _, rest = line.partition("] ")
+        name = rest.split(" ", 1)[0].strip('"').lower()
+        if name in ("info", "monitor", "incrby"):
+            return  # the harness's own, and the benchmark counter's flushes
+        if origin.endswith(" lua"):
+            self.lua += 1
+        else:
+            self.client += 1
+            self.names[name] = self.names.get(name, 0) + 1
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _cpu(p: psutil.Process) -> float:
@@ -705,6 +765,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "idle_cpu_pct_total": pick(system, "e", "cpu_pct_total"),
             "idle_cmds_s_child": pick(system, "e", "redis_cmds_per_s_per_child"),
             "idle_cmds_s": pick(system, "e", "redis_cmds_per_s"),
+            "idle_client_cmds_s_child": pick(system, "e", "client_cmds_per_s_per_child"),
             "rss_idle_child": pick_rss(system, "e", "rss_mb_mean"),
             "uss_idle_child": pick_rss(system, "e", "uss_mb_mean"),
             "rss_load_child": pick_rss(system, "a", "rss_mb_mean"),
@@ -764,10 +825,11 @@ def render(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     if idle_rows:
         lines.append("Idle cost, 2 processes × 10 (forkq: per child; peers: whole tree / per process):")
         lines.append("")
-        lines.append("| system | CPU % per child | CPU % total | Redis cmds/s per child | Redis cmds/s total | RSS/child MB | USS/child MB |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+        lines.append("| system | CPU % per child | CPU % total | Redis cmds/s per child: client-issued | incl. Lua-internal | Redis cmds/s total | RSS/child MB | USS/child MB |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for system, s in idle_rows:
             lines.append(f"| {system} | {fmt(s['idle_cpu_pct_child'], 2)} | {fmt(s['idle_cpu_pct_total'], 2)} | "
+                         f"{fmt(s['idle_client_cmds_s_child'], 2)} | "
                          f"{fmt(s['idle_cmds_s_child'], 2)} | {fmt(s['idle_cmds_s'], 1)} | "
                          f"{fmt(s['rss_idle_child'], 1)} | {fmt(s['uss_idle_child'], 1)} |")
         lines.append("")
@@ -805,7 +867,10 @@ def render(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             ("idle pickup p50 ≤ 1 ms", f["lat_idle_p50"], lambda v: v <= 1, 2),
             ("idle pickup p99 ≤ 5 ms", f["lat_idle_p99"], lambda v: v <= 5, 2),
             ("idle CPU ≤ 1% per child", f["idle_cpu_pct_child"], lambda v: v <= 1, 2),
-            ("idle ≤ 2 Redis cmds/s per child", f["idle_cmds_s_child"], lambda v: v <= 2, 2),
+            ("idle ≤ 2 Redis cmds/s per child (client-issued)", f["idle_client_cmds_s_child"],
+             lambda v: v <= 2, 2),
+            ("idle ≤ 2 Redis cmds/s per child (incl. Lua-internal)", f["idle_cmds_s_child"],
+             lambda v: v <= 2, 2),
             ("≤ 3 Redis cmds per job", f["cmds_per_job"], lambda v: v <= 3, 2),
             ("≤ 15 µs Redis CPU per job", f["redis_us_per_job"], lambda v: v <= 15, 1),
             ("RSS ≤ 40 MB per child", f["rss_idle_child"] or f["rss_load_child"],
@@ -917,12 +982,18 @@ def main(argv: list[str] | None = None) -> int:
         t_start = time.monotonic()
         for step, system, rep in steps:
             progress.step(f"{step} {system} rep {rep + 1}")
+            t_step = time.monotonic()
             try:
                 run_step(b, step, system, rep)
             except (RuntimeError, subprocess.TimeoutExpired, redis.RedisError) as exc:
                 b.results["failures"].append(f"{step} {system} rep {rep + 1}: {exc}")
                 log(f"FAILED {step} {system} rep {rep + 1}: {str(exc).splitlines()[0]}")
+            b.results["steps"].append({"step": step, "system": system, "rep": rep + 1,
+                                       "seconds": round(time.monotonic() - t_step, 1)})
             progress.finish_step()
+            # Keep what is measured so far, in case a later step hangs or is interrupted.
+            (Path(args.out) / "results.partial.json").write_text(
+                json.dumps(b.results, indent=1, default=str) + "\n")
         progress.close()
         info = b.r.info("server")
         meta = {
