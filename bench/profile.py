@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--threads", type=int, default=10)
+    ap.add_argument("--names", type=int, default=0,
+                    help="spread the jobs over this many job names (BENCH_NAMES)")
     ap.add_argument("--no-spy", action="store_true", help="measure only, no py-spy")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "profile"))
     a = ap.parse_args(argv)
@@ -121,14 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     server = RedisServer().start()
     r = server.client()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **{URL_ENV: server.url, "FORKQ_REDIS_URL": server.url})
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BENCH_NAMES=str(a.names),
+               **{URL_ENV: server.url, "FORKQ_REDIS_URL": server.url})
     rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                          text=True).stdout.strip()
     report: list[str] = [f"# forkq hot-path profile (no-op jobs), tree {rev or '?'}", ""]
     spies: list[subprocess.Popen[bytes]] = []
     master: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run([sys.executable, "-m", "bench.peers.driver", "fill", "forkq", "noop", str(a.n)],
+        subprocess.run([sys.executable, "-m", "bench.peers.driver", "fill", "forkq", "noop", str(a.n),
+                        "--names", str(a.names)],
                        check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         r.config_resetstat()
         info0 = r.info("all")
@@ -171,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         redis_cpu = (info1["used_cpu_sys"] + info1["used_cpu_user"]
                      - info0["used_cpu_sys"] - info0["used_cpu_user"])
         report += [
-            f"{a.n:,} jobs, forkq -p {a.processes} -c {a.threads}"
+            f"{a.n:,} jobs{f' over {a.names} job names' if a.names else ''}, "
+            f"forkq -p {a.processes} -c {a.threads}"
             + (f", profiled by py-spy at {a.rate} Hz (slows the children a little)" if spies else ""),
             "",
             f"- throughput (steady): {jobs / dt:,.0f} jobs/s",
