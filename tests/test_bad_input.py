@@ -11,6 +11,7 @@ non-mapping args (tests/test_engine.py).
 from __future__ import annotations
 
 import threading
+import time
 
 import orjson
 import pytest
@@ -274,9 +275,6 @@ def test_redis_client_in_decode_mode_is_accepted(redis_url, pools, fast_config) 
     wait_for(lambda: seen.snapshot() == ["ok"], 10, message="job via decode-mode client")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "registry.WorkerPool.start uses `concurrency or self.config.concurrency`, so 0 silently means "
-    "the default (10); it should test `is None` (docs/RELIABILITY.md, core change 4)."))
 def test_zero_concurrency_is_a_config_error(redis_url, pools) -> None:
     pool = forkq.WorkerPool(NS)
     pool.register("x", lambda job: None)
@@ -304,3 +302,81 @@ def test_cli_rejects_a_url_redis_py_would_misread_as_a_usage_error(tmp_path, url
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("forkq: error:") and fragment in lines[0]
     assert "Hidden-pw" not in proc.stderr
+
+
+class _UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be printed")
+
+
+@pytest.mark.parametrize("kind", ["system_exit", "keyboard_interrupt"])
+def test_handler_raising_base_exceptions_is_retried_and_the_worker_survives(
+        redis_url, fast_config, pools, r, kind: str) -> None:
+    pool = new_pool(fast_config)
+    seen = Recorder()
+    exc: BaseException = SystemExit(3) if kind == "system_exit" else KeyboardInterrupt()
+
+    @pool.job(backoff=lambda job: 1000)
+    def bad(job: forkq.Job) -> None:
+        raise exc
+
+    pool.register("after", lambda job: seen.add(job.id))
+    enq = pool.enqueuer(redis_url)
+    enq.enqueue("bad")
+    later = enq.enqueue("after")
+    start(pools, pool, redis_url, concurrency=1)
+    wait_for(lambda: seen.snapshot() == [later.id], 10, message="the next job on the same thread")
+    entry = orjson.loads(wait_for(lambda: r.zrange(K.retry, 0, -1), 5, message="retry entry")[0])
+    assert entry["error_class"] == type(exc).__name__
+
+
+@pytest.mark.parametrize("kind", ["surrogates_in_message", "unprintable_exception"])
+def test_handler_error_that_cannot_be_encoded_is_still_retried_and_frees_its_slot(
+        redis_url, fast_config, pools, r, kind: str) -> None:
+    pool = new_pool(fast_config)
+    seen = Recorder()
+
+    @pool.job(backoff=lambda job: 1000)
+    def bad(job: forkq.Job) -> None:
+        if kind == "surrogates_in_message":
+            # A file name decoded with surrogateescape, as os.listdir() gives for non-UTF-8 bytes.
+            raise ValueError("cannot open " + b"/data/\xff.csv".decode("utf-8", "surrogateescape"))
+        raise _UnprintableError()
+
+    pool.register("after", lambda job: seen.add(job.id))
+    enq = pool.enqueuer(redis_url)
+    bad_job = enq.enqueue("bad")
+    later = enq.enqueue("after")
+    start(pools, pool, redis_url, concurrency=1)
+    wait_for(lambda: seen.snapshot() == [later.id], 5, message="the next job (the slot was given back)")
+    entry = orjson.loads(wait_for(lambda: r.zrange(K.retry, 0, -1), 5, message="retry entry")[0])
+    assert entry["jid"] == bad_job.id
+    wait_for(lambda: r.hlen(K.inprogress(pool.runtime.identity)) == 0, 5, message="acked")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "job.Job.checkin stores the text as given; one with lone surrogates makes every heartbeat "
+    "pipeline fail to encode, so the pool stops beating while that job runs and is reaped as dead "
+    "after stale_after. Fix in docs/RELIABILITY.md, core change 8."))
+def test_checkin_with_undecodable_text_does_not_stop_the_heartbeat(redis_url, fast_config, pools, r) -> None:
+    pool = new_pool(fast_config)
+    gate = threading.Event()
+    started = threading.Event()
+
+    @pool.job
+    def reading(job: forkq.Job) -> None:
+        job.checkin("reading " + b"/data/\xff.csv".decode("utf-8", "surrogateescape"))
+        started.set()
+        gate.wait(10)
+
+    pool.enqueuer(redis_url).enqueue("reading")
+    start(pools, pool, redis_url, concurrency=1)
+    try:
+        assert started.wait(10)
+        identity = pool.runtime.identity  # type: ignore[union-attr]
+        time.sleep(2 * fast_config.heartbeat_interval)
+        first = r.zscore(K.pools, identity)
+        wait_for(lambda: r.zscore(K.pools, identity) != first, 4 * fast_config.heartbeat_interval + 2,
+                 message="a heartbeat while the job runs")
+    finally:
+        gate.set()
