@@ -380,3 +380,15 @@ def test_checkin_with_undecodable_text_does_not_stop_the_heartbeat(redis_url, fa
                  message="a heartbeat while the job runs")
     finally:
         gate.set()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "keys.validate_job_name / validate_namespace accept text that is not valid UTF-8 (lone "
+    "surrogates); registration succeeds, enqueue then fails with a misleading 'arguments are not "
+    "JSON-serialisable'. Fix in docs/RELIABILITY.md, core change 9."))
+def test_names_that_are_not_valid_utf8_are_rejected_at_registration() -> None:
+    odd = "report-" + b"\xff".decode("utf-8", "surrogateescape")
+    with pytest.raises(forkq.ConfigError, match="UTF-8"):
+        forkq.WorkerPool(NS).register(odd, lambda job: None)
+    with pytest.raises(forkq.ConfigError, match="UTF-8"):
+        forkq.WorkerPool(odd)
