@@ -453,11 +453,6 @@ def test_idle_pool_whose_pubsub_connection_was_killed_still_wakes_on_enqueue(pri
     wait_for(lambda: seen.snapshot() == [job.id], 20, message="the enqueue to wake the pool")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "heartbeat.py beats with plain ZADD/HSET, which Redis refuses at maxmemory (deny-oom), so a "
-    "pool that keeps working through an OOM longer than stale_after looks dead and a reaper running "
-    "once memory is back (before its next beat) requeues its running jobs. Proposed: beat the "
-    "`pools` score through a small allow-oom script (docs/RELIABILITY.md)."))
 def test_live_pool_working_through_a_long_oom_is_not_reaped(private_server, pools) -> None:
     r = private_server.client()
     r.config_set("maxmemory-policy", "noeviction")
@@ -482,10 +477,6 @@ def test_live_pool_working_through_a_long_oom_is_not_reaped(private_server, pool
         gate.set()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "registry.WorkerPool.start keeps the runtime whose start() raised, so a second start() says "
-    "'pool already started' (and 3 connections stay open); it should reset _runtime on failure "
-    "(docs/RELIABILITY.md, core change 5)."))
 def test_pool_can_be_started_once_redis_is_back_after_a_failed_start(private_server, pools) -> None:
     pool = forkq.WorkerPool(NS, config=forkq.Config(idle_poll_interval=0.2))
     seen = Recorder()
@@ -530,3 +521,27 @@ def test_pool_stopped_while_redis_is_down_leaves_its_jobs_for_the_reaper(aof_ser
     queued = [orjson.loads(p)["jid"] for p in r.lrange(K.queue("stuck"), 0, -1)]
     assert queued == [job.id]
     print(f"\nSTOP-WHILE-DOWN: stop() returned after {stop_took:.1f}s; job requeued by the reaper")
+
+
+@pytest.mark.slow
+def test_writes_paused_longer_than_the_socket_timeout_lose_nothing(private_server, pools) -> None:
+    """``CLIENT PAUSE ... WRITE`` is what a Redis failover does; 7 s outlasts the 5 s timeout."""
+    cfg = forkq.Config(heartbeat_interval=0.3, idle_poll_interval=0.2)
+    runs = Recorder()
+    for _ in range(2):
+        pool = recording_pool(private_server, cfg, runs)
+        pool.start(private_server.url, concurrency=4)
+        pools.append(pool)
+    producer = Producer(private_server.url, total=3000)
+    producer.start()
+    admin = private_server.client()
+    wait_for(lambda: admin.scard(DONE) > 300, 30, message="progress before the pause")
+    admin.execute_command("CLIENT", "PAUSE", "7000", "WRITE")
+    producer.join(120)
+    assert not producer.is_alive()
+    done = wait_for(lambda: (lambda d: d if producer.acked <= d else None)(
+        {m.decode() for m in admin.smembers(DONE)}), 120, interval=0.2, message="acknowledged jobs done")
+    wait_for(lambda: settled(admin, pools), 30, message="nothing left in progress")
+    assert all(threads_alive(p) for p in pools)
+    print(f"\nWRITE-PAUSE: acked={len(producer.acked)} done={len(done)} refused_batches={producer.refused} "
+          f"duplicates={len(runs) - len(set(runs.snapshot()))} lost={len(producer.acked - done)}")
