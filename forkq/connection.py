@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import ConfigError
 
@@ -84,6 +86,15 @@ class ConnectionSpec:
     def __repr__(self) -> str:
         # The dataclass repr would print the URL's password or the kwargs' one.
         return f"ConnectionSpec({self.describe()!r})"
+
+    def connect_worker(self, **overrides: Any) -> redis.Redis:
+        """A client for a pool's own threads: redis-py never re-sends a command by itself.
+
+        redis-py retries a command whose reply was lost; a fetch sent twice would
+        leave the first batch in the in-progress hash, unknown to the fetcher.
+        forkq's loops retry with their own backoff and reconcile what they hold.
+        """
+        return self.connect(retry=Retry(NoBackoff(), 0), **overrides)
 
     def connect(self, **overrides: Any) -> redis.Redis:
         """A new client with its own pool; bytes responses (orjson reads bytes)."""

@@ -211,10 +211,17 @@ class Executor:
             error_class, message = "JobTimeout", f"job ran longer than its timeout of {opts.timeout}s"
         else:
             assert error is not None
-            error_class, message = type(error).__name__, str(error) or type(error).__name__
-        settle = failure_settle(field=field, name=lease_name, data=data, error_class=error_class,
-                                error_message=message, max_fails=opts.max_fails,
-                                skip_dead=opts.skip_dead, backoff=opts.backoff, job=job)
+            error_class, message = describe_error(error)
+        try:
+            settle = failure_settle(field=field, name=lease_name, data=data, error_class=error_class,
+                                    error_message=message, max_fails=opts.max_fails,
+                                    skip_dead=opts.skip_dead, backoff=opts.backoff, job=job)
+        except Exception as exc:  # e.g. a user backoff that raised: the job must still settle
+            log.exception("could not compute the retry of %s %s; it goes to dead", job.name, job.id)
+            settle = Settle(op="d", field=field, name=lease_name, score=time.time(),
+                            payload=malformed_dead_entry(
+                                queue=qname, raw=payload,
+                                reason=f"{error_class}: {message} (and its retry failed: {describe_error(exc)[1]})"))
         self._complete((field, settle))
         if reporters is not None:
             if aborted is not None:
@@ -233,6 +240,21 @@ class Executor:
             return mws[i](job, lambda: call(i + 1))
 
         return call(0)
+
+
+def _printable(text: str) -> str:
+    """Lone surrogates (from C extensions, bad decodes) would make orjson refuse the entry."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """(class name, message) of an exception, whatever its ``__str__`` does."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the job
+        text = f"<{name} whose str() raised>"
+    return _printable(name), _printable(text or name)
 
 
 class UnknownJob(Exception):

@@ -248,6 +248,9 @@ class Fetcher(threading.Thread):
         if due_in is not None and due_in <= 0:
             self._on_due()
 
+    def close(self) -> None:
+        self._runner.close()
+
     def _release_unique(self, guards: list[tuple[str, str]]) -> None:
         """A unique job's guard goes when a worker takes it (gocraft's semantics)."""
         try:

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import orjson
 import psutil
 import redis
+from redis.exceptions import NoScriptError
 
+from . import scripts
 from .executor import RUNNING, Slot
 from .keys import Keys
 from .stats import StatsBuffer
@@ -65,6 +67,8 @@ class Heartbeat:
         self._proc = psutil.Process()
         self._sidekiq_info = info.sidekiq_info()
         self.last_beat = 0.0
+        # Set by the runtime once it knows the server (Redis >= 7 beats at maxmemory).
+        self.allow_oom = False
         self._had_work = True
         self._beats = 0
         # Slots whose worker:<id> observation the last beat wrote; they are deleted
@@ -77,7 +81,8 @@ class Heartbeat:
         keys, ident = self._keys, self.info.identity
         running = [s for s in self._slots if s.state == RUNNING and s.job is not None]
         pipe = self._conn.pipeline(transaction=False)
-        pipe.zadd(keys.pools, {ident: t})
+        liveness = scripts.beat(keys, identity=ident, now=t, allow_oom=self.allow_oom)
+        scripts.add_to_pipeline(pipe, liveness)
         pipe.hset(keys.pool(ident), mapping={
             "worker_pool_id": ident,
             "started_at": int(self.info.started_at),
@@ -137,7 +142,12 @@ class Heartbeat:
             pipe.expire(workers_key, LIVENESS_TTL)
         taken = self._stats.queue_flush(pipe, keys, t)
         try:
-            results = pipe.execute()
+            results = pipe.execute(raise_on_error=False)
+            if isinstance(results[0], NoScriptError):
+                results[0] = scripts.run_one(self._conn, liveness)  # loads it, then runs it
+            errors = [r for r in results if isinstance(r, Exception)]
+            if errors:
+                raise errors[0]
         except redis.RedisError:
             self._stats.give_back(*taken)
             self._had_work = True

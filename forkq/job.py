@@ -175,7 +175,8 @@ class Job:
     # Progress -----------------------------------------------------------------
     def checkin(self, message: str) -> None:
         """Record progress; visible in ``Client.worker_observations()`` at the next beat."""
-        self._checkin = str(message)
+        # Lone surrogates would make every heartbeat that carries it fail to encode.
+        self._checkin = str(message).encode("utf-8", "backslashreplace").decode("utf-8")
         self._checkin_at = time.time()
 
     def __repr__(self) -> str:

@@ -16,9 +16,17 @@ from .errors import ConfigError
 _FORBIDDEN_NAME_CHARS = frozenset("{}\n\r\x00")
 
 
+def _check_utf8(what: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} {text!r} is not valid UTF-8 text") from None
+
+
 def validate_namespace(namespace: str) -> str:
     if not isinstance(namespace, str) or not namespace:
         raise ConfigError("namespace must be a non-empty string")
+    _check_utf8("namespace", namespace)
     bad = _FORBIDDEN_NAME_CHARS.intersection(namespace)
     if bad:
         raise ConfigError(f"namespace {namespace!r} contains forbidden characters {sorted(bad)!r}")
@@ -29,6 +37,7 @@ def validate_job_name(name: str) -> str:
     """Job names become queue names and key parts; braces would move keys to another slot."""
     if not isinstance(name, str) or not name or len(name) > 200:
         raise ConfigError(f"job name must be a non-empty string of at most 200 characters, got {name!r}")
+    _check_utf8("job name", name)
     bad = _FORBIDDEN_NAME_CHARS.intersection(name)
     if bad:
         raise ConfigError(f"job name {name!r} contains forbidden characters {sorted(bad)!r}")

@@ -177,9 +177,14 @@ class WorkerPool:
             if self._runtime is not None:
                 raise ConfigError("pool already started")
             spec = ConnectionSpec.of(redis if redis is not None else self.config.redis_url)
-            self._runtime = PoolRuntime(self, spec, concurrency=concurrency or self.config.concurrency,
-                                        identity=identity)
-            self._runtime.start()
+            runtime = PoolRuntime(self, spec, identity=identity,
+                                  concurrency=self.config.concurrency if concurrency is None else concurrency)
+            try:
+                runtime.start()
+            except BaseException:
+                runtime.close()  # a failed start leaves nothing open; start() may be called again
+                raise
+            self._runtime = runtime
         return self
 
     @property

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from . import reaper, scheduler, scripts
 from .connection import ConnectionSpec
@@ -48,8 +48,8 @@ def new_identity() -> str:
 class PoolRuntime:
     def __init__(self, pool: WorkerPool, spec: ConnectionSpec, *, concurrency: int,
                  identity: str | None = None, tag: str = "") -> None:
-        if concurrency < 1:
-            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency must be an int >= 1, got {concurrency!r}")
         self.pool = pool
         self.keys = pool.keys
         self.config = pool.config
@@ -64,10 +64,11 @@ class PoolRuntime:
         self._stop = threading.Event()
         self._stopped = False
         self._last_promote = 0.0
+        self._beat_failures = 0
         # Connections: one per long-lived thread that talks to Redis.
-        self.conn = spec.connect()
-        self._hk_conn = spec.connect()
-        self._listen_conn = spec.connect(socket_timeout=None)
+        self.conn = spec.connect_worker()
+        self._hk_conn = spec.connect_worker()
+        self._listen_conn = spec.connect_worker(socket_timeout=None)
         self.reporters = ReporterHub(pool.reporters) if pool.reporters else None
         targets = [FetchTarget.of(self.keys, n, specs[n].options.max_concurrency) for n in self._names]
         self.fetcher = Fetcher(
@@ -91,9 +92,11 @@ class PoolRuntime:
     def start(self) -> None:
         try:
             self.conn.ping()
-            self.fetcher.allow_oom = scripts.supports_script_flags(self.conn)
+            self.fetcher.allow_oom = self.heartbeat.allow_oom = scripts.supports_script_flags(self.conn)
         except redis.AuthenticationError as exc:
             raise ConnectionError(f"Redis at {self.spec.describe()} refused the credentials: {exc}") from None
+        except NoPermissionError as exc:
+            raise ConfigError(self._no_permission(exc)) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionError(f"cannot reach Redis at {self.spec.describe()}: {exc}") from None
         except RedisError as exc:
@@ -102,8 +105,11 @@ class PoolRuntime:
         # that is reachable but refuses writes (out of memory) still gets its queued
         # jobs run; the beat is retried by the housekeeper.
         # A read-only replica is not fatal either: after a failover it may be promoted.
+        # A user without the rights forkq needs is: nothing would ever work.
         try:
             self.heartbeat.beat()
+        except NoPermissionError as exc:
+            raise ConfigError(self._no_permission(exc)) from None
         except RedisError as exc:
             log.warning("first heartbeat refused (%s); running anyway, it is retried every %.0fs",
                         exc, self.config.heartbeat_interval)
@@ -115,6 +121,21 @@ class PoolRuntime:
         self._spawn(self._housekeep, "forkq-housekeeper")
         if self.executor.has_timeouts:
             self._spawn(self._watchdog, "forkq-watchdog")
+
+    def _no_permission(self, exc: Exception) -> str:
+        return (f"the Redis user at {self.spec.describe()} lacks a permission forkq needs: {exc} "
+                "(see the ACL line in docs/RELIABILITY.md)")
+
+    def close(self) -> None:
+        """Close this runtime's connections (after a failed start, or at the end of stop)."""
+        if self.fetcher.is_alive():
+            return
+        self.fetcher.close()
+        for c in (self.conn, self._hk_conn, self._listen_conn):
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
 
     def _spawn(self, target: object, name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
@@ -151,6 +172,11 @@ class PoolRuntime:
                         len(leftover), timeout, len(aborted))
         self.executor.close()
         self._stop.set()
+        # A beat still in flight would race the last flush and could re-add this pool
+        # to `processes` after it is removed: wait for the threads that beat.
+        for t in self._threads:
+            if t.name == "forkq-housekeeper":
+                t.join(max(2.0, self.config.heartbeat_interval))
         try:
             self.heartbeat.flush_stats()
             scripts.run_one(self.conn, scripts.claim_pool(self.keys, identity=self.identity,
@@ -161,11 +187,7 @@ class PoolRuntime:
         self.executor.join(0.5)
         if self.reporters is not None:
             self.reporters.close()
-        for c in (self.conn, self._hk_conn, self._listen_conn):
-            try:
-                c.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
+        self.close()
         return requeued
 
     def drain(self, timeout: float | None = None) -> None:
@@ -224,11 +246,18 @@ class PoolRuntime:
         try:
             sig = self.heartbeat.beat(quiet=self.fetcher.quiet)
         except RedisError as exc:
-            log.warning("heartbeat failed: %s", exc)
+            # Once per outage: a beat every few seconds would flood the log.
+            self._beat_failures += 1
+            if self._beat_failures == 1:
+                log.warning("heartbeat failed (retried every %.0fs): %s",
+                            self.config.heartbeat_interval, exc)
             return False
         except Exception:
             log.exception("heartbeat raised; retried at the next beat")
             return False
+        if self._beat_failures:
+            log.warning("heartbeat works again after %d failed beats", self._beat_failures)
+            self._beat_failures = 0
         if sig is not None:
             self._remote_signal(sig)
         return True

@@ -57,6 +57,8 @@ ENQUEUE_UNIQUE = _load("enqueue_unique")
 PROMOTE = _load("promote")
 CLAIM_POOL = _load("claim_pool")
 RELEASE_UNIQUE = _load("release_unique")
+BEAT = _load("beat")
+BEAT_OOM = _allow_oom(BEAT)
 
 
 def supports_script_flags(conn: redis.Redis) -> bool:
@@ -261,6 +263,16 @@ def promote(keys: Keys, *, zset_key: str, moves: Sequence[Promotion]) -> Call:
 def release_unique(guards: Sequence[tuple[str, str]]) -> Call:
     """Release unique guards ``(guard key, jid)`` that still hold the jid."""
     return Call(script=RELEASE_UNIQUE, keys=[g for g, _ in guards], args=[j for _, j in guards])
+
+
+def beat(keys: Keys, *, identity: str, now: float, allow_oom: bool) -> Call:
+    return Call(script=BEAT_OOM if allow_oom else BEAT, keys=[keys.pools, keys.process(identity)],
+                args=[identity, repr(now)])
+
+
+def add_to_pipeline(pipe: redis.client.Pipeline, call: Call) -> None:
+    """Queue a script call in a redis-py pipeline (NOSCRIPT comes back as its result)."""
+    pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
 
 
 def claim_pool(keys: Keys, *, identity: str, expected_beat: float | None) -> Call:

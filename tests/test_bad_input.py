@@ -354,10 +354,6 @@ def test_handler_error_that_cannot_be_encoded_is_still_retried_and_frees_its_slo
     wait_for(lambda: r.hlen(K.inprogress(pool.runtime.identity)) == 0, 5, message="acked")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "job.Job.checkin stores the text as given; one with lone surrogates makes every heartbeat "
-    "pipeline fail to encode, so the pool stops beating while that job runs and is reaped as dead "
-    "after stale_after. Fix in docs/RELIABILITY.md, core change 8."))
 def test_checkin_with_undecodable_text_does_not_stop_the_heartbeat(redis_url, fast_config, pools, r) -> None:
     pool = new_pool(fast_config)
     gate = threading.Event()
@@ -382,10 +378,6 @@ def test_checkin_with_undecodable_text_does_not_stop_the_heartbeat(redis_url, fa
         gate.set()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "keys.validate_job_name / validate_namespace accept text that is not valid UTF-8 (lone "
-    "surrogates); registration succeeds, enqueue then fails with a misleading 'arguments are not "
-    "JSON-serialisable'. Fix in docs/RELIABILITY.md, core change 9."))
 def test_names_that_are_not_valid_utf8_are_rejected_at_registration() -> None:
     odd = "report-" + b"\xff".decode("utf-8", "surrogateescape")
     with pytest.raises(forkq.ConfigError, match="UTF-8"):

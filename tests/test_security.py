@@ -389,10 +389,6 @@ def test_cli_over_tls_runs_jobs_end_to_end(tls_server, tmp_path, forkqs) -> None
     assert f.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime.PoolRuntime.start tolerates a refused first heartbeat (meant for OOM), so a pool whose "
-    "ACL user lacks rights starts and only logs warnings forever; a NoPermissionError there should "
-    "raise (docs/RELIABILITY.md, core change 6)."))
 def test_pool_started_by_a_user_without_rights_fails_at_start_clearly(acl_server, pools) -> None:
     pool = forkq.WorkerPool(NS)
     pool.register("work", lambda job: None)
