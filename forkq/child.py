@@ -41,6 +41,7 @@ from setproctitle import setproctitle
 from . import scripts
 from .config import Config
 from .connection import ConnectionSpec, redact
+from .errors import RedisRefused
 from .executor import RUNNING, Slot
 from .job import Job, MalformedPayload, decode
 from .registry import JobOptions, WorkerPool
@@ -234,6 +235,9 @@ class _Child:
                 self.send({"t": "starting"})
                 rt.start()
                 break
+            except RedisRefused as exc:
+                self.send({"t": "redis_refused", "msg": redact(str(exc))})
+                return EXIT_BOOT
             except ConnectionError as exc:
                 # Redis is down: not this child's fault; keep trying until told to stop.
                 self.send({"t": "redis_down", "msg": redact(str(exc))})

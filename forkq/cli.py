@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "one by one, TTIN/TTOU one child more/less. Environment: FORKQ_REDIS_URL, "
                 "FORKQ_LOG_LEVEL, FORKQ_EMBEDDED_DIR, and in seconds FORKQ_HEARTBEAT_INTERVAL, "
                 "FORKQ_STALE_AFTER, FORKQ_LEASE_TTL, FORKQ_IDLE_POLL_INTERVAL, "
-                "FORKQ_HARD_TIMEOUT_GRACE. Exit codes: 2 usage, 3 import failed, 4 no WorkerPool, "
+                "FORKQ_HARD_TIMEOUT_GRACE, FORKQ_REDIS_WAIT. Exit codes: 2 usage, 3 import failed, 4 no WorkerPool, "
                 "5 Redis unreachable, 6 children keep dying at boot."))
     p.add_argument("app", metavar="MODULE[:ATTR]",
                    help="module holding the WorkerPool (ATTR picks one if it has several)")
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "redis://127.0.0.1:6379/0)")
     p.add_argument("--shutdown-timeout", type=_non_negative_float, default=None, metavar="SECONDS",
                    help="on stop, how long running jobs may finish before being requeued (25)")
+    p.add_argument("--redis-wait", type=_non_negative_float, default=None, metavar="SECONDS",
+                   help="at start, how long to keep trying an unreachable Redis before exiting 5 "
+                        "(env FORKQ_REDIS_WAIT; 30)")
     p.add_argument("--max-jobs-per-child", type=_non_negative_int, default=None, metavar="N",
                    help="recycle a child after about N jobs (+ up to 10%% jitter; 0 = never)")
     p.add_argument("--max-memory-per-child", type=_non_negative_int, default=None, metavar="MB",
@@ -323,6 +326,16 @@ def effective_config(base: Config, args: argparse.Namespace, environ: dict[str, 
     return replace(base, **changes)
 
 
+DEFAULT_REDIS_WAIT = 30.0
+
+
+def redis_wait(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> float:
+    if args.redis_wait is not None:
+        return float(args.redis_wait)
+    raw = environ.get("FORKQ_REDIS_WAIT")
+    return _env_float("FORKQ_REDIS_WAIT", raw) if raw else DEFAULT_REDIS_WAIT
+
+
 def _env_float(name: str, raw: str) -> float:
     try:
         value = float(raw)
@@ -378,7 +391,8 @@ def _run(args: argparse.Namespace) -> int:
                                               concurrency=config.concurrency,
                                               max_jobs_per_child=config.max_jobs_per_child,
                                               max_memory_per_child_mb=config.max_memory_per_child_mb,
-                                              hard_timeout_grace=grace),
+                                              hard_timeout_grace=grace,
+                                              redis_wait=redis_wait(args, environ)),
                         reload_app=loader.reload)
         code = master.run()
         if code != EXIT_OK and master.error:

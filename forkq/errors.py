@@ -15,6 +15,13 @@ class ArgError(ForkqError):
     """A job argument was missing or of the wrong type (see ``Job.arg_error``)."""
 
 
+class RedisRefused(ConfigError, ConnectionError):
+    """Redis answered but will never let forkq work: wrong credentials, missing ACL rights.
+
+    Unlike an unreachable server (worth waiting for), retrying cannot help.
+    """
+
+
 class NotDeleted(ForkqError):
     """Nothing matched a delete (gocraft's ``ErrNotDeleted``)."""
 

@@ -91,6 +91,8 @@ class MasterOptions:
     max_jobs_per_child: int = 0
     max_memory_per_child_mb: int = 0
     hard_timeout_grace: float = 5.0
+    # How long a master whose children never reached Redis keeps them trying.
+    redis_wait: float = 30.0
 
 
 @dataclass
@@ -151,6 +153,8 @@ class Master:
         self._wake_r = -1
         self._wake_w = -1
         self._redis_down_logged = 0.0
+        self._redis_wait_logged = False
+        self.started_at = time.monotonic()
         self._release_failures = 0
         pool.config = config
 
@@ -408,11 +412,14 @@ class Master:
             log.info("child %d (pid %d) ready", c.index, c.pid)
         elif kind == "starting":
             c.starting = True
+        elif kind == "redis_refused":
+            c.starting = False
+            self._fatal(EXIT_REDIS, str(msg.get("msg") or "Redis refused forkq"))
         elif kind == "redis_down":
             c.starting = False
             c.redis_down = str(msg.get("msg") or "Redis unreachable")
             if not self.any_ready:
-                self._fatal(EXIT_REDIS, c.redis_down)
+                self._wait_for_redis(c.redis_down)
             elif now - self._redis_down_logged > 30:
                 self._redis_down_logged = now
                 log.warning("child %d cannot start: %s (retrying)", c.index, c.redis_down)
@@ -468,8 +475,9 @@ class Master:
         self.boot_failures += 1
         reason = c.last_error or c.redis_down or how
         if c.redis_down and not self.any_ready:
-            self._fatal(EXIT_REDIS, c.redis_down)
-            return
+            self._wait_for_redis(c.redis_down)
+            if self.stopping:
+                return
         if self.boot_failures >= MAX_BOOT_FAILURES:
             self._fatal(EXIT_CHILD_BOOT, f"children keep dying at boot ({self.boot_failures} in a "
                                          f"row); last: {reason}")
@@ -477,6 +485,16 @@ class Master:
         delay = min(10.0, 0.25 * 2 ** (self.boot_failures - 1))
         log.error("child %d died at boot (%s); next try in %.2fs", c.index, reason, delay)
         self.next_spawn_at = time.monotonic() + delay
+
+    def _wait_for_redis(self, reason: str) -> None:
+        """No child ever reached Redis: keep them trying for ``redis_wait`` seconds, then give up."""
+        waited = time.monotonic() - self.started_at
+        if waited >= self.options.redis_wait:
+            self._fatal(EXIT_REDIS, f"{reason} (gave up after {self.options.redis_wait:g}s)")
+        elif not self._redis_wait_logged:
+            self._redis_wait_logged = True
+            log.warning("waiting for Redis at %s (up to %gs): %s", self.spec.describe(),
+                        self.options.redis_wait, reason)
 
     def _fatal(self, code: int, message: str) -> None:
         if self.error is None:

@@ -22,7 +22,7 @@ from redis.exceptions import NoPermissionError, RedisError
 
 from . import reaper, scheduler, scripts
 from .connection import ConnectionSpec
-from .errors import ConfigError
+from .errors import ConfigError, RedisRefused
 from .executor import Executor
 from .fetcher import Fetcher
 from .heartbeat import Heartbeat, PoolInfo
@@ -94,9 +94,9 @@ class PoolRuntime:
             self.conn.ping()
             self.fetcher.allow_oom = self.heartbeat.allow_oom = scripts.supports_script_flags(self.conn)
         except redis.AuthenticationError as exc:
-            raise ConnectionError(f"Redis at {self.spec.describe()} refused the credentials: {exc}") from None
+            raise RedisRefused(f"Redis at {self.spec.describe()} refused the credentials: {exc}") from None
         except NoPermissionError as exc:
-            raise ConfigError(self._no_permission(exc)) from None
+            raise RedisRefused(self._no_permission(exc)) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionError(f"cannot reach Redis at {self.spec.describe()}: {exc}") from None
         except RedisError as exc:
@@ -109,7 +109,7 @@ class PoolRuntime:
         try:
             self.heartbeat.beat()
         except NoPermissionError as exc:
-            raise ConfigError(self._no_permission(exc)) from None
+            raise RedisRefused(self._no_permission(exc)) from None
         except RedisError as exc:
             log.warning("first heartbeat refused (%s); running anyway, it is retried every %.0fs",
                         exc, self.config.heartbeat_interval)

@@ -230,21 +230,18 @@ def test_redis_unreachable_at_start_exits_non_zero_with_one_clear_line(tmp_path:
     mod = write_jobs(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(tmp_path), FORKQ_LOG_LEVEL="WARNING")
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "forkq", "-p", "1", "--redis",
+    proc = subprocess.run([sys.executable, "-m", "forkq", "-p", "1", "--redis-wait", "3", "--redis",
                            "redis://:Top-Secret-9@127.0.0.1:1/0", mod],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     took = time.monotonic() - t0
     print(f"\nREDIS-DOWN-AT-START: exit={proc.returncode} after {took:.1f}s")
-    assert proc.returncode == 5
+    assert proc.returncode == 5 and took >= 3.0  # it kept trying for the bounded wait
+    assert "waiting for Redis" in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("forkq: error:")]
     assert len(errors) == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in errors[0]
     assert "Traceback" not in proc.stderr and "Top-Secret-9" not in proc.stderr + proc.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "master.py exits with code 5 at the first 'redis_down' report when no child was ever ready "
-    "(Master._on_report / _on_exit call _fatal at once): the issue asks for retries for a bounded "
-    "time. See docs/RELIABILITY.md, 'Changes needed in the core'."))
 def test_redis_that_comes_up_shortly_after_the_cli_starts_is_waited_for(
         tmp_path: Path, forkqs: list[ForkqProc]) -> None:
     from redis_server import RedisServer, free_port

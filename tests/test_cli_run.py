@@ -116,8 +116,10 @@ def test_module_without_a_usable_pool_exits_4(tmp_path: Path, source: str, targe
 def test_unreachable_redis_exits_5_with_one_error_line(tmp_path: Path) -> None:
     mod = write_jobs(tmp_path)
     port = free_port()  # nothing listens there
-    res = run_cli(tmp_path, "-p", "2", "--redis", f"redis://user:pw123@127.0.0.1:{port}/0", mod)
+    res = run_cli(tmp_path, "-p", "2", "--redis-wait", "1", "--redis",
+                  f"redis://user:pw123@127.0.0.1:{port}/0", mod)
     assert res.returncode == cli.EXIT_REDIS, res.stderr
+    assert "gave up after 1s" in res.stderr
     assert "Traceback" not in res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("forkq: error:")]
     assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0]
