@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import select
 import signal
 import threading
@@ -142,6 +143,7 @@ class Master:
         self.announced_ready = False
         self.reloading = False
         self.startup_reap_done = False
+        self.second_reap_at: float | None = None
         self.replace_queue: deque[int] = deque()
         self.replacing: tuple[int, float] | None = None
         self.pending_release: dict[str, str] = {}  # identity -> description
@@ -538,7 +540,14 @@ class Master:
             conn.close()
 
     def _startup_reap(self) -> None:
-        """Once every child is up: recover pools of hosts that died while we were down."""
+        """Once every child is up: recover pools of hosts that died while we were down.
+
+        Pools that died just before this start are not stale yet; a second pass once
+        they are (``stale_after`` later) recovers them without waiting for the
+        children's periodic reaper (up to a minute).
+        """
+        if not self.startup_reap_done:
+            self.second_reap_at = time.monotonic() + self.config.stale_after + random.uniform(0.5, 2.0)
         self.startup_reap_done = True
         conn = self._connect()
         try:
@@ -626,6 +635,9 @@ class Master:
             self.notifier.notify("READY=1", f"MAINPID={self.pid}")
             if not self.startup_reap_done:
                 self._startup_reap()
+        if self.second_reap_at is not None and now >= self.second_reap_at and not self.stopping:
+            self.second_reap_at = None
+            self._startup_reap()
         if self.notifier.watchdog_interval and now >= self.next_watchdog:
             self.next_watchdog = now + self.notifier.watchdog_interval
             if self._healthy(now):
