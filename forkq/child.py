@@ -369,6 +369,13 @@ class _Child:
                 max_fails=opts.max_fails, skip_dead=opts.skip_dead, backoff=opts.backoff, job=job))
         log.error("child %d: %s ignored its timeout; failing it and replacing this process",
                   plan.index, ", ".join(names))
+        if rt.reporters is not None:
+            # The job's own thread is stuck and will never report its outcome.
+            for slot, *_ in overdue:
+                running = slot.job
+                if running is not None:
+                    rt.reporters.emit("aborted", running, "timeout")
+                    rt.reporters.emit("stopped", running)
         self.send({"t": "hard_timeout", "jobs": names})
         if settles:
             try:

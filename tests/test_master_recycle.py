@@ -156,3 +156,36 @@ def test_job_that_keeps_killing_its_child_goes_to_dead_as_poison(
     assert f.proc.poll() is None
     assert f.stop() == 0
     assert os.path.exists(f.log_path)
+
+
+STUCK_REPORTED = STUCK + '''
+
+class Events:
+    def started(self, job):
+        R().rpush("test:events", f"started:{job.id}")
+
+    def aborted(self, job, reason):
+        R().rpush("test:events", f"aborted:{job.id}:{reason}")
+
+    def stopped(self, job):
+        R().rpush("test:events", f"stopped:{job.id}")
+
+
+pool.reporter(Events())
+'''
+
+
+def test_hard_timeout_reports_aborted_timeout_then_stopped(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    """The stuck thread never reports; the child does it for it before it is replaced."""
+    mod = write_jobs(tmp_path, STUCK_REPORTED)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2", "--shutdown-timeout", "0.5"],
+                    env={"FORKQ_HARD_TIMEOUT_GRACE": "1"})
+    wait_children_ready(f, r, 1)
+    (stuck,) = enqueue(redis_url, "stuck", [{}])
+    wait_for(lambda: r.zcard(KEYS.retry) == 1, timeout=30, message="stuck job in retry")
+    wait_for(lambda: len([e for e in r.lrange("test:events", 0, -1) if stuck in e.decode()]) >= 3,
+             timeout=10, message="three events for the stuck job")
+    events = [e.decode() for e in r.lrange("test:events", 0, -1) if stuck in e.decode()]
+    assert events[:3] == [f"started:{stuck}", f"aborted:{stuck}:timeout", f"stopped:{stuck}"]
+    assert f.stop() == 0
