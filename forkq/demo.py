@@ -67,7 +67,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="forkq demo", description=(
-        "Run a forkq master on demo jobs (60%% no-op, 30%% 10 ms sleep, 10%% flaky with retries) "
+        "Run a forkq master on demo jobs (60% no-op, 30% 10 ms sleep, 10% flaky with retries) "
         "and print throughput.  Uses a private embedded Redis unless --redis is given."))
     p.add_argument("--jobs", type=int, default=20_000, help="how many jobs (default 20000)")
     p.add_argument("-p", "--processes", type=int, default=min(2, os.cpu_count() or 1),
