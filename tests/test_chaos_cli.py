@@ -197,6 +197,41 @@ def test_master_and_children_sigkilled_mid_run_then_restart_recovers_every_job(
     assert inprogress_total(r) == 0
 
 
+def test_master_alone_sigkilled_children_stop_requeue_and_a_restart_finishes_the_work(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    """Children notice their master is gone, stop gracefully and give their jobs back."""
+    mod = write_jobs(tmp_path)
+    env = {"FORKQ_STALE_AFTER": "600"}  # no reaper help: only the children's own requeue counts
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "4", "--shutdown-timeout", "1"],
+                    env=env)
+    kids = wait_children_ready(f, r, 2)
+    jids = enqueue(redis_url, "slow", [{"s": 2.0 if i % 10 == 0 else 0.1} for i in range(160)])
+    wait_for(lambda: len(runs(r)) >= 20 and inprogress_total(r) > 0, timeout=60, message="work under way")
+    f.signal(signal.SIGKILL)
+    f.wait(10)
+    killed_at = time.monotonic()
+    wait_for(lambda: not any(psutil_alive(p) for p in kids), timeout=30, message="orphaned children exit")
+    children_gone = time.monotonic() - killed_at
+    assert inprogress_total(r) == 0, "orphaned children left jobs in progress"
+    assert r.scard(KEYS.processes) == 0
+    g = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "4"], env=env, tag="2")
+    done = wait_settled(r, jids, g, timeout=120)
+    lost = set(jids) - set(done) - set(dead_jids(r))
+    assert lost == set()
+    assert g.stop() == 0
+    print(f"\nMASTER-ONLY-KILL: jobs={len(jids)} children_exited_in={children_gone:.1f}s lost={len(lost)} "
+          f"duplicates={sum(v - 1 for v in done.values())}")
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_redis_restarted_twice_under_the_cli_loses_nothing_and_no_child_crashes(
         tmp_path: Path, forkqs: list[ForkqProc]) -> None:
     from redis_server import RedisServer
