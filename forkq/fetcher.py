@@ -11,6 +11,7 @@ due scheduled jobs).  Idle cost: one fetch per interval.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 import threading
@@ -39,14 +40,28 @@ BATCH_FRACTION = 20
 BATCH_DELAY = 0.0005
 
 
-def weighted_order(targets: Sequence[FetchTarget], weights: Sequence[float]) -> list[int]:
-    """Indices in priority-weighted random order (gocraft's sampler).
+class FirstPick:
+    """Which job name a fetch tries first: name *i* with probability ``w_i / sum(w)``.
 
-    Efraimidis-Spirakis: sort by ``u ** (1/w)``; a name is first with probability
-    ``w / sum(w)``, so busy queues share fetches in the ratio of their priorities.
+    gocraft's sampler; what sets the ratio between busy queues is which name is
+    tried first (a fetch takes all it can from it), so the rest are tried in
+    cyclic order after it: one ``random()`` and a bisect per fetch instead of a
+    weighted sort of every name.
     """
-    rnd = random.random
-    return sorted(range(len(targets)), key=lambda i: rnd() ** (1.0 / weights[i]), reverse=True)
+
+    def __init__(self, weights: Sequence[float]) -> None:
+        total = 0.0
+        self._cumulative: list[float] = []
+        for w in weights:
+            total += w
+            self._cumulative.append(total)
+        self._total = total
+        self._n = len(self._cumulative)
+
+    def __call__(self) -> int:
+        if self._n == 1:
+            return 0
+        return min(bisect.bisect_right(self._cumulative, random.random() * self._total), self._n - 1)
 
 
 class Fetcher(threading.Thread):
@@ -60,8 +75,9 @@ class Fetcher(threading.Thread):
         self._keys = keys
         self._identity = identity
         self._config = config
-        self._targets = list(targets)
-        self._weights = [float(p) for p in priorities]
+        self._plan = scripts.FetchPlan(keys, identity=identity, targets=targets)
+        self._names = self._plan.names
+        self._first = FirstPick([float(p) for p in priorities])
         self._concurrency = concurrency
         self._stats = stats
         self._on_due = on_due
@@ -184,18 +200,13 @@ class Fetcher(threading.Thread):
             calls.append(scripts.ack(keys, identity=self._identity, plain_done=plain, settles=settles,
                                      dead_cutoff=now_wall - self._dead_cutoff,
                                      dead_max=self._config.dead_max_jobs, allow_oom=self.allow_oom))
-        order: list[int] = []
+        start = 0
         if want:
             now_wall = time.time()
-            if len(self._targets) == 1:
-                order = [0]
-                targets = self._targets
-            else:
-                order = weighted_order(self._targets, self._weights)
-                targets = [self._targets[i] for i in order]
-            calls.append(scripts.fetch(keys, identity=self._identity, targets=targets, want=want,
-                                       now=now_wall, lease_until=now_wall + self._config.lease_ttl,
-                                       allow_oom=self.allow_oom))
+            start = self._first()
+            calls.append(self._plan.call(start=start, want=want, now=now_wall,
+                                         lease_until=now_wall + self._config.lease_ttl,
+                                         allow_oom=self.allow_oom))
         try:
             results = self._runner.run(calls)
         except RedisError as exc:
@@ -222,7 +233,7 @@ class Fetcher(threading.Thread):
         n = (len(fetched) - 1) // 3
         if n:
             submit = self.executor.submit
-            names = [self._targets[i].name for i in order]
+            names = self._names
             guards: list[tuple[str, str]] = []
             with self._cv:
                 self._inflight += n

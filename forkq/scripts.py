@@ -20,6 +20,12 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .keys import Keys
 
+_pack: Any
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - redis[hiredis] is a dependency
+    _pack = None
+
 Arg = str | bytes | int | float
 
 
@@ -75,8 +81,10 @@ class Call:
     """One script invocation, ready to go into a pipeline."""
 
     script: Script
-    keys: Sequence[str]
+    keys: Sequence[str | bytes]
     args: Sequence[Arg]
+    # Pre-encoded EVALSHA command (FetchPlan); only ``Runner`` sends these.
+    packed: bytes | None = None
 
 
 def run(conn: redis.Redis, calls: Sequence[Call]) -> list[Any]:
@@ -85,6 +93,8 @@ def run(conn: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     Redis errors other than NOSCRIPT are raised (the first one), after every call
     has been sent, like a plain pipeline.
     """
+    if any(c.packed is not None for c in calls):
+        raise ValueError("pre-packed calls go through Runner")
     if len(calls) == 1:
         c = calls[0]
         try:
@@ -128,11 +138,18 @@ class Runner:
 
     def run(self, calls: Sequence[Call]) -> list[Any]:
         c = self._c
-        cmds = [("EVALSHA", x.script.sha, len(x.keys), *x.keys, *x.args) for x in calls]
+        packed: list[bytes] = []
+        for x in calls:
+            if x.packed is not None:
+                packed.append(x.packed)
+            else:
+                cmd = ("EVALSHA", x.script.sha, len(x.keys), *x.keys, *x.args)
+                # hiredis packs in C; redis-py's packer walks every argument in Python.
+                packed += [_pack(cmd)] if _pack is not None else c.pack_commands([cmd])
         results: list[Any] = []
         try:
-            c.send_packed_command(c.pack_commands(cmds), check_health=False)
-            for _ in cmds:
+            c.send_packed_command(packed, check_health=False)
+            for _ in calls:
                 try:
                     results.append(c.read_response())
                 except ResponseError as exc:  # the connection is still in step
@@ -181,15 +198,42 @@ class FetchTarget:
                    lease_key=keys.lease(name), max_concurrency=max_concurrency)
 
 
-def fetch(keys: Keys, *, identity: str, targets: Sequence[FetchTarget], want: int,
-          now: float, lease_until: float, allow_oom: bool = False) -> Call:
-    k: list[str] = [keys.inprogress(identity), keys.schedule, keys.retry]
-    limits: list[Arg] = []
-    for t in targets:
-        k += (t.queue_key, t.paused_key, t.lease_key)
-        limits.append(t.max_concurrency)
-    return Call(script=FETCH_OOM if allow_oom else FETCH, keys=k,
-                args=[want, repr(now), identity, repr(lease_until), *limits])
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+class FetchPlan:
+    """The fetch call of one pool, pre-encoded.
+
+    A pool asks for jobs hundreds of times a second, and its KEYS (a triple per job
+    name) and limits never change; with many job names, encoding them per call cost
+    more than the script.  So the command is packed once, and a call only adds the
+    five arguments that vary (the script rotates from ``start``).
+    """
+
+    def __init__(self, keys: Keys, *, identity: str, targets: Sequence[FetchTarget]) -> None:
+        self.names = [t.name for t in targets]
+        key_list = [keys.inprogress(identity), keys.schedule, keys.retry]
+        key_list += [k for t in targets for k in (t.queue_key, t.paused_key, t.lease_key)]
+        self._keys_packed = b"".join(_bulk(k.encode()) for k in key_list)
+        self._limits_packed = b"".join(_bulk(str(t.max_concurrency).encode()) for t in targets)
+        self._identity = _bulk(identity.encode())
+        argc = 3 + len(key_list) + 5 + len(targets)
+        self._heads = {
+            s.sha: b"*%d\r\n" % argc + _bulk(b"EVALSHA") + _bulk(s.sha.encode())
+            + _bulk(str(len(key_list)).encode())
+            for s in (FETCH, FETCH_OOM)
+        }
+
+    def call(self, *, start: int, want: int, now: float, lease_until: float,
+             allow_oom: bool = False) -> Call:
+        """Fetch up to ``want`` jobs trying name ``start`` first (result indices are 1-based)."""
+        script = FETCH_OOM if allow_oom else FETCH
+        packed = b"".join((
+            self._heads[script.sha], self._keys_packed, _bulk(str(want).encode()),
+            _bulk(repr(now).encode()), self._identity, _bulk(repr(lease_until).encode()),
+            _bulk(str(start).encode()), self._limits_packed))
+        return Call(script=script, keys=(), args=(), packed=packed)
 
 
 @dataclass(frozen=True, kw_only=True)

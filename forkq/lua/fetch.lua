@@ -6,18 +6,21 @@
 -- KEYS[1]  inprogress:<identity>   hash  field -> job JSON
 -- KEYS[2]  schedule                zset  read only: earliest score
 -- KEYS[3]  retry                   zset  read only: earliest score
--- KEYS[4..] one triple per job name, in the (priority-weighted random) order to try:
+-- KEYS[4..] one triple per job name, in the pool's fixed order:
 --          queue:<name> (list), paused:<name> (string), lease:<name> (zset)
 -- ARGV[1]  want: maximum number of jobs to take
 -- ARGV[2]  now (epoch seconds): leases that expired before it are dropped
 -- ARGV[3]  identity: lease members are "<identity>:<field>"
 -- ARGV[4]  lease expiry (epoch seconds) for leases taken now
--- ARGV[5..] max_concurrency per name, same order as the triples (0 = unlimited)
+-- ARGV[5]  start: 0-based position of the name to try first (the caller's priority
+--          pick); the others follow in cyclic order.  The KEYS never change for a
+--          pool, so the caller can send them pre-encoded.
+-- ARGV[6..] max_concurrency per name, same order as the triples (0 = unlimited)
 --
 -- Returns {next_due, idx1, field1, payload1, idx2, field2, payload2, ...}: next_due is
 -- the earliest score in schedule or retry as a string ("" when both are empty), so a
--- caller can promote what is due now and sleep exactly until the next one; idx is the 1-based position of
--- the job's name in the triples; field is the in-progress field: the jid ("<jid>#2"
+-- caller can promote what is due now and sleep exactly until the next one; idx is the
+-- 1-based position of the job's name in the triples; field is the in-progress field: the jid ("<jid>#2"
 -- when that jid is already held), or "malformed:<sha1>" for an entry with no jid.
 
 local want = tonumber(ARGV[1])
@@ -39,12 +42,14 @@ end
 
 -- 1. Take jobs, queue by queue, in the caller's order.
 local taken = {}   -- {name index, field, payload, leased}
-for i = 1, names do
+local start = tonumber(ARGV[5])
+for step = 0, names - 1 do
   if want <= 0 then break end
+  local i = (start + step) % names + 1
   local base = 3 * i + 1
   if redis.call('EXISTS', KEYS[base + 1]) == 0 then
     local take = want
-    local maxc = tonumber(ARGV[4 + i])
+    local maxc = tonumber(ARGV[5 + i])
     if maxc > 0 then
       redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', now)
       local free = maxc - redis.call('ZCARD', KEYS[base + 2])
