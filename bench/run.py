@@ -470,7 +470,8 @@ class Bench:
             "workload": workload, "system": system, "rep": rep, "kind": kind, "n": n,
             "processes": procs, "threads": threads, "names": names, "backlog": backlog,
             "scheduled": scheduled, "ok": ok, "done": c, "fill_seconds": filled["seconds"],
-            "rate": steady if steady is not None else (c - c_first) / max(1e-9, t_last - t_first),
+            # A run too short for two flushes (quick mode) falls back to the wall rate.
+            "rate": steady if steady is not None else c / max(1e-9, t_last - w.started),
             "rate_wall": c / max(1e-9, t_last - w.started),
             "rss": mem, **self.redis_cost(s0, s1, max(1, c)),
         }
