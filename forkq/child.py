@@ -219,7 +219,7 @@ class _Child:
         identity = identity_for(os.getpid(), plan.nonce)
         try:
             rt = PoolRuntime(plan.pool, plan.spec, concurrency=plan.concurrency, identity=identity,
-                             tag=plan.app)
+                             tag=plan.app, master_reaps=True)
         except Exception as exc:  # noqa: BLE001 - reported to the master, then exit
             self.send({"t": "boot_error", "msg": _one_line(exc)})
             return EXIT_BOOT

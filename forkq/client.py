@@ -483,7 +483,8 @@ class Client:
     # -- pools, workers, stats ------------------------------------------------------------------
     def worker_pool_heartbeats(self) -> list[WorkerPoolHeartbeat]:
         """Every pool in ``pools`` (current heartbeat or not), sorted by id."""
-        ids = sorted(_s(m) for m in self._conn.zrange(self.keys.pools, 0, -1))
+        beats = {_s(m): score for m, score in self._conn.zrange(self.keys.pools, 0, -1, withscores=True)}
+        ids = sorted(beats)
         if not ids:
             return []
         pipe = self._conn.pipeline(transaction=False)
@@ -495,7 +496,8 @@ class Client:
             out.append(WorkerPoolHeartbeat(
                 worker_pool_id=ident,
                 started_at=_int(h.get("started_at")),
-                heartbeat_at=_int(h.get("heartbeat_at")),
+                # The `pools` score is written every beat; the hash only about once a minute.
+                heartbeat_at=int(beats[ident]),
                 job_names=tuple(sorted(x for x in h.get("job_names", "").split(",") if x)),
                 concurrency=_int(h.get("concurrency")),
                 host=h.get("host", ""),

@@ -33,9 +33,10 @@ class Config:
     # Fetching.
     # With nothing to do, a fetcher sleeps until a wake message (enqueue, requeue,
     # promotion, unpause, freed lease), until the next scheduled/retry job is due, or
-    # this long at most: the fallback that notices jobs LPUSHed by clients that do
-    # not publish a wake (Sidekiq's Ruby client).  Idle cost: one fetch per interval.
-    idle_poll_interval: float = 5.0
+    # this long at most (±25%): the fallback that notices jobs LPUSHed by clients that
+    # do not publish a wake (Sidekiq's Ruby client); the pool that finds them wakes
+    # the others.  Idle cost: one fetch per interval.
+    idle_poll_interval: float = 10.0
     promote_batch: int = 200
 
     # Safety limits.

@@ -181,11 +181,14 @@ class Fetcher(threading.Thread):
                 done, self._done = self._done, []
                 self._inflight -= len(done)
                 want = free if can_fetch else 0
+                # A fetch made only because the poll timer ran out finds jobs nobody
+                # announced (pushed by a non-forkq client).
+                polled = can_fetch and not self._woken and self._last_empty
                 if can_fetch:
                     self._woken = False
-            self._round_trip(done, want)
+            self._round_trip(done, want, polled)
 
-    def _round_trip(self, done: list[Done], want: int) -> None:
+    def _round_trip(self, done: list[Done], want: int, polled: bool = False) -> None:
         keys = self._keys
         calls: list[scripts.Call] = []
         plain: list[str] = []
@@ -247,12 +250,15 @@ class Fetcher(threading.Thread):
                 submit((names[fetched[j] - 1], fetched[j + 1].decode(), payload))
             if guards:
                 self._release_unique(guards)
+            if polled:
+                self._relay_wake({names[fetched[j] - 1] for j in range(1, len(fetched), 3)})
         due_in = None if next_due is None else next_due - time.time()
         with self._cv:
             self._last_empty = n < want
             if self._last_empty:
                 # Sleep until the poll fallback, or until the next scheduled/retry job is due.
-                wait = self._config.idle_poll_interval
+                # Jittered, so the pools of a cluster poll at different moments.
+                wait = self._config.idle_poll_interval * random.uniform(0.75, 1.25)
                 if due_in is not None and due_in > 0:
                     wait = min(wait, due_in + 0.001)
                 self._next_poll = time.monotonic() + max(wait, MIN_POLL_GAP)
@@ -268,6 +274,17 @@ class Fetcher(threading.Thread):
             self._runner.run([scripts.release_unique(guards)])
         except RedisError as exc:
             log.warning("could not release unique guards (they expire by TTL): %s", exc)
+
+    def _relay_wake(self, names: set[str]) -> None:
+        """Our poll found jobs that no enqueue announced (a Sidekiq client's LPUSH):
+        wake the other pools too, so a burst of them is not left to one pool."""
+        try:
+            pipe = self._conn.pipeline(transaction=False)
+            for name in names:
+                pipe.publish(self._keys.wake_channel, name)
+            pipe.execute()
+        except RedisError as exc:
+            log.debug("could not relay a wake: %s", exc)
 
     def _on_error(self, exc: RedisError, done: list[Done], want: int) -> None:
         with self._cv:

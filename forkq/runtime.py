@@ -47,7 +47,7 @@ def new_identity() -> str:
 
 class PoolRuntime:
     def __init__(self, pool: WorkerPool, spec: ConnectionSpec, *, concurrency: int,
-                 identity: str | None = None, tag: str = "") -> None:
+                 identity: str | None = None, tag: str = "", master_reaps: bool = False) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be an int >= 1, got {concurrency!r}")
         self.pool = pool
@@ -83,8 +83,12 @@ class PoolRuntime:
                                     job_names=self._names, tag=tag)
         self.heartbeat = Heartbeat(conn=self._hk_conn, keys=self.keys, info=self.info,
                                    slots=self.executor.slots, stats=self.stats, leased=self._leased,
-                                   lease_ttl=self.config.lease_ttl)
+                                   lease_ttl=self.config.lease_ttl,
+                                   interval=self.config.heartbeat_interval)
         self._threads: list[threading.Thread] = []
+        # Under a prefork master, which reaps at start, a child's first reaper pass can
+        # wait a full period; a pool on its own reaps soon after it starts.
+        self._first_reap = REAP_EVERY if master_reaps else REAP_EVERY / 4
         # Set by a prefork child: how a Web UI "Stop" reaches the master.
         self.on_remote_stop: Callable[[], None] | None = None
 
@@ -283,7 +287,7 @@ class PoolRuntime:
         """
         interval = self.config.heartbeat_interval
         next_periodic = 0.0
-        next_reap = time.monotonic() + random.uniform(0, REAP_EVERY / 4)
+        next_reap = time.monotonic() + random.uniform(0, 1.0) * self._first_reap
         while not self._stop.wait(interval if next_periodic else 0.0):
             self._beat_safely()
             now = time.monotonic()

@@ -310,8 +310,7 @@ def release_unique(guards: Sequence[tuple[str, str]]) -> Call:
 
 
 def beat(keys: Keys, *, identity: str, now: float, allow_oom: bool) -> Call:
-    return Call(script=BEAT_OOM if allow_oom else BEAT, keys=[keys.pools, keys.process(identity)],
-                args=[identity, repr(now)])
+    return Call(script=BEAT_OOM if allow_oom else BEAT, keys=[keys.pools], args=[identity, repr(now)])
 
 
 def add_to_pipeline(pipe: redis.client.Pipeline, call: Call) -> None:

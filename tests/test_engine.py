@@ -527,3 +527,31 @@ def test_sidekiq_web_ui_stop_signal_calls_the_stop_hook(redis_url, fast_config, 
     pool.runtime.on_remote_stop = stopped.set
     r.lpush(K.process_signals(pool.runtime.identity), "TERM")
     assert stopped.wait(10)
+
+
+def test_pool_whose_poll_finds_unannounced_jobs_wakes_the_others(redis_url, pools, r) -> None:
+    """A Sidekiq client only LPUSHes; the first pool to poll relays a wake to the rest."""
+    ran_by: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def make(tag: str, poll: float) -> forkq.WorkerPool:
+        pool = forkq.WorkerPool(NS, config=forkq.Config(idle_poll_interval=poll))
+
+        def slow(job: forkq.Job) -> None:
+            time.sleep(0.05)
+            with lock:
+                ran_by[tag] = ran_by.get(tag, 0) + 1
+
+        pool.register("foreign", slow)
+        return pool
+
+    start(pools, make("sleepy", 60.0), redis_url, concurrency=2)
+    time.sleep(0.3)  # the sleepy pool found nothing and sleeps for a minute
+    start(pools, make("poller", 0.3), redis_url, concurrency=2)
+    time.sleep(0.5)
+    job = forkq.job.build_payload("foreign", {})
+    for _ in range(40):  # as Sidekiq::Client.push does: LPUSH, no PUBLISH
+        job["jid"] = forkq.job.new_jid()
+        r.lpush(K.queue("foreign"), orjson.dumps(job))
+    wait_for(lambda: sum(ran_by.values()) == 40, 20, message="40 foreign jobs")
+    assert ran_by.get("sleepy", 0) > 0, ran_by

@@ -3,12 +3,10 @@
 -- reapers; the rest of the heartbeat (observations, stats) is best effort.
 --
 -- KEYS[1]  pools        zset  identity -> last beat (what reapers judge)
--- KEYS[2]  <identity>   hash  Sidekiq's process hash ("beat" field)
 -- ARGV[1]  identity
 -- ARGV[2]  beat (epoch seconds)
 --
 -- Returns 1.
 
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], 'beat', ARGV[2])
 return 1

@@ -47,7 +47,8 @@ for step = 0, names - 1 do
   if want <= 0 then break end
   local i = (start + step) % names + 1
   local base = 3 * i + 1
-  if redis.call('EXISTS', KEYS[base + 1]) == 0 then
+  -- LLEN first: an idle poll costs one command per empty queue.
+  if redis.call('LLEN', KEYS[base]) > 0 and redis.call('EXISTS', KEYS[base + 1]) == 0 then
     local take = want
     local maxc = tonumber(ARGV[5 + i])
     if maxc > 0 then
