@@ -13,7 +13,6 @@ Exit codes: 0 ok, 1 the operation failed (Redis unreachable, nothing matched),
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any, NoReturn, TextIO
 import orjson
 import redis
 
+from .argtypes import non_negative_seconds, positive_int
 from .client import Client, JobEntry
 from .connection import DEFAULT_URL, redact
 from .enqueue import Enqueuer
@@ -104,26 +104,6 @@ def _args_text(entry: JobEntry) -> str:
 # Argument parsing
 # ---------------------------------------------------------------------------
 
-def _page(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"page must be a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"page must be a whole number >= 1, got {text!r}")
-    return n
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--in must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"--in must be a number of seconds >= 0, got {text!r}")
-    return v
-
-
 def _parser(verb: str) -> _Parser:
     p = _Parser(prog=f"forkq {verb}", description=_DESCRIPTIONS[verb])
     p.add_argument("--redis", default=os.environ.get("FORKQ_REDIS_URL", DEFAULT_URL),
@@ -135,7 +115,7 @@ def _parser(verb: str) -> _Parser:
     if verb == "enqueue":
         p.add_argument("name", help="job name")
         p.add_argument("args", nargs="?", default="{}", help="job arguments as a JSON object")
-        p.add_argument("--in", dest="delay", type=_seconds, default=None, metavar="SECONDS",
+        p.add_argument("--in", dest="delay", type=non_negative_seconds, default=None, metavar="SECONDS",
                        help="schedule to run this many seconds from now")
         p.add_argument("--unique", action="store_true",
                        help="skip if the same name+args is already queued or scheduled")
@@ -143,9 +123,9 @@ def _parser(verb: str) -> _Parser:
         p.add_argument("action", choices=("list", "retry", "delete"))
         p.add_argument("jid", nargs="?", help="job id (retry/delete)")
         p.add_argument("--all", action="store_true", help="every dead job (retry/delete)")
-        p.add_argument("--page", type=_page, default=1, help="page of 20 (list)")
+        p.add_argument("--page", type=positive_int, default=1, help="page of 20 (list)")
     elif verb in ("retries", "scheduled"):
-        p.add_argument("--page", type=_page, default=1, help="page of 20")
+        p.add_argument("--page", type=positive_int, default=1, help="page of 20")
     elif verb in ("pause", "unpause"):
         p.add_argument("name", help="job (queue) name")
     elif verb == "workers":

@@ -39,6 +39,7 @@ from dataclasses import replace
 from types import ModuleType
 from typing import Any, NoReturn
 
+from .argtypes import non_negative_int, non_negative_seconds, positive_int
 from .config import Config
 from .connection import ConnectionSpec, redact, validate_url
 from .errors import ConfigError
@@ -78,36 +79,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="forkq",
@@ -122,22 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
                 "5 Redis unreachable, 6 children keep dying at boot."))
     p.add_argument("app", metavar="MODULE[:ATTR]",
                    help="module holding the WorkerPool (ATTR picks one if it has several)")
-    p.add_argument("-c", "--concurrency", type=_positive_int, default=None,
+    p.add_argument("-c", "--concurrency", type=positive_int, default=None,
                    help="threads per child (default: the pool's config, 10)")
-    p.add_argument("-p", "--processes", type=_positive_int, default=None,
+    p.add_argument("-p", "--processes", type=positive_int, default=None,
                    help="child processes (default: the number of CPUs)")
     p.add_argument("--redis", default=None, metavar="URL",
                    help="redis://, rediss:// or unix:// URL, or 'embedded' for a private server "
                         "with its data on disk (env FORKQ_REDIS_URL; default "
                         "redis://127.0.0.1:6379/0)")
-    p.add_argument("--shutdown-timeout", type=_non_negative_float, default=None, metavar="SECONDS",
+    p.add_argument("--shutdown-timeout", type=non_negative_seconds, default=None, metavar="SECONDS",
                    help="on stop, how long running jobs may finish before being requeued (25)")
-    p.add_argument("--redis-wait", type=_non_negative_float, default=None, metavar="SECONDS",
+    p.add_argument("--redis-wait", type=non_negative_seconds, default=None, metavar="SECONDS",
                    help="at start, how long to keep trying an unreachable Redis before exiting 5 "
                         "(env FORKQ_REDIS_WAIT; 30)")
-    p.add_argument("--max-jobs-per-child", type=_non_negative_int, default=None, metavar="N",
+    p.add_argument("--max-jobs-per-child", type=non_negative_int, default=None, metavar="N",
                    help="recycle a child after about N jobs (+ up to 10%% jitter; 0 = never)")
-    p.add_argument("--max-memory-per-child", type=_non_negative_int, default=None, metavar="MB",
+    p.add_argument("--max-memory-per-child", type=non_negative_int, default=None, metavar="MB",
                    help="recycle a child whose RSS is above MB (0 = never)")
     p.add_argument("--log-level", default=None, type=str.upper,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],

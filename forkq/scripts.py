@@ -10,7 +10,7 @@ NOSCRIPT call had no effect, so re-running it is safe.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -106,12 +106,19 @@ def run(conn: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     for c in calls:
         pipe.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)
     results: list[Any] = pipe.execute(raise_on_error=False)
+    return _finish(calls, results, lambda text: conn.execute_command("SCRIPT", "LOAD", text),
+                   lambda again: run(conn, again))
+
+
+def _finish(calls: Sequence[Call], results: list[Any], load: Callable[[str], object],
+            rerun: Callable[[Sequence[Call]], list[Any]]) -> list[Any]:
+    """Load the scripts a server did not know (NOSCRIPT), re-run only those calls, then
+    raise the first other error.  A NOSCRIPT call had no effect, so re-running is safe."""
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
         for script in {calls[i].script.name: calls[i].script for i in missing}.values():
-            conn.execute_command("SCRIPT", "LOAD", script.text)
-        again = run(conn, [calls[i] for i in missing])
-        for i, r in zip(missing, again, strict=True):
+            load(script.text)
+        for i, r in zip(missing, rerun([calls[i] for i in missing]), strict=True):
             results[i] = r
     for r in results:
         if isinstance(r, Exception):
@@ -157,22 +164,15 @@ class Runner:
         except BaseException:
             c.disconnect()
             raise
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if missing:
-            for script in {calls[i].script.name: calls[i].script for i in missing}.values():
-                try:
-                    c.send_command("SCRIPT", "LOAD", script.text)
-                    c.read_response()
-                except BaseException:
-                    c.disconnect()
-                    raise
-            again = self.run([calls[i] for i in missing])
-            for i, r in zip(missing, again, strict=True):
-                results[i] = r
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
-        return results
+        return _finish(calls, results, self._load, self.run)
+
+    def _load(self, text: str) -> None:
+        try:
+            self._c.send_command("SCRIPT", "LOAD", text)
+            self._c.read_response()
+        except BaseException:
+            self._c.disconnect()
+            raise
 
     def close(self) -> None:
         self._c.disconnect()
