@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,12 @@ class Enqueuer:
         self.config = config or Config()
         self._spec = ConnectionSpec.of(redis)
         self._conn = self._spec.connect()
+        # Script calls go through a Runner per calling thread (a web app enqueues from
+        # many): one packed write and one read per call, none of redis-py's per-call
+        # machinery, which costs as much as the round trip itself.
+        self._local = threading.local()
+        self._runners: list[scripts.Runner] = []
+        self._runners_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------
     def _encode(self, data: dict[str, Any]) -> bytes:
@@ -61,9 +68,26 @@ class Enqueuer:
                 f"{self.config.max_payload_bytes} (Config.max_payload_bytes)")
         return payload
 
+    def _runner(self) -> scripts.Runner:
+        runner: scripts.Runner | None = getattr(self._local, "runner", None)
+        if runner is None:
+            runner = self._local.runner = scripts.Runner(self._conn)
+            with self._runners_lock:
+                self._runners.append(runner)
+        return runner
+
+    def _call(self, call: scripts.Call) -> Any:
+        runner = self._runner()
+        try:
+            return runner.run([call])[0]
+        except (redis.ConnectionError, redis.TimeoutError):
+            # One more try on a fresh connection, as redis-py does by default: a reply
+            # lost after Redis applied the call means one duplicate job, never a lost one.
+            return runner.run([call])[0]
+
     def _run(self, call: scripts.Call) -> Any:
         try:
-            return scripts.run_one(self._conn, call)
+            return self._call(call)
         except RedisError as exc:
             raise self._refused(exc) from exc
 
@@ -165,6 +189,10 @@ class Enqueuer:
         return Job.from_data(data) if done else None
 
     def close(self) -> None:
+        with self._runners_lock:
+            runners, self._runners = self._runners, []
+        for runner in runners:
+            runner.close()
         self._conn.close()
 
 
