@@ -85,6 +85,8 @@ class Fetcher(threading.Thread):
         self._done: list[Done] = []
         self._inflight = 0
         self._held: set[str] = set()
+        # The field of the suspect job this pool runs (at most one; see fetch.lua).
+        self._suspect: str | None = None
         self._woken = True
         self._waiting = False
         self._batch_min = max(1, concurrency // BATCH_FRACTION)
@@ -209,6 +211,7 @@ class Fetcher(threading.Thread):
             start = self._first()
             calls.append(self._plan.call(start=start, want=want, now=now_wall,
                                          lease_until=now_wall + self._config.lease_ttl,
+                                         may_take_suspect=self._suspect is None,
                                          allow_oom=self.allow_oom))
         try:
             results = self._runner.run(calls)
@@ -223,6 +226,11 @@ class Fetcher(threading.Thread):
         if done:
             with self._cv:
                 self._held.difference_update(f for f, _ in done)
+                if self._suspect is not None and self._suspect not in self._held:
+                    # Our suspect is settled: we may take the next one (and there may be
+                    # some waiting at the head of a queue).
+                    self._suspect = None
+                    self._woken = True
             # Counted from what the script settled, so a batch re-sent after a lost
             # reply is not counted twice.
             processed, failed = results[0]
@@ -243,6 +251,8 @@ class Fetcher(threading.Thread):
                 self._held.update(f.decode() for f in fetched[2::3])
             for j in range(1, len(fetched), 3):
                 payload = fetched[j + 2]
+                if b'"recovered":' in payload and scripts.suspect(payload):
+                    self._suspect = fetched[j + 1].decode()
                 if b'"unique":true' in payload:
                     guard = _unique_guard(payload)
                     if guard:

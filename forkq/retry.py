@@ -37,6 +37,8 @@ def failure_settle(*, field: str, name: str | None, data: dict[str, Any], error_
     else:
         data["retry_count"] = 0
         data["failed_at"] = t
+    # It ran to an answer: whatever killed pools under it before, it was not this run.
+    data.pop("recovered", None)
     data["error_class"] = error_class
     data["error_message"] = error_message[:4000]
     fails = data["retry_count"] + 1

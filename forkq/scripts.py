@@ -218,7 +218,8 @@ class FetchPlan:
         self._keys_packed = b"".join(_bulk(k.encode()) for k in key_list)
         self._limits_packed = b"".join(_bulk(str(t.max_concurrency).encode()) for t in targets)
         self._identity = _bulk(identity.encode())
-        argc = 3 + len(key_list) + 5 + len(targets)
+        self._wake = _bulk(keys.wake_channel.encode())
+        argc = 3 + len(key_list) + 7 + len(targets)
         self._heads = {
             s.sha: b"*%d\r\n" % argc + _bulk(b"EVALSHA") + _bulk(s.sha.encode())
             + _bulk(str(len(key_list)).encode())
@@ -226,14 +227,32 @@ class FetchPlan:
         }
 
     def call(self, *, start: int, want: int, now: float, lease_until: float,
-             allow_oom: bool = False) -> Call:
+             may_take_suspect: bool = True, allow_oom: bool = False) -> Call:
         """Fetch up to ``want`` jobs trying name ``start`` first (result indices are 1-based)."""
         script = FETCH_OOM if allow_oom else FETCH
         packed = b"".join((
             self._heads[script.sha], self._keys_packed, _bulk(str(want).encode()),
             _bulk(repr(now).encode()), self._identity, _bulk(repr(lease_until).encode()),
-            _bulk(str(start).encode()), self._limits_packed))
+            _bulk(str(start).encode()), _bulk(b"1" if may_take_suspect else b"0"), self._wake,
+            self._limits_packed))
         return Call(script=script, keys=(), args=(), packed=packed)
+
+
+SUSPECT_AFTER = 2  # crashes under a job before its pool runs it apart (fetch.lua)
+
+
+def suspect(payload: bytes) -> bool:
+    """The client-side twin of fetch.lua's ``is_suspect``."""
+    at = payload.find(b'"recovered":')
+    if at < 0:
+        return False
+    digits = bytearray()
+    for ch in payload[at + 12:at + 24]:
+        if 48 <= ch <= 57:
+            digits.append(ch)
+        else:
+            break
+    return bool(digits) and int(digits) >= SUSPECT_AFTER
 
 
 @dataclass(frozen=True, kw_only=True)

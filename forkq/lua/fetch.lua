@@ -15,7 +15,13 @@
 -- ARGV[5]  start: 0-based position of the name to try first (the caller's priority
 --          pick); the others follow in cyclic order.  The KEYS never change for a
 --          pool, so the caller can send them pre-encoded.
--- ARGV[6..] max_concurrency per name, same order as the triples (0 = unlimited)
+-- ARGV[6]  "1" if the pool may take a suspect job now, "0" if it holds one already.
+--          A suspect is a job whose pool died under it twice or more ("recovered"
+--          >= 2): it may be what kills pools, so a pool runs at most one at a time,
+--          and jobs that merely shared a pool with it are not buried with it.
+--          Suspects this call may not take go back to the head of their queue.
+-- ARGV[7]  wake channel: PUBLISHed when suspects were put back, for other pools
+-- ARGV[8..] max_concurrency per name, same order as the triples (0 = unlimited)
 --
 -- Returns {next_due, idx1, field1, payload1, idx2, field2, payload2, ...}: next_due is
 -- the earliest score in schedule or retry as a string ("" when both are empty), so a
@@ -29,6 +35,15 @@ local identity = ARGV[3]
 local lease_until = ARGV[4]
 local out = {''}
 local names = (#KEYS - 3) / 3
+local may_take_suspect = ARGV[6] == '1'
+-- "{ns}:schedule" minus "schedule" is the namespace prefix; a queue key is
+-- prefix .. "queue:" .. name.
+local name_at = #KEYS[2] - #'schedule' + #'queue:' + 1
+
+local function is_suspect(payload)
+  local recovered = string.match(payload, '"recovered":(%d+)')
+  return recovered ~= nil and tonumber(recovered) >= 2
+end
 
 local function jid_of(payload)
   local jid = string.match(payload, '^{"jid":"([^"]+)"')
@@ -50,19 +65,32 @@ for step = 0, names - 1 do
   -- LLEN first: an idle poll costs one command per empty queue.
   if redis.call('LLEN', KEYS[base]) > 0 and redis.call('EXISTS', KEYS[base + 1]) == 0 then
     local take = want
-    local maxc = tonumber(ARGV[5 + i])
+    local maxc = tonumber(ARGV[7 + i])
     if maxc > 0 then
       redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', now)
       local free = maxc - redis.call('ZCARD', KEYS[base + 2])
       if free < take then take = free end
     end
     if take > 0 then
-      local got = redis.call('RPOP', KEYS[base], take)
-      if got then
+      local aside = {}
+      while take > 0 and #aside < 16 do
+        local got = redis.call('RPOP', KEYS[base], take)
+        if not got then break end
         for _, payload in ipairs(got) do
-          taken[#taken + 1] = {i, jid_of(payload), payload, maxc > 0}
+          if is_suspect(payload) and not may_take_suspect then
+            aside[#aside + 1] = payload
+          else
+            if is_suspect(payload) then may_take_suspect = false end
+            taken[#taken + 1] = {i, jid_of(payload), payload, maxc > 0}
+            take = take - 1
+            want = want - 1
+          end
         end
-        want = want - #got
+      end
+      if #aside > 0 then
+        -- Back to the head, in their order, for a pool that holds no suspect.
+        for k = #aside, 1, -1 do redis.call('RPUSH', KEYS[base], aside[k]) end
+        redis.call('PUBLISH', ARGV[7], string.sub(KEYS[base], name_at))
       end
     end
   end
