@@ -50,6 +50,7 @@ from . import child as childmod
 from . import reaper
 from .config import Config
 from .connection import ConnectionSpec, redact
+from .job import Job
 from .registry import WorkerPool
 from .systemd import Notifier
 
@@ -517,7 +518,8 @@ class Master:
             while self.pending_release:
                 identity, what = next(iter(self.pending_release.items()))
                 try:
-                    result = reaper.release_pool(conn, self.pool.keys, identity, self.config)
+                    result = reaper.release_pool(conn, self.pool.keys, identity, self.config,
+                                                 on_poison=self._report_poison)
                 except RedisError as exc:
                     attempts += 1
                     if not final or attempts >= 3:
@@ -538,6 +540,21 @@ class Master:
                     log.warning("%s: %d jobs requeued, %d to dead (poison)", what, *result)
         finally:
             conn.close()
+
+    def _report_poison(self, data: dict[str, Any]) -> None:
+        """Reporters hear ``aborted(job, "poison")`` and ``stopped(job)`` for a job buried
+        here: the child that ran it last died, so no one else can tell them.  Poison is
+        rare; each reporter call is guarded so that none can stop the master."""
+        job = Job.from_data(data)
+        for reporter in self.pool.reporters:
+            for event, args in (("aborted", (job, "poison")), ("stopped", (job,))):
+                handler = getattr(reporter, event, None)
+                if not callable(handler):
+                    continue
+                try:
+                    handler(*args)
+                except Exception:
+                    log.exception("reporter %r raised on %s; ignored", reporter, event)
 
     def _startup_reap(self) -> None:
         """Once every child is up: recover pools of hosts that died while we were down.

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from typing import Any
 
 import redis
 
@@ -25,15 +26,18 @@ log = logging.getLogger("forkq.reaper")
 
 def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Config, *,
                        keep: Collection[str] = (), count_recovery: bool = True,
-                       only: Collection[str] | None = None) -> tuple[int, int]:
+                       only: Collection[str] | None = None,
+                       on_poison: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, int]:
     """Requeue a pool's in-progress jobs (to run next), or bury poison; return (requeued, dead).
 
     ``keep``: fields still legitimately running here (not touched).
     ``only``: settle just these fields.  ``count_recovery``: bump the job's
     ``recovered`` counter; past ``config.max_recoveries`` it goes to dead as "poison".
+    ``on_poison``: told of each job buried as poison, once it is in the dead set.
     """
     entries: dict[bytes, bytes] = conn.hgetall(keys.inprogress(identity))
     settles = []
+    poisoned: list[dict[str, Any]] = []
     requeued = dead = 0
     now = time.time()
     for raw_field, payload in entries.items():
@@ -57,6 +61,7 @@ def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Con
             data["failed_at"] = now
             settles.append(scripts.Settle(op="d", field=field, name=name,
                                           payload=jobcodec.encode(data), score=now))
+            poisoned.append(data)
             dead += 1
         else:
             settles.append(scripts.Settle(op="q", field=field, name=name,
@@ -66,15 +71,19 @@ def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Con
         scripts.run_one(conn, scripts.ack(keys, identity=identity, plain_done=(), settles=settles,
                                           dead_cutoff=now - config.dead_max_age,
                                           dead_max=config.dead_max_jobs))
+    if on_poison is not None:
+        for data in poisoned:
+            on_poison(data)
     return requeued, dead
 
 
 def release_pool(conn: redis.Redis, keys: Keys, identity: str, config: Config, *,
-                 expected_beat: float | None = None) -> tuple[int, int] | None:
+                 expected_beat: float | None = None,
+                 on_poison: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, int] | None:
     """Claim a pool (compare-and-set on its beat) and requeue its jobs; None if it beat since."""
     if not scripts.run_one(conn, scripts.claim_pool(keys, identity=identity, expected_beat=expected_beat)):
         return None
-    return recover_inprogress(conn, keys, identity, config)
+    return recover_inprogress(conn, keys, identity, config, on_poison=on_poison)
 
 
 def reap_stale_pools(conn: redis.Redis, keys: Keys, config: Config, *, now: float | None = None,

@@ -189,3 +189,38 @@ def test_hard_timeout_reports_aborted_timeout_then_stopped(
     events = [e.decode() for e in r.lrange("test:events", 0, -1) if stuck in e.decode()]
     assert events[:3] == [f"started:{stuck}", f"aborted:{stuck}:timeout", f"stopped:{stuck}"]
     assert f.stop() == 0
+
+
+CRASH_REPORTED = CRASH + '''
+
+class Events:
+    def started(self, job):
+        R().rpush("test:events", f"started:{job.id}")
+
+    def aborted(self, job, reason):
+        R().rpush("test:events", f"aborted:{job.id}:{reason}")
+
+    def stopped(self, job):
+        R().rpush("test:events", f"stopped:{job.id}")
+
+
+pool.reporter(Events())
+'''
+
+
+def test_poison_job_is_reported_aborted_poison_then_stopped(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    """Its last child died with it, so the master tells the reporters."""
+    mod = write_jobs(tmp_path, CRASH_REPORTED)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"])
+    wait_children_ready(f, r, 1)
+    (jid,) = enqueue(redis_url, "crash", [{}])
+    wait_for(lambda: r.zcard(KEYS.dead) == 1, timeout=60, message="poison job in dead")
+    wait_for(lambda: f"stopped:{jid}".encode() in r.lrange("test:events", 0, -1), timeout=10,
+             message="stopped event")
+    events = [e.decode() for e in r.lrange("test:events", 0, -1)]
+    # ("started" comes from the child's reporter thread, which dies with the child a
+    # moment later: how many of the four arrive varies.)
+    assert events[-2:] == [f"aborted:{jid}:poison", f"stopped:{jid}"]
+    assert events.count(f"aborted:{jid}:poison") == 1
+    assert f.stop() == 0
