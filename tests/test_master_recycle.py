@@ -158,7 +158,8 @@ def test_job_that_keeps_killing_its_child_goes_to_dead_as_poison(
     assert os.path.exists(f.log_path)
 
 
-STUCK_REPORTED = STUCK + '''
+# A reporter that records every event in Redis, in order.
+EVENTS_REPORTER = '''
 
 class Events:
     def started(self, job):
@@ -173,6 +174,8 @@ class Events:
 
 pool.reporter(Events())
 '''
+
+STUCK_REPORTED = STUCK + EVENTS_REPORTER
 
 
 def test_hard_timeout_reports_aborted_timeout_then_stopped(
@@ -191,21 +194,7 @@ def test_hard_timeout_reports_aborted_timeout_then_stopped(
     assert f.stop() == 0
 
 
-CRASH_REPORTED = CRASH + '''
-
-class Events:
-    def started(self, job):
-        R().rpush("test:events", f"started:{job.id}")
-
-    def aborted(self, job, reason):
-        R().rpush("test:events", f"aborted:{job.id}:{reason}")
-
-    def stopped(self, job):
-        R().rpush("test:events", f"stopped:{job.id}")
-
-
-pool.reporter(Events())
-'''
+CRASH_REPORTED = CRASH + EVENTS_REPORTER
 
 
 def test_poison_job_is_reported_aborted_poison_then_stopped(
