@@ -145,19 +145,20 @@ class Executor:
 
     def _run(self, slot: Slot, item: Taken) -> None:
         qname, field, payload = item
+        # The queue's lease (max_concurrency) is dropped when the job is settled.
+        lease_name = qname if qname in self._leased else None
         try:
             data = decode(payload)
         except MalformedPayload as exc:
             log.error("malformed payload in queue %r moved to dead: %s", qname, exc)
             self._complete((field, Settle(
-                op="d", field=field, name=qname if qname in self._leased else None,
+                op="d", field=field, name=lease_name,
                 payload=malformed_dead_entry(queue=qname, raw=payload, reason=str(exc)),
                 score=time.time())))
             return
         job = Job.from_data(data)
         spec = self._specs.get(job.name)
         opts = spec.options if spec is not None else _DEFAULT_OPTIONS
-        lease_name = qname if qname in self._leased else None
         reporters = self._reporters
         now = time.time()
         slot.job = job

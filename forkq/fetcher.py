@@ -101,7 +101,6 @@ class Fetcher(threading.Thread):
         self.last_progress = time.monotonic()
         self.rounds = 0
         self.executor = executor_factory(self.complete)
-        self._dead_cutoff = config.dead_max_age
         # Set by the runtime once it knows the server (Redis >= 7 runs fetch/ack at maxmemory).
         self.allow_oom = False
 
@@ -203,7 +202,7 @@ class Fetcher(threading.Thread):
         if done:
             now_wall = time.time()
             calls.append(scripts.ack(keys, identity=self._identity, plain_done=plain, settles=settles,
-                                     dead_cutoff=now_wall - self._dead_cutoff,
+                                     dead_cutoff=now_wall - self._config.dead_max_age,
                                      dead_max=self._config.dead_max_jobs, allow_oom=self.allow_oom))
         start = 0
         if want:
@@ -246,18 +245,19 @@ class Fetcher(threading.Thread):
             submit = self.executor.submit
             names = self._names
             guards: list[tuple[str, str]] = []
+            fields = [f.decode() for f in fetched[2::3]]
             with self._cv:
                 self._inflight += n
-                self._held.update(f.decode() for f in fetched[2::3])
-            for j in range(1, len(fetched), 3):
+                self._held.update(fields)
+            for k, j in enumerate(range(1, len(fetched), 3)):
                 payload = fetched[j + 2]
                 if b'"recovered":' in payload and scripts.suspect(payload):
-                    self._suspect = fetched[j + 1].decode()
+                    self._suspect = fields[k]
                 if b'"unique":true' in payload:
                     guard = _unique_guard(payload)
                     if guard:
                         guards.append(guard)
-                submit((names[fetched[j] - 1], fetched[j + 1].decode(), payload))
+                submit((names[fetched[j] - 1], fields[k], payload))
             if guards:
                 self._release_unique(guards)
             if polled:

@@ -50,12 +50,16 @@ class RedisServer:
     dir: str = ""
     password: str | None = None
 
+    def listen_args(self) -> list[str]:
+        """How clients reach the server (a TLS server overrides this)."""
+        return ["--port", str(self.port)]
+
     def start(self, timeout: float = 10.0) -> RedisServer:
         if not self.port:
             self.port = free_port()
         if not self.dir:
             self.dir = tempfile.mkdtemp(prefix="forkq-redis-")
-        args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+        args = [find_redis_server(), *self.listen_args(), "--bind", "127.0.0.1",
                 "--dir", self.dir, "--save", "", "--appendonly", "no", "--protected-mode", "no",
                 *self.extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from redis_server import RedisServer, find_redis_server, free_port
+from redis_server import RedisServer
 
 
 @dataclass(frozen=True)
@@ -56,32 +55,10 @@ class TlsRedisServer(RedisServer):
         super().__init__(extra=list(extra or []))
         self.ca = ca
 
-    def start(self, timeout: float = 10.0) -> TlsRedisServer:
-        import tempfile
-
-        if not self.port:
-            self.port = free_port()
-        if not self.dir:
-            self.dir = tempfile.mkdtemp(prefix="forkq-redis-tls-")
-        args = [find_redis_server(), "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+    def listen_args(self) -> list[str]:
+        return ["--port", "0", "--tls-port", str(self.port),
                 "--tls-cert-file", str(self.ca.server_cert), "--tls-key-file", str(self.ca.server_key),
-                "--tls-ca-cert-file", str(self.ca.ca_cert), "--tls-auth-clients", "no",
-                "--dir", self.dir, "--save", "", "--appendonly", "no", *self.extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                c = self.client()
-                c.ping()
-                c.close()
-                return self
-            except redis.RedisError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited at start (TLS build?) on port {self.port}") from None
-                if time.monotonic() > end:
-                    raise RuntimeError(f"TLS redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
+                "--tls-ca-cert-file", str(self.ca.ca_cert), "--tls-auth-clients", "no"]
 
     @property
     def url(self) -> str:
