@@ -273,7 +273,7 @@ class _Child:
                 log.warning("child %d: the master (pid %d) is gone; stopping", plan.index,
                             plan.master_pid)
                 break
-            overdue = self._overdue(slots, time.time())
+            overdue = self._overdue(slots, time.monotonic())
             if overdue:
                 return self._hard_timeout(rt, overdue)
             mono = time.monotonic()
@@ -325,12 +325,13 @@ class _Child:
 
     # -- hard timeout -------------------------------------------------------------
     def _overdue(self, slots: list[Slot], now: float) -> list[tuple[Slot, str, str, bytes, float]]:
+        """Slots past deadline + grace; ``now`` and deadlines are ``time.monotonic()``."""
         out = []
         for s in slots:
             deadline = s.deadline
             if s.state != RUNNING or not deadline:
                 continue
-            timeout = deadline - s.started_at
+            timeout = deadline - s.started_mono
             if now < deadline + max(self.plan.hard_grace, 0.5 * timeout):
                 continue
             with s.lock:
@@ -352,6 +353,7 @@ class _Child:
         settles: list[Settle] = []
         names = []
         now = time.time()
+        mono = time.monotonic()
         for _slot, field, qname, payload, timeout in overdue:
             try:
                 data = decode(payload)
@@ -364,7 +366,7 @@ class _Child:
             settles.append(failure_settle(
                 field=field, name=qname if opts.max_concurrency > 0 else None, data=data,
                 error_class="JobTimeout",
-                error_message=(f"hard timeout: job still running {now - _slot.deadline:.1f}s after "
+                error_message=(f"hard timeout: job still running {mono - _slot.deadline:.1f}s after "
                                f"its timeout of {timeout:g}s; its worker process was replaced"),
                 max_fails=opts.max_fails, skip_dead=opts.skip_dead, backoff=opts.backoff, job=job))
         log.error("child %d: %s ignored its timeout; failing it and replacing this process",

@@ -40,7 +40,6 @@ from .keys import Keys, validate_job_name
 PAGE_SIZE = 20
 # Entries read per round trip when a whole zset is walked (search by jid, retry all).
 _SCAN_CHUNK = 500
-_JID_PREFIX = b'{"jid":"'
 
 # Fields cleared when a dead job is retried (gocraft clears fails/err/failed_at).  A
 # retried job holds no unique guard (it was released when the job first started), so
@@ -577,17 +576,8 @@ def _at(score: float | None) -> str:
 
 
 def _jid_of(member: bytes) -> str:
-    """The jid of a stored job, cheaply when it is written first (forkq's own payloads)."""
-    if member.startswith(_JID_PREFIX):
-        end = member.find(b'"', len(_JID_PREFIX))
-        if end > 0:
-            return member[len(_JID_PREFIX):end].decode("utf-8", "replace")
-    try:
-        data = orjson.loads(member)
-    except orjson.JSONDecodeError:
-        return ""
-    jid = data.get("jid") if isinstance(data, dict) else None
-    return jid if isinstance(jid, str) else ""
+    """The jid of a stored job ("" if it has none); the job codec owns the format."""
+    return jobcodec.jid_of(member) or ""
 
 
 def _worker_sort_key(wid: str) -> tuple[str, int]:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import JobTimeout, Shutdown
-from .job import Job, MalformedPayload, decode
+from .job import Job, MalformedPayload, backtrace_lines, decode
 from .registry import JobOptions, JobSpec, Middleware
 from .reporters import ReporterHub
 from .retry import failure_settle, malformed_dead_entry
@@ -40,7 +40,7 @@ class Slot:
     """What one worker thread is doing; read by heartbeats, observations and the watchdog."""
 
     __slots__ = ("index", "ident", "lock", "job", "queue", "field", "payload", "started_at",
-                 "deadline", "state", "aborted")
+                 "started_mono", "deadline", "state", "aborted", "settled")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -50,10 +50,16 @@ class Slot:
         self.queue = ""
         self.field = ""
         self.payload = b""
+        # started_at is wall time, for display only (observations, Sidekiq's run_at);
+        # started_mono and deadline are monotonic, so a wall-clock step changes no timeout.
         self.started_at = 0.0
+        self.started_mono = 0.0
         self.deadline = 0.0
         self.state = FINISHED
         self.aborted: str | None = None
+        # Whether the current item has been handed back (acked or given up): an item
+        # the worker loop could not settle is buried rather than holding its slot forever.
+        self.settled = True
 
 
 def _raise_in_thread(ident: int, exc: type[BaseException]) -> None:
@@ -113,6 +119,7 @@ class Executor:
             return True
 
     def expire_overdue(self, now: float) -> None:
+        """Raise JobTimeout in jobs past their deadline; ``now`` is ``time.monotonic()``."""
         for slot in self.slots:
             if slot.state == RUNNING and slot.deadline and now >= slot.deadline and slot.aborted is None:
                 if self.interrupt(slot, JobTimeout, "timeout"):
@@ -131,17 +138,29 @@ class Executor:
         slot.ident = threading.get_ident()
         get = self._q.get
         run = self._run
+        item: Taken | None = None
         while True:
             try:
                 item = get()
                 if item is None:
                     return
+                slot.settled = False
                 run(slot, item)
             except (JobTimeout, Shutdown):
                 # An interrupt that landed after the job had finished: nothing to undo.
                 continue
-            except BaseException:  # never let a worker thread die
+            except BaseException as exc:  # never let a worker thread die
+                if item is not None and not slot.settled:
+                    # Never leave an item unsettled: its thread slot would be lost for good.
+                    self._bury(item, f"forkq could not run this entry: {describe_error(exc)[1]}")
                 log.exception("worker thread error outside a job; continuing")
+
+    def _bury(self, item: Taken, reason: str) -> None:
+        qname, field, payload = item
+        self._complete((field, Settle(
+            op="d", field=field, name=qname if qname in self._leased else None,
+            payload=malformed_dead_entry(queue=qname, raw=payload, reason=reason),
+            score=time.time())))
 
     def _run(self, slot: Slot, item: Taken) -> None:
         qname, field, payload = item
@@ -150,23 +169,22 @@ class Executor:
         try:
             data = decode(payload)
         except MalformedPayload as exc:
-            log.error("malformed payload in queue %r moved to dead: %s", qname, exc)
-            self._complete((field, Settle(
-                op="d", field=field, name=lease_name,
-                payload=malformed_dead_entry(queue=qname, raw=payload, reason=str(exc)),
-                score=time.time())))
+            log.warning("malformed payload in queue %r moved to dead: %s", qname, exc)
+            slot.settled = True
+            self._bury(item, str(exc))
             return
         job = Job.from_data(data)
         spec = self._specs.get(job.name)
         opts = spec.options if spec is not None else _DEFAULT_OPTIONS
         reporters = self._reporters
-        now = time.time()
+        mono = time.monotonic()
         slot.job = job
         slot.queue = qname
         slot.field = field
         slot.payload = payload
-        slot.started_at = now
-        slot.deadline = now + opts.timeout if opts.timeout else 0.0
+        slot.started_at = time.time()
+        slot.started_mono = mono
+        slot.deadline = mono + opts.timeout if opts.timeout else 0.0
         slot.aborted = None
         slot.state = RUNNING
         if reporters is not None:
@@ -197,33 +215,42 @@ class Executor:
             slot.job = None
         aborted = slot.aborted
         if error is None and aborted is None:
+            slot.settled = True
             self._complete((field, Settle(op="k", field=field, name=lease_name) if lease_name else None))
             if reporters is not None:
-                reporters.emit("success", job, time.time() - now)
+                reporters.emit("success", job, time.monotonic() - mono)
                 reporters.emit("stopped", job)
             return
         if aborted == "shutdown":
+            slot.settled = True
             # Requeued by the pool at shutdown; nothing to settle here.
             if reporters is not None:
                 reporters.emit("aborted", job, "shutdown")
                 reporters.emit("stopped", job)
             return
+        lines: list[str] = []
         if aborted is not None:
             error_class, message = "JobTimeout", f"job ran longer than its timeout of {opts.timeout}s"
         else:
             assert error is not None
             error_class, message = describe_error(error)
+            lines = backtrace_lines(error.__traceback__)
         try:
             settle = failure_settle(field=field, name=lease_name, data=data, error_class=error_class,
                                     error_message=message, max_fails=opts.max_fails,
-                                    skip_dead=opts.skip_dead, backoff=opts.backoff, job=job)
+                                    skip_dead=opts.skip_dead, backoff=opts.backoff, job=job,
+                                    backtrace=lines)
         except Exception as exc:  # e.g. a user backoff that raised: the job must still settle
             log.exception("could not compute the retry of %s %s; it goes to dead", job.name, job.id)
             settle = Settle(op="d", field=field, name=lease_name, score=time.time(),
                             payload=malformed_dead_entry(
                                 queue=qname, raw=payload,
                                 reason=f"{error_class}: {message} (and its retry failed: {describe_error(exc)[1]})"))
+        slot.settled = True
         self._complete((field, settle))
+        # Failures are never silent: one WARNING per failed execution (not per success).
+        log.warning("job %s %s failed: %s: %s%s; %s", job.name, job.id, error_class,
+                    _short(message), f" (at {lines[0]})" if lines else "", _fate(settle))
         if reporters is not None:
             if aborted is not None:
                 reporters.emit("aborted", job, aborted)
@@ -241,6 +268,18 @@ class Executor:
             return mws[i](job, lambda: call(i + 1))
 
         return call(0)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _fate(settle: Settle) -> str:
+    if settle.op == "r":
+        return f"retry in {max(0.0, settle.score - time.time()):.0f}s"
+    if settle.op == "d":
+        return "moved to dead"
+    return "dropped (skip_dead)"
 
 
 def _printable(text: str) -> str:

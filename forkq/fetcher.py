@@ -251,12 +251,9 @@ class Fetcher(threading.Thread):
                 self._held.update(fields)
             for k, j in enumerate(range(1, len(fetched), 3)):
                 payload = fetched[j + 2]
-                if b'"recovered":' in payload and scripts.suspect(payload):
-                    self._suspect = fields[k]
-                if b'"unique":true' in payload:
-                    guard = _unique_guard(payload)
-                    if guard:
-                        guards.append(guard)
+                if b'"recovered"' in payload or b'"unique"' in payload:
+                    # Rare: only such payloads pay a decode here (the executor decodes anyway).
+                    self._note_special(payload, fields[k], guards)
                 submit((names[fetched[j] - 1], fields[k], payload))
             if guards:
                 self._release_unique(guards)
@@ -277,6 +274,18 @@ class Fetcher(threading.Thread):
 
     def close(self) -> None:
         self._runner.close()
+
+    def _note_special(self, payload: bytes, field: str, guards: list[tuple[str, str]]) -> None:
+        """A taken job that is a suspect (see fetch.lua) or holds a unique guard."""
+        try:
+            data = jobcodec.decode(payload)
+        except jobcodec.MalformedPayload:
+            return  # the executor buries it
+        if jobcodec.recovery_count(data) >= scripts.SUSPECT_AFTER:
+            self._suspect = field
+        guard = jobcodec.unique_guard_of(data, self._keys)
+        if guard:
+            guards.append((guard, data["jid"]))
 
     def _release_unique(self, guards: list[tuple[str, str]]) -> None:
         """A unique job's guard goes when a worker takes it (gocraft's semantics)."""
@@ -326,12 +335,3 @@ class Fetcher(threading.Thread):
         self._reconcile = False
         if requeued or dead:
             log.warning("gave back %d jobs taken by a fetch whose reply was lost", requeued + dead)
-
-
-def _unique_guard(payload: bytes) -> tuple[str, str] | None:
-    try:
-        data = jobcodec.decode(payload)
-    except jobcodec.MalformedPayload:
-        return None
-    key = data.get("unique_key")
-    return (key, data["jid"]) if isinstance(key, str) else None

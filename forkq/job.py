@@ -1,19 +1,30 @@
-"""The Job value and its JSON codec (Sidekiq-shaped, orjson only, never pickle).
+"""The job format's one owner: the Job value and its JSON codec (orjson only, never pickle).
 
-Wire format (DESIGN.md §2)::
+Wire format (DESIGN.md §2), as forkq writes it::
 
     {"jid": "<24 hex>", "class": name, "queue": name, "args": [{...kwargs}],
      "created_at": 1700000000.1, "enqueued_at": 1700000000.1, "retry": true,
      "retry_count": 0, "error_message": ..., "error_class": ..., "failed_at": ...,
-     "retried_at": ..., "unique": true, "unique_key": "...", "recovered": 1}
+     "retried_at": ..., "error_backtrace": [...], "unique": true, "unique_key": "...",
+     "recovered": 1}
 
-``jid`` is written first on purpose: the fetch script reads it with a cheap
-prefix match instead of decoding JSON.  Sidekiq semantics for ``retry_count``:
-absent before the first failure, 0 after it, +1 on each later failure.
+Payloads also come from other producers (Sidekiq's Ruby client, hand-written
+LPUSHes, a bug in someone's service), so every field forkq *reads* is checked
+here, once, by :func:`decode`: type, range and size.  A payload that fails is
+a :class:`MalformedPayload` with a readable reason; callers bury it in ``dead``
+with its raw bytes and never crash, stall or spin on it.  Nothing outside this
+module looks inside a payload: the helpers below (``jid_of``, ``queue_of``,
+``recovery_count``, ``unique_guard_of``, ``timestamp``) are what every other
+module uses, and Lua scripts decode with cjson or get what they need in ARGV.
+
+Sidekiq semantics for ``retry_count``: absent before the first failure, 0 after
+it, +1 on each later failure.  Sidekiq 8 writes ``created_at``/``enqueued_at``
+as integer milliseconds; :func:`timestamp` reads both forms.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -21,26 +32,74 @@ from typing import Any
 import orjson
 
 from .errors import ArgError
+from .keys import Keys
 
 _dumps = orjson.dumps
 _loads = orjson.loads
+# Datetimes would silently become strings: hand them to _refuse instead.
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME
+
+# Bounds of what forkq accepts in the fields it reads.
+MAX_NAME_CHARS = 1000
+MAX_JID_CHARS = 200
+MAX_COUNT = 1_000_000_000
+# Epoch seconds up to the year 5138, or Sidekiq 8's milliseconds (see timestamp()).
+MAX_TIMESTAMP = 1e14
+# Above this a timestamp is milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
+MS_THRESHOLD = 1e11
+
+_TIMESTAMP_FIELDS = ("created_at", "enqueued_at", "failed_at", "retried_at")
+_COUNT_FIELDS = ("retry_count", "recovered")
+_TEXT_FIELDS = ("error_message", "error_class", "unique_key", "traceparent")
 
 
 class MalformedPayload(ValueError):
-    """A queue entry that is not a forkq/Sidekiq job (bad JSON or wrong shape)."""
+    """A queue entry that is not a forkq/Sidekiq job (bad JSON, wrong shape or field types)."""
 
 
 def new_jid() -> str:
     return os.urandom(12).hex()
 
 
+# -- encoding -------------------------------------------------------------------------
+def _refuse(obj: Any) -> Any:
+    raise TypeError(f"{type(obj).__name__} value {_short(repr(obj))} cannot be carried by JSON "
+                    "(use str, int, float, bool, None, lists and dicts with str keys)")
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_finite(value: Any, path: str = "") -> None:
+    """orjson writes NaN and infinities as ``null``: find and refuse them."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{value!r} at {path or 'top level'} cannot be carried by JSON "
+                            "(NaN and infinities would silently become null)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{path}[{i}]")
+
+
 def encode(data: dict[str, Any]) -> bytes:
-    return _dumps(data)
+    """JSON of a job; refuses what JSON cannot carry faithfully (raises TypeError).
+
+    The NaN walk only runs when the output contains ``null``: the common payload
+    pays one bytes search.
+    """
+    out = _dumps(data, default=_refuse, option=_STRICT)
+    if b"null" in out:
+        _check_finite(data)
+    return out
 
 
 def build_payload(name: str, args: dict[str, Any] | None, *, now: float | None = None,
                   jid: str | None = None, unique_key: str | None = None) -> dict[str, Any]:
-    """The JSON object of a new job.  ``jid`` comes first (see module docstring)."""
+    """The JSON object of a new job.  ``jid`` comes first, so ``jid_of`` finds it cheaply."""
     t = time.time() if now is None else now
     data: dict[str, Any] = {
         "jid": jid or new_jid(),
@@ -57,24 +116,120 @@ def build_payload(name: str, args: dict[str, Any] | None, *, now: float | None =
     return data
 
 
+# -- decoding and validation ---------------------------------------------------------
 def decode(payload: bytes | str) -> dict[str, Any]:
-    """Parse and validate a queue entry; raise MalformedPayload with a readable reason."""
+    """Parse and validate a queue entry; raise MalformedPayload with a readable reason.
+
+    Every field forkq reads is checked here, so code after a successful decode can
+    trust types: ``class``/``jid`` non-empty strings, ``queue`` a string if present ("" = absent),
+    ``args`` a list, timestamps finite non-negative numbers, counts non-negative
+    ints, ``unique`` a bool with a string ``unique_key``.
+    """
     try:
         data = _loads(payload)
     except orjson.JSONDecodeError as exc:
         raise MalformedPayload(f"payload is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MalformedPayload(f"payload is JSON {type(data).__name__}, expected an object")
-    name = data.get("class")
-    if not isinstance(name, str) or not name:
-        raise MalformedPayload("payload has no 'class' (job name) string")
-    jid = data.get("jid")
-    if not isinstance(jid, str) or not jid:
-        raise MalformedPayload("payload has no 'jid' string")
-    args = data.get("args", [])
-    if not isinstance(args, list):
-        raise MalformedPayload("payload 'args' is not a list")
+    validate(data)
     return data
+
+
+def _bad(field: str, value: Any, expected: str) -> MalformedPayload:
+    return MalformedPayload(
+        f"field {field!r} is {type(value).__name__} {_short(repr(value))}, expected {expected}")
+
+
+def validate(data: dict[str, Any]) -> None:
+    """Check the fields of a decoded payload (see :func:`decode`)."""
+    get = data.get
+    for required in ("class", "jid"):
+        if get(required) is None:
+            raise MalformedPayload(f"payload has no {required!r}")
+    name = get("class")
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
+        raise _bad("class", name, f"a job name string of 1 to {MAX_NAME_CHARS} characters")
+    jid = get("jid")
+    if not isinstance(jid, str) or not jid or len(jid) > MAX_JID_CHARS:
+        raise _bad("jid", jid, f"a string of 1 to {MAX_JID_CHARS} characters")
+    queue = get("queue")
+    if queue is not None and (not isinstance(queue, str) or len(queue) > MAX_NAME_CHARS):
+        # "" is read as absent (the job's name is its queue), as older forkq wrote it.
+        raise _bad("queue", queue, f"a queue name string of at most {MAX_NAME_CHARS} characters")
+    args = get("args", [])
+    if not isinstance(args, list):
+        raise _bad("args", args, "a list")
+    for f in _TIMESTAMP_FIELDS:
+        v = get(f)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not 0 <= v <= MAX_TIMESTAMP):
+            raise _bad(f, v, "epoch seconds (a number from 0), or null")
+    for f in _COUNT_FIELDS:
+        v = get(f)
+        # Sidekiq's "Retry Now" decrements retry_count, so -1 is a real value there.
+        low = -1 if f == "retry_count" else 0
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not low <= v <= MAX_COUNT):
+            raise _bad(f, v, f"a whole number from {low}, or null")
+    for f in _TEXT_FIELDS:
+        v = get(f)
+        if v is not None and not isinstance(v, str):
+            raise _bad(f, v, "a string or null")
+    unique = get("unique")
+    if unique is not None and not isinstance(unique, bool):
+        raise _bad("unique", unique, "true, false or null")
+    if unique and not get("unique_key"):
+        raise MalformedPayload("field 'unique' is true but 'unique_key' is missing")
+
+
+# -- what other modules read from a payload -----------------------------------------
+_JID_PREFIX = b'{"jid":"'
+
+
+def jid_of(payload: bytes) -> str | None:
+    """The jid of a stored payload, or None if it has none (cheap for forkq's own payloads)."""
+    if payload.startswith(_JID_PREFIX):
+        end = payload.find(b'"', len(_JID_PREFIX))
+        if end > len(_JID_PREFIX) and b"\\" not in payload[len(_JID_PREFIX):end]:
+            return payload[len(_JID_PREFIX):end].decode("utf-8", "replace")
+    try:
+        data = _loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    jid = data.get("jid") if isinstance(data, dict) else None
+    return jid if isinstance(jid, str) and jid else None
+
+
+def queue_of(data: dict[str, Any]) -> str:
+    """The queue a (validated) job belongs to: ``queue``, else its job name."""
+    return data.get("queue") or data["class"]
+
+
+def recovery_count(data: dict[str, Any]) -> int:
+    """How many times a pool died while running this (validated) job."""
+    return data.get("recovered") or 0
+
+
+def unique_guard_of(data: dict[str, Any], keys: Keys) -> str | None:
+    """The unique-guard key a (validated) job holds, if it is a unique job.
+
+    Only a key of this namespace's guards for the job's own name counts: a payload
+    from elsewhere must not make forkq write or delete arbitrary keys (or keys of
+    another Cluster slot, which would fail the whole script call).
+    """
+    if not data.get("unique"):
+        return None
+    key = data.get("unique_key")
+    if isinstance(key, str) and key.startswith(keys.unique(data["class"], "")):
+        return key
+    return None
+
+
+def timestamp(value: Any) -> float:
+    """Epoch seconds of a (validated) timestamp field; Sidekiq 8 writes integer ms."""
+    if value is None:
+        return 0.0
+    t = float(value)
+    return t / 1000.0 if t > MS_THRESHOLD else t
 
 
 def kwargs_of(data: dict[str, Any]) -> dict[str, Any]:
@@ -110,14 +265,15 @@ class Job:
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Job:
+        """A Job from a payload that passed :func:`decode` (types are trusted here)."""
         rc = data.get("retry_count")
         return cls(
             name=data["class"],
             id=data["jid"],
             args=kwargs_of(data),
             data=data,
-            enqueued_at=float(data.get("enqueued_at") or 0.0),
-            fails=(rc + 1) if isinstance(rc, int) else 0,
+            enqueued_at=timestamp(data.get("enqueued_at")),
+            fails=(rc + 1) if rc is not None else 0,
         )
 
     # Positional arguments pushed by a Sidekiq client (``args: [1, "x"]``).
@@ -180,4 +336,45 @@ class Job:
         self._checkin_at = time.time()
 
     def __repr__(self) -> str:
-        return f"Job(name={self.name!r}, id={self.id!r}, args={self.args!r}, fails={self.fails})"
+        # Bounded: a 600 KiB job must not print 1.2 MB on a terminal or in a log line.
+        return (f"Job(name={self.name!r}, id={self.id!r}, args={_short(repr(self.args), 200)}, "
+                f"fails={self.fails})")
+
+
+# -- backtraces (Sidekiq's error_backtrace) --------------------------------------------
+MAX_BACKTRACE_LINES = 50
+
+
+def backtrace_lines(tb: Any) -> list[str]:
+    """A traceback as Ruby-style lines, innermost first (``file:line:in `name'``), as Sidekiq shows."""
+    import traceback
+
+    frames = traceback.extract_tb(tb)
+    lines = [f"{f.filename}:{f.lineno}:in `{f.name}'" for f in reversed(frames)]
+    return lines[:MAX_BACKTRACE_LINES]
+
+
+def compress_backtrace(lines: list[str]) -> str:
+    """Sidekiq 6.4+/7's stored form: base64 of zlib-deflated JSON of the lines."""
+    import base64
+    import zlib
+
+    return base64.b64encode(zlib.compress(_dumps(lines))).decode("ascii")
+
+
+def backtrace_of(data: dict[str, Any]) -> list[str] | None:
+    """The stored ``error_backtrace`` of an entry (compressed or Sidekiq's old raw list)."""
+    import base64
+    import binascii
+    import zlib
+
+    value = data.get("error_backtrace")
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        lines = _loads(zlib.decompress(base64.b64decode(value)))
+    except (binascii.Error, zlib.error, orjson.JSONDecodeError, ValueError):
+        return None
+    return [str(v) for v in lines] if isinstance(lines, list) else None

@@ -51,9 +51,9 @@ def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Con
                 queue="unknown", raw=payload, reason=str(exc)), score=now))
             dead += 1
             continue
-        name = data.get("queue") if isinstance(data.get("queue"), str) else data["class"]
+        name = jobcodec.queue_of(data)
         if count_recovery:
-            data["recovered"] = int(data.get("recovered") or 0) + 1
+            data["recovered"] = jobcodec.recovery_count(data) + 1
         if count_recovery and data["recovered"] > config.max_recoveries:
             data["error_class"] = "Poison"
             data["error_message"] = (
@@ -64,13 +64,16 @@ def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Con
             poisoned.append(data)
             dead += 1
         else:
-            settles.append(scripts.Settle(op="q", field=field, name=name,
-                                          payload=jobcodec.encode(data)))
+            # A unique job retakes its guard as it goes back (ack.lua's 'u').
+            guard = jobcodec.unique_guard_of(data, keys)
+            settles.append(scripts.Settle(op="u" if guard else "q", field=field, name=name,
+                                          payload=jobcodec.encode(data), guard=guard))
             requeued += 1
     if settles:
         scripts.run_one(conn, scripts.ack(keys, identity=identity, plain_done=(), settles=settles,
                                           dead_cutoff=now - config.dead_max_age,
-                                          dead_max=config.dead_max_jobs))
+                                          dead_max=config.dead_max_jobs,
+                                          unique_ttl=config.unique_ttl))
     if on_poison is not None:
         for data in poisoned:
             on_poison(data)

@@ -24,14 +24,18 @@ def default_backoff(job: Any) -> float:
 
 def failure_settle(*, field: str, name: str | None, data: dict[str, Any], error_class: str,
                    error_message: str, max_fails: int, skip_dead: bool, backoff: Backoff | None,
-                   job: Any, now: float | None = None) -> Settle:
+                   job: Any, now: float | None = None,
+                   backtrace: list[str] | None = None) -> Settle:
     """Build the ack for a failed job, Sidekiq-style fields included.
 
+    The one place an outcome becomes an ack record (the executor, the hard timeout
+    and the master's poison path all come here or to ``malformed_dead_entry``).
     ``retry_count`` follows Sidekiq: 0 after the first failure, +1 after each later one.
+    ``backtrace`` (innermost first) is stored compressed as Sidekiq's ``error_backtrace``.
     """
     t = time.time() if now is None else now
     rc = data.get("retry_count")
-    if isinstance(rc, int):
+    if rc is not None:
         data["retry_count"] = rc + 1
         data["retried_at"] = t
     else:
@@ -41,6 +45,10 @@ def failure_settle(*, field: str, name: str | None, data: dict[str, Any], error_
     data.pop("recovered", None)
     data["error_class"] = error_class
     data["error_message"] = error_message[:4000]
+    if backtrace:
+        data["error_backtrace"] = jobcodec.compress_backtrace(backtrace)
+    else:
+        data.pop("error_backtrace", None)
     fails = data["retry_count"] + 1
     if job is not None:
         job.fails = fails

@@ -318,5 +318,5 @@ class PoolRuntime:
 
     def _watchdog(self) -> None:
         while not self._stop.wait(0.1):
-            self.executor.expire_overdue(time.time())
+            self.executor.expire_overdue(time.monotonic())
 

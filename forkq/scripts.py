@@ -241,18 +241,6 @@ class FetchPlan:
 SUSPECT_AFTER = 2  # crashes under a job before its pool runs it apart (fetch.lua)
 
 
-def suspect(payload: bytes) -> bool:
-    """The client-side twin of fetch.lua's ``is_suspect``."""
-    at = payload.find(b'"recovered":')
-    if at < 0:
-        return False
-    digits = bytearray()
-    for ch in payload[at + 12:at + 24]:
-        if 48 <= ch <= 57:
-            digits.append(ch)
-        else:
-            break
-    return bool(digits) and int(digits) >= SUSPECT_AFTER
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,7 +248,8 @@ class Settle:
     """How one taken job is settled by the ack script.
 
     op: 'k' done, 'K' dropped after failing, 'r' retry at ``score``, 'd' dead at
-    ``score``, 'q' requeue to run next (see ack.lua).
+    ``score``, 'q' requeue to run next, 'u' requeue a unique job that retakes
+    ``guard`` (see ack.lua).
     ``name`` is needed when the job holds a lease or is requeued (its queue/lease keys).
     """
 
@@ -269,13 +258,15 @@ class Settle:
     name: str | None = None
     payload: bytes | str = b""
     score: float = 0.0
+    guard: str | None = None
 
 
 def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterable[Settle],
-        dead_cutoff: float, dead_max: int, allow_oom: bool = False) -> Call:
+        dead_cutoff: float, dead_max: int, allow_oom: bool = False, unique_ttl: int = 86400) -> Call:
     k: list[str] = [keys.inprogress(identity), keys.retry, keys.dead, keys.queues]
     pair_of: dict[str, int] = {}
     groups: list[Arg] = []
+    guarded: list[tuple[Settle, int]] = []
     for s in settles:
         pair = 0
         if s.name is not None:
@@ -283,8 +274,18 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
             if not pair:
                 k += (keys.queue(s.name), keys.lease(s.name))
                 pair = pair_of[s.name] = len(pair_of) + 1
-        groups += (s.op, s.field, pair, s.payload, repr(s.score))
-    args: list[Arg] = [identity, keys.wake_channel, repr(dead_cutoff), dead_max, len(plain_done)]
+        if s.op == "u":
+            guarded.append((s, len(groups) + 4))
+            groups += (s.op, s.field, pair, s.payload, "")
+        else:
+            groups += (s.op, s.field, pair, s.payload, repr(s.score))
+    for s, at in guarded:
+        # Guard keys follow the pairs; the group's score slot names the guard's KEYS index.
+        assert s.guard is not None, "a 'u' settle needs its guard key"
+        k.append(s.guard)
+        groups[at] = len(k)
+    args: list[Arg] = [identity, keys.wake_channel, repr(dead_cutoff), dead_max, unique_ttl,
+                       len(plain_done)]
     args += plain_done
     args += groups
     return Call(script=ACK_OOM if allow_oom else ACK, keys=k, args=args)

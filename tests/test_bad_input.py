@@ -49,8 +49,8 @@ def solid_pool(config: forkq.Config, seen: Recorder) -> forkq.WorkerPool:
     (b"\xff\xfe\x00garbage", "not valid JSON"),                # not UTF-8
     (b'"just a string"', "expected an object"),                # JSON scalar
     (b"null", "expected an object"),
-    (b'{"jid": 5, "class": "solid", "args": []}', "no 'jid' string"),   # jid of the wrong type
-    (b'{"jid": "abc", "class": ["solid"], "args": []}', "no 'class'"),  # class of the wrong type
+    (b'{"jid": 5, "class": "solid", "args": []}', "'jid' is int 5"),   # jid of the wrong type
+    (b'{"jid": "abc", "class": ["solid"], "args": []}', "'class' is list"),  # class of the wrong type
     (b"[" * 5000 + b"]" * 5000, "not valid JSON"),               # nesting deeper than any parser allows
 ])
 def test_wrong_shaped_entry_goes_to_dead_with_its_reason_and_neighbours_run(

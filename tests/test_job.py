@@ -52,7 +52,7 @@ def test_payload_is_sidekiq_shaped_with_jid_first() -> None:
     (b"[1, 2]", "expected an object"),
     (b'{"jid": "x"}', "no 'class'"),
     (b'{"class": "a"}', "no 'jid'"),
-    (b'{"class": "a", "jid": "x", "args": 5}', "'args' is not a list"),
+    (b'{"class": "a", "jid": "x", "args": 5}', "'args' is int 5, expected a list"),
 ])
 def test_malformed_payloads_are_rejected_with_a_reason(raw: bytes, reason: str) -> None:
     with pytest.raises(jobcodec.MalformedPayload, match=reason):

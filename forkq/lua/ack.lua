@@ -8,28 +8,34 @@
 -- KEYS[2]  retry                   zset
 -- KEYS[3]  dead                    zset
 -- KEYS[4]  queues                  set   (names of queues, Sidekiq's)
--- KEYS[5..] pairs per job name referenced by the groups: queue:<name>, lease:<name>
+-- KEYS[5..] pairs per job name referenced by the groups: queue:<name>, lease:<name>;
+--          then the unique-guard keys of 'u' groups (unique:<name>:<suffix>)
 -- ARGV[1]  identity owning KEYS[1] (lease members are "<identity>:<field>")
 -- ARGV[2]  wake channel: PUBLISHed when a queue gets work a sleeping fetcher may want
 -- ARGV[3]  dead set: drop entries older than this epoch
 -- ARGV[4]  dead set: keep at most this many entries
--- ARGV[5]  n: count of plain successes that follow (no lease, nothing to write)
--- ARGV[6 .. 5+n] their in-progress fields
--- ARGV[6+n ..] groups of 5: op, field, pair index (0 = none), payload, score
+-- ARGV[5]  unique-guard TTL (seconds) for 'u' groups
+-- ARGV[6]  n: count of plain successes that follow (no lease, nothing to write)
+-- ARGV[7 .. 6+n] their in-progress fields
+-- ARGV[7+n ..] groups of 5: op, field, pair index (0 = none), payload, score
 --          op 'k' = done (drop lease), 'K' = dropped after failing (skip_dead),
 --          'r' = ZADD retry score payload, 'd' = ZADD dead score payload (both failures),
---          'q' = RPUSH payload to its queue (runs next; recovery, not an execution)
+--          'q' = RPUSH payload to its queue (runs next; recovery, not an execution),
+--          'u' = 'q' for a unique job: it retakes its guard first (score = the guard's
+--                index in KEYS).  If another copy holds the guard, that copy is queued
+--                or scheduled already and this one is dropped: recovery never makes a
+--                second copy of a unique job.
 --
 -- Returns {processed, failed}: executions really settled by this call (fields that
 -- were still in progress).  A batch sent again after a lost reply settles nothing
 -- and counts nothing, so stats built on this stay exact.
 
-local n = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
 local identity = ARGV[1]
 local processed, failed = 0, 0
 if n > 0 then
-  local start = 6
-  local last = 5 + n
+  local start = 7
+  local last = 6 + n
   while start <= last do
     local stop = math.min(start + 999, last)
     processed = processed + redis.call('HDEL', KEYS[1], unpack(ARGV, start, stop))
@@ -44,12 +50,12 @@ local function name_of(qkey) return string.sub(qkey, #KEYS[4] + 1) end
 local settled = 0
 local wake = {}
 local dead_written = false
-local i = 6 + n
+local i = 7 + n
 while i + 4 <= #ARGV do
   local op, field, pair, payload, score = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
   if redis.call('HDEL', KEYS[1], field) == 1 then
     settled = settled + 1
-    if op ~= 'q' then processed = processed + 1 end
+    if op ~= 'q' and op ~= 'u' then processed = processed + 1 end
     if op == 'K' or op == 'r' or op == 'd' then failed = failed + 1 end
     local qkey, lkey
     if pair > 0 then
@@ -64,10 +70,21 @@ while i + 4 <= #ARGV do
     elseif op == 'd' then
       redis.call('ZADD', KEYS[3], score, payload)
       dead_written = true
-    elseif op == 'q' then
-      redis.call('RPUSH', qkey, payload)
-      redis.call('SADD', KEYS[4], name_of(qkey))
-      wake[pair] = true
+    elseif op == 'q' or op == 'u' then
+      local requeue = true
+      if op == 'u' then
+        local guard = KEYS[tonumber(score)]
+        local jid = cjson.decode(payload)['jid']
+        if not redis.call('SET', guard, jid, 'NX', 'EX', ARGV[5]) then
+          requeue = redis.call('GET', guard) == jid
+          if requeue then redis.call('EXPIRE', guard, ARGV[5]) end
+        end
+      end
+      if requeue then
+        redis.call('RPUSH', qkey, payload)
+        redis.call('SADD', KEYS[4], name_of(qkey))
+        wake[pair] = true
+      end
     end
   end
   i = i + 5
