@@ -44,10 +44,11 @@ from .connection import ConnectionSpec, redact
 from .errors import RedisRefused
 from .executor import RUNNING, Slot
 from .job import Job, MalformedPayload, decode
-from .registry import JobOptions, WorkerPool
+from .registry import WorkerPool
 from .retry import failure_settle
 from .runtime import PoolRuntime
 from .scripts import Settle
+from .spec import JobOptions
 
 log = logging.getLogger("forkq.child")
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from .errors import JobTimeout, Shutdown
 from .job import Job, MalformedPayload, backtrace_lines, decode
-from .registry import JobOptions, JobSpec, Middleware
 from .reporters import ReporterHub
 from .retry import failure_settle, malformed_dead_entry
 from .scripts import Settle
+from .spec import JobOptions, JobSpec, Middleware
 
 log = logging.getLogger("forkq.executor")
 
@@ -68,11 +68,11 @@ def _raise_in_thread(ident: int, exc: type[BaseException]) -> None:
 
 class Executor:
     def __init__(self, *, specs: dict[str, JobSpec], middleware: Sequence[Middleware],
-                 concurrency: int, complete: Callable[[Done], None],
-                 reporters: ReporterHub | None, thread_prefix: str = "forkq-worker") -> None:
+                 concurrency: int, reporters: ReporterHub | None,
+                 thread_prefix: str = "forkq-worker") -> None:
         self._specs = specs
         self._middleware = tuple(middleware)
-        self._complete = complete
+        self._complete: Callable[[Done], None] = _not_wired
         self._reporters = reporters
         self._leased = frozenset(n for n, s in specs.items() if s.options.max_concurrency > 0)
         self._q: queue.SimpleQueue[Taken | None] = queue.SimpleQueue()
@@ -80,6 +80,10 @@ class Executor:
         self._threads = [threading.Thread(target=self._loop, args=(s,), daemon=True,
                                           name=f"{thread_prefix}-{s.index}") for s in self.slots]
         self.has_timeouts = any(s.options.timeout for s in specs.values())
+
+    def deliver_to(self, complete: Callable[[Done], None]) -> None:
+        """Where finished jobs go (the fetcher's ack batch); set before ``start``."""
+        self._complete = complete
 
     def start(self) -> None:
         for t in self._threads:
@@ -295,6 +299,10 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     except Exception:  # noqa: BLE001 - a broken __str__ must not lose the job
         text = f"<{name} whose str() raised>"
     return _printable(name), _printable(text or name)
+
+
+def _not_wired(item: Done) -> None:
+    raise RuntimeError("Executor.deliver_to() was not called before start()")
 
 
 class UnknownJob(Exception):

@@ -24,8 +24,9 @@ from redis.exceptions import RedisError
 from . import job as jobcodec
 from . import scripts
 from .config import Config
-from .executor import Done, Executor
+from .executor import Done, Taken
 from .keys import Keys
+from .reaper import recover_inprogress
 from .scripts import FetchTarget, Settle
 from .stats import StatsBuffer
 
@@ -67,7 +68,7 @@ class FirstPick:
 class Fetcher(threading.Thread):
     def __init__(self, *, conn: redis.Redis, keys: Keys, identity: str, config: Config,
                  targets: Sequence[FetchTarget], priorities: Sequence[int], concurrency: int,
-                 executor_factory: Callable[[Callable[[Done], None]], Executor],
+                 submit: Callable[[Taken], None],
                  stats: StatsBuffer, on_due: Callable[[], None]) -> None:
         super().__init__(name="forkq-fetcher", daemon=True)
         self._conn = conn
@@ -100,7 +101,7 @@ class Fetcher(threading.Thread):
         self._reconcile = False
         self.last_progress = time.monotonic()
         self.rounds = 0
-        self.executor = executor_factory(self.complete)
+        self._submit = submit
         # Set by the runtime once it knows the server (Redis >= 7 runs fetch/ack at maxmemory).
         self.allow_oom = False
 
@@ -242,7 +243,7 @@ class Fetcher(threading.Thread):
         next_due = float(fetched[0]) if fetched[0] else None
         n = (len(fetched) - 1) // 3
         if n:
-            submit = self.executor.submit
+            submit = self._submit
             names = self._names
             guards: list[tuple[str, str]] = []
             fields = [f.decode() for f in fetched[2::3]]
@@ -324,8 +325,6 @@ class Fetcher(threading.Thread):
         time.sleep(delay)
 
     def _reconcile_inprogress(self) -> None:
-        from .reaper import recover_inprogress
-
         try:
             requeued, dead = recover_inprogress(self._conn, self._keys, self._identity, self._config,
                                                 keep=self.held_fields(), count_recovery=False)

@@ -9,69 +9,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import redis as redis_lib
 
 from .config import Config
 from .connection import ConnectionSpec
+from .cron import parse_cron
+from .enqueue import Enqueuer
 from .errors import ConfigError
 from .keys import Keys, validate_job_name
-from .retry import Backoff
+from .runtime import PoolRuntime
+from .spec import Backoff, Handler, JobOptions, JobSpec, Middleware, PeriodicSpec
 
-if TYPE_CHECKING:
-    from .enqueue import Enqueuer
-    from .job import Job
-    from .runtime import PoolRuntime
-
-Handler = Callable[["Job"], Any]
-Middleware = Callable[["Job", Callable[[], Any]], Any]
-
-
-@dataclass(frozen=True, kw_only=True)
-class JobOptions:
-    """gocraft's JobOptions, plus a timeout.
-
-    priority: 1..10000, relative weight when several queues have work.
-    max_fails: failures before the job is dead (1 = dead at the first failure).
-    skip_dead: drop instead of moving to the dead set after ``max_fails``.
-    max_concurrency: cluster-wide cap of running jobs of this name (0 = none).
-    backoff: ``fn(job) -> seconds`` before a retry (default: exponential with jitter).
-    timeout: seconds before the job's thread gets ``JobTimeout`` (None = never).
-    """
-
-    priority: int = 1
-    max_fails: int = 4
-    skip_dead: bool = False
-    max_concurrency: int = 0
-    backoff: Backoff | None = None
-    timeout: float | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.priority, int) or not 1 <= self.priority <= 10000:
-            raise ConfigError(f"priority must be an int from 1 to 10000, got {self.priority!r}")
-        if not isinstance(self.max_fails, int) or self.max_fails < 1:
-            raise ConfigError(f"max_fails must be an int >= 1, got {self.max_fails!r}")
-        if not isinstance(self.max_concurrency, int) or self.max_concurrency < 0:
-            raise ConfigError(f"max_concurrency must be an int >= 0, got {self.max_concurrency!r}")
-        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
-            raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
-        if self.backoff is not None and not callable(self.backoff):
-            raise ConfigError("backoff must be callable: fn(job) -> seconds")
-
-
-@dataclass(frozen=True, kw_only=True)
-class JobSpec:
-    name: str
-    handler: Handler
-    options: JobOptions
-
-
-@dataclass(frozen=True, kw_only=True)
-class PeriodicSpec:
-    spec: str
-    name: str
-
+__all__ = ["Handler", "JobOptions", "JobSpec", "Middleware", "PeriodicSpec", "WorkerPool"]
 
 @dataclass
 class _Registry:
@@ -131,8 +82,6 @@ class WorkerPool:
 
     def periodically_enqueue(self, spec: str, name: str) -> None:
         """Enqueue ``name`` on a cron schedule with seconds as the FIRST field."""
-        from .scheduler import parse_cron
-
         validate_job_name(name)
         parse_cron(spec)  # raises ConfigError on a bad spec, at registration
         self._reg.periodic.append(PeriodicSpec(spec=spec, name=name))
@@ -160,8 +109,6 @@ class WorkerPool:
         return list(self._reg.reporters)
 
     def enqueuer(self, redis: str | redis_lib.Redis | ConnectionSpec | None = None) -> Enqueuer:
-        from .enqueue import Enqueuer
-
         return Enqueuer(redis if redis is not None else self.config.redis_url, self.namespace,
                         config=self.config)
 
@@ -169,8 +116,6 @@ class WorkerPool:
     def start(self, redis: str | redis_lib.Redis | ConnectionSpec | None = None, *,
               concurrency: int | None = None, identity: str | None = None) -> WorkerPool:
         """Start fetching and running jobs in background threads of this process."""
-        from .runtime import PoolRuntime
-
         if not self._reg.jobs:
             raise ConfigError("no jobs registered: add some with @pool.job before start()")
         with self._lock:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 from . import job as jobcodec
 from .scripts import Settle
-
-Backoff = Callable[[Any], float]
+from .spec import Backoff
 
 
 def default_backoff(job: Any) -> float:

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import redis
 from redis.exceptions import NoPermissionError, RedisError
@@ -28,10 +27,8 @@ from .fetcher import Fetcher
 from .heartbeat import Heartbeat, PoolInfo
 from .reporters import ReporterHub
 from .scripts import FetchTarget
+from .spec import PoolDefinition
 from .stats import StatsBuffer
-
-if TYPE_CHECKING:
-    from .registry import WorkerPool
 
 log = logging.getLogger("forkq.runtime")
 
@@ -46,7 +43,7 @@ def new_identity() -> str:
 
 
 class PoolRuntime:
-    def __init__(self, pool: WorkerPool, spec: ConnectionSpec, *, concurrency: int,
+    def __init__(self, pool: PoolDefinition, spec: ConnectionSpec, *, concurrency: int,
                  identity: str | None = None, tag: str = "", master_reaps: bool = False) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be an int >= 1, got {concurrency!r}")
@@ -71,14 +68,16 @@ class PoolRuntime:
         self._listen_conn = spec.connect_worker(socket_timeout=None)
         self.reporters = ReporterHub(pool.reporters) if pool.reporters else None
         targets = [FetchTarget.of(self.keys, n, specs[n].options.max_concurrency) for n in self._names]
+        # Side by side: the fetcher hands taken jobs to the executor, the executor hands
+        # finished ones back to the fetcher's ack batch.
+        self.executor = Executor(specs=specs, middleware=pool.middlewares, concurrency=concurrency,
+                                 reporters=self.reporters)
         self.fetcher = Fetcher(
             conn=self.conn, keys=self.keys, identity=self.identity, config=self.config,
             targets=targets, priorities=[specs[n].options.priority for n in self._names],
             concurrency=concurrency, stats=self.stats, on_due=self._promote,
-            executor_factory=lambda complete: Executor(
-                specs=specs, middleware=pool.middlewares, concurrency=concurrency,
-                complete=complete, reporters=self.reporters))
-        self.executor = self.fetcher.executor
+            submit=self.executor.submit)
+        self.executor.deliver_to(self.fetcher.complete)
         self.info = PoolInfo.create(identity=self.identity, concurrency=concurrency,
                                     job_names=self._names, tag=tag)
         self.heartbeat = Heartbeat(conn=self._hk_conn, keys=self.keys, info=self.info,

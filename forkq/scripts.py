@@ -198,6 +198,11 @@ class FetchTarget:
                    lease_key=keys.lease(name), max_concurrency=max_concurrency)
 
 
+# Pool deaths under a job before its pool runs it apart (fetch.lua's ARGV[8]; the
+# fetcher's twin check reads the same constant).
+SUSPECT_AFTER = 2
+
+
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
@@ -219,7 +224,8 @@ class FetchPlan:
         self._limits_packed = b"".join(_bulk(str(t.max_concurrency).encode()) for t in targets)
         self._identity = _bulk(identity.encode())
         self._wake = _bulk(keys.wake_channel.encode())
-        argc = 3 + len(key_list) + 7 + len(targets)
+        self._suspect_after = _bulk(str(SUSPECT_AFTER).encode())
+        argc = 3 + len(key_list) + 8 + len(targets)
         self._heads = {
             s.sha: b"*%d\r\n" % argc + _bulk(b"EVALSHA") + _bulk(s.sha.encode())
             + _bulk(str(len(key_list)).encode())
@@ -234,11 +240,10 @@ class FetchPlan:
             self._heads[script.sha], self._keys_packed, _bulk(str(want).encode()),
             _bulk(repr(now).encode()), self._identity, _bulk(repr(lease_until).encode()),
             _bulk(str(start).encode()), _bulk(b"1" if may_take_suspect else b"0"), self._wake,
-            self._limits_packed))
+            self._suspect_after, self._limits_packed))
         return Call(script=script, keys=(), args=(), packed=packed)
 
 
-SUSPECT_AFTER = 2  # crashes under a job before its pool runs it apart (fetch.lua)
 
 
 

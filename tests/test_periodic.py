@@ -18,10 +18,10 @@ import redis
 from redis_server import wait_for
 
 import forkq
+from forkq import cron, scheduler
 from forkq import job as jobcodec
-from forkq import scheduler
 from forkq.keys import Keys
-from forkq.registry import PeriodicSpec
+from forkq.spec import PeriodicSpec
 
 NS = "per"
 
@@ -74,23 +74,23 @@ def test_good_cron_specs_are_registered(spec: str) -> None:
 # -- occurrence math: seconds are the FIRST field, interval is (start, end] ---------------
 
 def test_occurrences_take_seconds_as_first_field() -> None:
-    assert scheduler.occurrences("*/5 * * * * *", 0, 20) == [5, 10, 15, 20]
+    assert cron.occurrences("*/5 * * * * *", 0, 20) == [5, 10, 15, 20]
     # "0 */5 ..." is every 5 minutes at second 0, not every 5 seconds.
-    assert scheduler.occurrences("0 */5 * * * *", 0, 1200) == [300, 600, 900, 1200]
+    assert cron.occurrences("0 */5 * * * *", 0, 1200) == [300, 600, 900, 1200]
     # 12:00:30 UTC daily.
-    assert scheduler.occurrences("30 0 12 * * *", 0, 3 * 86400) == [43230, 129630, 216030]
+    assert cron.occurrences("30 0 12 * * *", 0, 3 * 86400) == [43230, 129630, 216030]
 
 
 def test_occurrences_exclude_start_include_end_and_ignore_fractions() -> None:
-    assert scheduler.occurrences("* * * * * *", 100, 103) == [101, 102, 103]
-    assert scheduler.occurrences("* * * * * *", 100.5, 103.2) == [101, 102, 103]
-    assert scheduler.occurrences("* * * * * *", 100, 100) == []
+    assert cron.occurrences("* * * * * *", 100, 103) == [101, 102, 103]
+    assert cron.occurrences("* * * * * *", 100.5, 103.2) == [101, 102, 103]
+    assert cron.occurrences("* * * * * *", 100, 100) == []
 
 
 def test_leap_day_spec_fires_only_on_leap_years() -> None:
     # 2024-01-01 .. 2029-01-01 UTC: one Feb 29 (2024) ... and 2028.
     start, end = 1704067200, 1861920000
-    got = scheduler.occurrences("0 0 0 29 2 *", start, end)
+    got = cron.occurrences("0 0 0 29 2 *", start, end)
     assert [time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) for t in got] == [
         "2024-02-29 00:00:00", "2028-02-29 00:00:00"]
 

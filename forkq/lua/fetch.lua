@@ -17,11 +17,12 @@
 --          pool, so the caller can send them pre-encoded.
 -- ARGV[6]  "1" if the pool may take a suspect job now, "0" if it holds one already.
 --          A suspect is a job whose pool died under it twice or more ("recovered"
---          >= 2): it may be what kills pools, so a pool runs at most one at a time,
+--          >= ARGV[8]): it may be what kills pools, so a pool runs at most one at a time,
 --          and jobs that merely shared a pool with it are not buried with it.
 --          Suspects this call may not take go back to the head of their queue.
 -- ARGV[7]  wake channel: PUBLISHed when suspects were put back, for other pools
--- ARGV[8..] max_concurrency per name, same order as the triples (0 = unlimited)
+-- ARGV[8]  suspect threshold: "recovered" at or above it makes a suspect (scripts.SUSPECT_AFTER)
+-- ARGV[9..] max_concurrency per name, same order as the triples (0 = unlimited)
 --
 -- Returns {next_due, idx1, field1, payload1, idx2, field2, payload2, ...}: next_due is
 -- the earliest score in schedule or retry as a string ("" when both are empty), so a
@@ -36,13 +37,19 @@ local lease_until = ARGV[4]
 local out = {''}
 local names = (#KEYS - 3) / 3
 local may_take_suspect = ARGV[6] == '1'
+local suspect_after = tonumber(ARGV[8])
 -- "{ns}:schedule" minus "schedule" is the namespace prefix; a queue key is
 -- prefix .. "queue:" .. name.
 local name_at = #KEYS[2] - #'schedule' + #'queue:' + 1
 
+-- Only payloads that mention "recovered" at all pay a decode; the field is read
+-- from the decoded top level (never by pattern: args may hold that text too).
 local function is_suspect(payload)
-  local recovered = string.match(payload, '"recovered":(%d+)')
-  return recovered ~= nil and tonumber(recovered) >= 2
+  if not string.find(payload, '"recovered"', 1, true) then return false end
+  local ok, data = pcall(cjson.decode, payload)
+  if not ok or type(data) ~= 'table' then return false end
+  local recovered = data['recovered']
+  return type(recovered) == 'number' and recovered >= suspect_after
 end
 
 local function jid_of(payload)
@@ -65,7 +72,7 @@ for step = 0, names - 1 do
   -- LLEN first: an idle poll costs one command per empty queue.
   if redis.call('LLEN', KEYS[base]) > 0 and redis.call('EXISTS', KEYS[base + 1]) == 0 then
     local take = want
-    local maxc = tonumber(ARGV[7 + i])
+    local maxc = tonumber(ARGV[8 + i])
     if maxc > 0 then
       redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', now)
       local free = maxc - redis.call('ZCARD', KEYS[base + 2])

@@ -1,0 +1,94 @@
+"""What a pool is made of, as plain values: job options, specs, middleware, periodic specs.
+
+A leaf module (it imports nothing of forkq's but errors), so the registry, the
+executor, the scheduler and the runtime can all use these without importing
+each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .job import Job
+    from .keys import Keys
+
+Backoff = Callable[[Any], float]
+Handler = Callable[["Job"], Any]
+Middleware = Callable[["Job", Callable[[], Any]], Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOptions:
+    """gocraft's JobOptions, plus a timeout.
+
+    priority: 1..10000, relative weight when several queues have work.
+    max_fails: failures before the job is dead (1 = dead at the first failure).
+    skip_dead: drop instead of moving to the dead set after ``max_fails``.
+    max_concurrency: cluster-wide cap of running jobs of this name (0 = none).
+    backoff: ``fn(job) -> seconds`` before a retry (default: exponential with jitter).
+    timeout: seconds before the job's thread gets ``JobTimeout`` (None = never).
+    """
+
+    priority: int = 1
+    max_fails: int = 4
+    skip_dead: bool = False
+    max_concurrency: int = 0
+    backoff: Backoff | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.priority, int) or not 1 <= self.priority <= 10000:
+            raise ConfigError(f"priority must be an int from 1 to 10000, got {self.priority!r}")
+        if not isinstance(self.max_fails, int) or self.max_fails < 1:
+            raise ConfigError(f"max_fails must be an int >= 1, got {self.max_fails!r}")
+        if not isinstance(self.max_concurrency, int) or self.max_concurrency < 0:
+            raise ConfigError(f"max_concurrency must be an int >= 0, got {self.max_concurrency!r}")
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.backoff is not None and not callable(self.backoff):
+            raise ConfigError("backoff must be callable: fn(job) -> seconds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    name: str
+    handler: Handler
+    options: JobOptions
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeriodicSpec:
+    spec: str
+    name: str
+
+
+class PoolDefinition(Protocol):
+    """What a running pool needs from its registry (``WorkerPool`` is the one implementation).
+
+    The runtime depends on this, not on the registry, so the registry can build
+    runtimes without the two modules knowing each other.
+    """
+
+    @property
+    def keys(self) -> Keys: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def jobs(self) -> dict[str, JobSpec]: ...
+
+    @property
+    def middlewares(self) -> list[Middleware]: ...
+
+    @property
+    def periodic(self) -> list[PeriodicSpec]: ...
+
+    @property
+    def reporters(self) -> list[Any]: ...
