@@ -267,10 +267,14 @@ def _import_failure(module: str, exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         where = f" ({exc.filename}:{exc.lineno})"
     else:
+        # The user's line, not forkq's: the deepest frame outside the forkq package
+        # (a bad cron spec is raised inside forkq, but the mistake is in the app).
+        own = os.path.dirname(os.path.abspath(__file__)) + os.sep
         tb = exc.__traceback__
         last = None
         while tb is not None:
-            last = tb
+            if not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(own):
+                last = tb
             tb = tb.tb_next
         if last is not None:
             where = f" ({last.tb_frame.f_code.co_filename}:{last.tb_lineno})"
@@ -335,6 +339,10 @@ def _run(args: argparse.Namespace) -> int:
     environ = os.environ
     setup_logging(args.log_level or environ.get("FORKQ_LOG_LEVEL") or "INFO")
     pool = loader.load()
+    try:
+        pool.check()
+    except ConfigError as exc:
+        raise CliError(EXIT_IMPORT, f"{loader.target}: {exc}") from None
     config = effective_config(pool.config, args, environ)
     grace = hard_timeout_grace(environ)
     url = args.redis or environ.get("FORKQ_REDIS_URL") or config.redis_url

@@ -10,6 +10,7 @@ Threads are created once per pool, never per job.  Each finished job becomes a
 from __future__ import annotations
 
 import ctypes
+import inspect
 import logging
 import queue
 import threading
@@ -199,9 +200,15 @@ class Executor:
             if spec is None:
                 raise UnknownJob(f"no handler registered for job {job.name!r} (queue {qname!r})")
             if self._middleware:
-                self._chain(job, spec.handler)
+                result = self._chain(job, spec.handler)
             else:
-                spec.handler(job)
+                result = spec.handler(job)
+            if inspect.isawaitable(result):
+                # A handler that only looks sync (a wrapper around an async def): never
+                # report a coroutine that did not run as a success.
+                getattr(result, "close", lambda: None)()
+                raise TypeError(f"handler of {job.name!r} returned an awaitable; async jobs "
+                                "are not supported, so it did not run")
             with slot.lock:
                 slot.state = FINISHED
         except BaseException as exc:  # noqa: B036 - JobTimeout/Shutdown are BaseExceptions

@@ -6,6 +6,7 @@ prefork master finds in the user's module and hands to every child.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,10 @@ class WorkerPool:
         validate_job_name(name)
         if not callable(handler):
             raise ConfigError(f"handler of job {name!r} is not callable")
+        if _is_async(handler):
+            # It would "succeed" without ever running (the coroutine is never awaited).
+            raise ConfigError(f"job {name!r}: async def handlers are not supported; "
+                              "write a plain def (run asyncio.run(...) inside it if needed)")
         if name in self._reg.jobs:
             raise ConfigError(f"job {name!r} is registered twice")
         self._reg.jobs[name] = JobSpec(name=name, handler=handler, options=options or JobOptions())
@@ -80,11 +85,24 @@ class WorkerPool:
         self._reg.middleware.append(fn)
         return fn
 
-    def periodically_enqueue(self, spec: str, name: str) -> None:
-        """Enqueue ``name`` on a cron schedule with seconds as the FIRST field."""
+    def periodically_enqueue(self, spec: str, name: str, *, force: bool = False) -> None:
+        """Enqueue ``name`` on a cron schedule with seconds as the FIRST field.
+
+        A name with no handler in this pool is refused when the pool starts (the
+        schedule would fill with jobs nobody runs), unless ``force=True`` says
+        another pool runs it.
+        """
         validate_job_name(name)
         parse_cron(spec)  # raises ConfigError on a bad spec, at registration
-        self._reg.periodic.append(PeriodicSpec(spec=spec, name=name))
+        self._reg.periodic.append(PeriodicSpec(spec=spec, name=name, force=force))
+
+    def check(self) -> None:
+        """Mistakes only visible once the whole module has registered (run before start)."""
+        for p in self._reg.periodic:
+            if p.name not in self._reg.jobs and not p.force:
+                raise ConfigError(
+                    f"periodic job {p.name!r} ({p.spec!r}) has no handler in this pool: register "
+                    "it with @pool.job, or pass force=True if another pool runs it")
 
     def reporter(self, reporter: Any) -> Any:
         """Add an object with any of started/success/failure/aborted/stopped methods."""
@@ -118,6 +136,7 @@ class WorkerPool:
         """Start fetching and running jobs in background threads of this process."""
         if not self._reg.jobs:
             raise ConfigError("no jobs registered: add some with @pool.job before start()")
+        self.check()
         with self._lock:
             if self._runtime is not None:
                 raise ConfigError("pool already started")
@@ -149,3 +168,9 @@ class WorkerPool:
         if rt is None:
             raise ConfigError("drain() needs a started pool: call start() first")
         rt.drain(timeout)
+
+
+def _is_async(fn: Any) -> bool:
+    target = getattr(fn, "func", fn)  # functools.partial
+    call = type(target).__call__ if not inspect.isroutine(target) else None
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call)

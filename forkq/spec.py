@@ -64,8 +64,11 @@ class JobSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class PeriodicSpec:
+    """``name`` enqueued on cron ``spec``; ``force``: even if this pool has no handler for it."""
+
     spec: str
     name: str
+    force: bool = False
 
 
 class PoolDefinition(Protocol):

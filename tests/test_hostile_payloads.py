@@ -1,0 +1,353 @@
+"""Payloads from other producers never crash, stall or hide anything (issue 10's findings).
+
+Each test reproduces one finding on a real Redis, most through the real CLI,
+and proves the fixed behaviour: bad entries end in ``dead`` with a reason,
+good work keeps flowing, the master keeps running.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from helpers import Recorder, start
+from redis_server import wait_for
+from test_master import (
+    KEYS,
+    ForkqProc,
+    forkq_procs,
+    identity_of,
+    inprogress_total,
+    live_identities,
+    start_forkq,
+    wait_children_ready,
+    write_jobs,
+)
+
+import forkq
+from forkq import job as jobcodec
+from forkq.keys import Keys
+
+NS = "hp"
+K = Keys(NS)
+
+
+@pytest.fixture
+def forkqs():
+    yield from forkq_procs()
+
+
+def dead_entries(r: redis.Redis, keys: Keys = KEYS) -> list[dict]:
+    return [orjson.loads(m) for m in r.zrange(keys.dead, 0, -1)]
+
+
+def bad_payload(**fields: object) -> bytes:
+    data = {"jid": jobcodec.new_jid(), "class": "record", "queue": "record", "args": [{}],
+            "created_at": time.time(), "enqueued_at": time.time()}
+    data.update(fields)
+    return orjson.dumps(data)
+
+
+# -- 1. a wrong-typed field in a dead child's in-progress job ---------------------------
+
+def test_wrong_typed_recovered_field_of_a_dead_childs_job_goes_to_dead_and_the_master_lives(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"])
+    (pid,) = wait_children_ready(f, r, 1)
+    ident = identity_of(r, pid)
+    # What a pool holds when it took a job whose producer wrote "recovered": "abc".
+    r.hset(KEYS.inprogress(ident), "bad1", bad_payload(recovered="abc"))
+    os.kill(pid, signal.SIGKILL)
+    entries = wait_for(lambda: dead_entries(r), 15, message="the malformed entry in dead")
+    assert entries[0]["error_class"] == "MalformedPayload"
+    assert "'recovered' is str 'abc'" in entries[0]["error_message"]
+    assert '"recovered":"abc"' in entries[0]["raw"]
+    wait_children_ready(f, r, 1)        # replaced, and the master is still there
+    assert f.proc.poll() is None
+    # And it still runs work.
+    forkq.Enqueuer(redis_url, KEYS.namespace).enqueue("record", {})
+    wait_for(lambda: r.hlen("test:runs") == 1, 15, message="a job after the recovery")
+
+
+def test_restarted_master_recovers_an_orphan_with_a_wrong_typed_field_instead_of_crash_looping(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    # A pool that died with that job: no beat record, only its in-progress hash.
+    r.hset(KEYS.inprogress("deadhost:1:abc"), "bad1", bad_payload(recovered="abc"))
+    r.hset(KEYS.inprogress("deadhost:1:abc"), "good1", bad_payload())
+    mod = write_jobs(tmp_path)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"])
+    wait_for(lambda: dead_entries(r), 20, message="the malformed orphan in dead")
+    wait_for(lambda: r.hlen("test:runs") == 1, 20, message="the good orphan ran")
+    assert f.proc.poll() is None
+    assert r.hlen(KEYS.inprogress("deadhost:1:abc")) == 0
+
+
+# -- 2. wrong-typed fields in queued jobs never stall a pool ----------------------------
+
+@pytest.mark.parametrize("field", [
+    {"enqueued_at": "yesterday"}, {"retry_count": "3"}, {"created_at": [1]},
+    {"unique": "yes"}, {"queue": 7}, {"recovered": -2}, {"failed_at": -1.0},
+])
+def test_wrong_typed_fields_go_to_dead_and_every_thread_keeps_working(
+        redis_url: str, r: redis.Redis, fast_config: forkq.Config, pools: list, field: dict) -> None:
+    pool = forkq.WorkerPool(NS, config=fast_config)
+    seen = Recorder()
+
+    @pool.job
+    def record(job: forkq.Job) -> None:
+        seen.add(job.arg_int("n"))
+
+    # As many bad entries as threads: each used to take a thread slot for good.
+    for _ in range(4):
+        r.lpush(K.queue("record"), bad_payload(**field))
+    start(pools, pool, redis_url, concurrency=4)
+    wait_for(lambda: r.zcard(K.dead) == 4, 10, message="4 bad entries in dead")
+    enq = pool.enqueuer(redis_url)
+    enq.enqueue_many("record", [{"n": i} for i in range(50)])
+    wait_for(lambda: len(seen) == 50, 15, message="50 good jobs after the bad ones")
+    name = next(iter(field))
+    assert all(e["error_class"] == "MalformedPayload" and repr(name) in e["error_message"]
+               for e in dead_entries(r, K))
+    wait_for(lambda: r.hlen(K.inprogress(pool.runtime.identity)) == 0, 5, message="nothing held")
+
+
+# -- 3. a unique job's recovery never makes a second copy -------------------------------
+
+UNIQUE_JOBS = '''
+@pool.job
+def once(job):
+    R().hincrby("test:starts", job.id, 1)
+    _pause(job.arg_float("s"))
+    R().hincrby("test:runs", job.id, 1)
+'''
+
+
+def test_killed_child_running_a_unique_job_does_not_leave_two_copies_queued(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path, UNIQUE_JOBS)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "1"])
+    (pid,) = wait_children_ready(f, r, 1)
+    enq = forkq.Enqueuer(redis_url, KEYS.namespace)
+    first = enq.enqueue_unique("once", {"s": 30})
+    assert first is not None
+    wait_for(lambda: r.hlen("test:starts") == 1, 10, message="the unique job running")
+    # Its guard went when it started, so a second copy may queue (gocraft's semantics).
+    assert enq.enqueue_unique("once", {"s": 30}) is not None
+    assert r.llen(KEYS.queue("once")) == 1
+    ident = identity_of(r, pid)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: ident not in live_identities(r), 10, message="the killed pool released")
+    (pid2,) = wait_children_ready(f, r, 1)
+    assert pid2 != pid
+    # The recovered copy found the guard taken by the queued one and was dropped.
+    wait_for(lambda: r.llen(KEYS.queue("once")) + inprogress_total(r) == 1, 10,
+             message="exactly one copy left")
+    assert r.zcard(KEYS.dead) == 0
+    # And the guard is held, by the copy that is left, so a third enqueue is refused.
+    wait_for(lambda: r.hlen("test:starts") == 2, 10, message="the copy left is running")
+    assert enq.enqueue_unique("once", {"s": 30}) is not None  # running: guard released again
+    assert r.llen(KEYS.queue("once")) == 1
+
+
+def test_recovered_unique_job_retakes_its_guard_when_no_copy_is_queued(
+        redis_url: str, r: redis.Redis) -> None:
+    from forkq import reaper
+
+    cfg = forkq.Config()
+    enq = forkq.Enqueuer(redis_url, NS)
+    job = enq.enqueue_unique("solo", {"a": 1})
+    assert job is not None
+    payload = r.rpop(K.queue("solo"))
+    guard = jobcodec.unique_guard_of(jobcodec.decode(payload), K)
+    assert guard is not None
+    r.delete(guard)                          # released when a worker took it
+    r.hset(K.inprogress("gone:1:x"), job.id, payload)
+    assert reaper.recover_inprogress(r, K, "gone:1:x", cfg) == (1, 0)
+    assert r.llen(K.queue("solo")) == 1
+    assert r.get(guard) == job.id.encode()   # guarded again while queued
+    assert enq.enqueue_unique("solo", {"a": 1}) is None
+
+
+def test_unique_key_outside_the_namespace_is_never_written(redis_url: str, r: redis.Redis) -> None:
+    from forkq import reaper
+
+    payload = bad_payload(**{"class": "solo", "queue": "solo", "unique": True,
+                             "unique_key": "someone-else:important"})
+    r.hset(K.inprogress("gone:1:y"), "j", payload)
+    assert reaper.recover_inprogress(r, K, "gone:1:y", forkq.Config()) == (1, 0)
+    assert not r.exists("someone-else:important")
+    assert r.llen(K.queue("solo")) == 1
+
+
+# -- 4. "recovered" inside args is not a suspect ----------------------------------------
+
+def test_recovered_text_inside_args_does_not_serialise_jobs(
+        redis_url: str, r: redis.Redis, fast_config: forkq.Config, pools: list) -> None:
+    pool = forkq.WorkerPool(NS, config=fast_config)
+    running = [0]
+    peak = [0]
+    lock = threading.Lock()
+
+    @pool.job
+    def nap(job: forkq.Job) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+
+    enq = pool.enqueuer(redis_url)
+    enq.enqueue_many("nap", [{"recovered": 5} for _ in range(8)])
+    start(pools, pool, redis_url, concurrency=8)
+    wait_for(lambda: r.llen(K.queue("nap")) == 0 and running[0] == 0 and peak[0] > 0, 15,
+             message="all 8 ran")
+    assert peak[0] >= 4, f"jobs with 'recovered' in their args ran {peak[0]} at a time"
+
+
+# -- 6. async handlers are refused, never reported as successes -------------------------
+
+def test_async_def_handler_is_refused_at_registration() -> None:
+    pool = forkq.WorkerPool(NS)
+
+    async def fetch_page(job: forkq.Job) -> None:  # pragma: no cover - never runs
+        pass
+
+    with pytest.raises(forkq.ConfigError, match="async def handlers are not supported"):
+        pool.register("fetch_page", fetch_page)
+
+
+def test_handler_returning_a_coroutine_fails_instead_of_succeeding(
+        redis_url: str, r: redis.Redis, fast_config: forkq.Config, pools: list) -> None:
+    pool = forkq.WorkerPool(NS, config=fast_config)
+
+    async def real() -> None:  # pragma: no cover - never awaited
+        pass
+
+    @pool.job(max_fails=1)
+    def wrapper(job: forkq.Job):  # type: ignore[no-untyped-def]
+        return real()
+
+    pool.enqueuer(redis_url).enqueue("wrapper", {})
+    start(pools, pool, redis_url)
+    (entry,) = wait_for(lambda: dead_entries(r, K), 10, message="the job in dead")
+    assert entry["error_class"] == "TypeError" and "returned an awaitable" in entry["error_message"]
+    assert r.get(K.stat_processed) in (None, b"1")
+
+
+# -- failures are visible --------------------------------------------------------------
+
+def test_failed_job_logs_a_warning_and_keeps_its_backtrace_in_the_retry_entry(
+        redis_url: str, r: redis.Redis, fast_config: forkq.Config, pools: list,
+        caplog: pytest.LogCaptureFixture) -> None:
+    pool = forkq.WorkerPool(NS, config=fast_config)
+
+    def deep_helper() -> None:
+        raise ValueError("card declined")
+
+    @pool.job
+    def charge(job: forkq.Job) -> None:
+        deep_helper()
+
+    caplog.set_level(logging.WARNING, logger="forkq.executor")
+    job = pool.enqueuer(redis_url).enqueue("charge", {"amount": 5})
+    start(pools, pool, redis_url)
+    (member,) = wait_for(lambda: r.zrange(K.retry, 0, -1), 10, message="the retry entry")
+    data = jobcodec.decode(member)
+    lines = jobcodec.backtrace_of(data)
+    assert lines is not None and "deep_helper" in lines[0] and "charge" in lines[1]
+    assert lines[0].startswith(__file__)
+    warned = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert any("charge" in m and job.id in m and "ValueError: card declined" in m
+               and "deep_helper" in m and "retry in" in m for m in warned), warned
+
+
+def test_backtrace_is_stored_in_sidekiqs_compressed_form() -> None:
+    import base64
+    import zlib
+
+    text = jobcodec.compress_backtrace(["a.py:1:in `f'", "b.py:2:in `g'"])
+    assert orjson.loads(zlib.decompress(base64.b64decode(text))) == ["a.py:1:in `f'", "b.py:2:in `g'"]
+    assert jobcodec.backtrace_of({"error_backtrace": text}) == ["a.py:1:in `f'", "b.py:2:in `g'"]
+    assert jobcodec.backtrace_of({"error_backtrace": ["raw", "list"]}) == ["raw", "list"]
+    assert jobcodec.backtrace_of({"error_backtrace": "not base64!"}) is None
+
+
+# -- values JSON cannot carry are refused at enqueue ------------------------------------
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    ({"f": float("nan")}, "nan"),
+    ({"nested": [1, {"x": float("inf")}]}, "nested[1].x"),
+    ({"when": datetime.datetime(2026, 1, 1)}, "datetime"),
+    ({"day": datetime.date(2026, 1, 1)}, "date"),
+    ({"s": {1, 2}}, "set"),
+])
+def test_values_json_cannot_carry_are_refused_at_enqueue_and_nothing_is_written(
+        redis_url: str, r: redis.Redis, args: dict, fragment: str) -> None:
+    enq = forkq.Enqueuer(redis_url, NS)
+    with pytest.raises(TypeError, match="not JSON-serialisable") as info:
+        enq.enqueue("x", args)
+    assert fragment in str(info.value)
+    assert r.llen(K.queue("x")) == 0
+
+
+def test_null_values_still_enqueue() -> None:
+    assert jobcodec.encode({"a": None, "b": [None, 1.5]}) == b'{"a":null,"b":[null,1.5]}'
+
+
+def test_job_repr_is_bounded_for_huge_arguments() -> None:
+    job = jobcodec.Job(name="big", id="j1", args={"blob": "x" * 600_000}, data={})
+    assert len(repr(job)) < 400
+
+
+def test_sidekiq_8_millisecond_timestamps_are_read_as_seconds() -> None:
+    data = jobcodec.decode(orjson.dumps({"jid": "a", "class": "c", "args": [],
+                                         "enqueued_at": 1_764_000_000_123}))
+    assert jobcodec.Job.from_data(data).enqueued_at == pytest.approx(1_764_000_000.123)
+    data = jobcodec.decode(orjson.dumps({"jid": "a", "class": "c", "args": [],
+                                         "enqueued_at": 1_764_000_000.5}))
+    assert jobcodec.Job.from_data(data).enqueued_at == 1_764_000_000.5
+
+
+# -- operator mistakes -----------------------------------------------------------------
+
+def test_periodic_job_with_no_handler_is_refused_at_start_unless_forced(
+        redis_url: str, fast_config: forkq.Config, pools: list) -> None:
+    pool = forkq.WorkerPool(NS, config=fast_config)
+
+    @pool.job
+    def real(job: forkq.Job) -> None:
+        pass
+
+    pool.periodically_enqueue("0 * * * * *", "nosuchjob")
+    with pytest.raises(forkq.ConfigError, match="'nosuchjob'.*no handler"):
+        pool.start(redis_url)
+    forced = forkq.WorkerPool(NS + "2", config=fast_config)
+    forced.register("real", real)
+    forced.periodically_enqueue("0 * * * * *", "elsewhere", force=True)
+    start(pools, forced, redis_url)
+
+
+def test_bad_cron_spec_error_names_the_users_line(tmp_path: Path, redis_url: str) -> None:
+    import subprocess
+
+    (tmp_path / "badcron.py").write_text(
+        "import forkq\npool = forkq.WorkerPool('bc')\n\n@pool.job\ndef t(job):\n    pass\n\n"
+        "pool.periodically_enqueue('0 0 25 * * *', 't')\n")
+    proc = subprocess.run([sys.executable, "-m", "forkq", "--redis", redis_url, "badcron"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 3
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "hours field '25'" in line and "badcron.py:8" in line, proc.stderr
+    assert "Traceback" not in proc.stderr
