@@ -61,6 +61,7 @@ _ENV_FLOATS = {
     "FORKQ_STALE_AFTER": "stale_after",
     "FORKQ_LEASE_TTL": "lease_ttl",
     "FORKQ_IDLE_POLL_INTERVAL": "idle_poll_interval",
+    "FORKQ_FROZEN_AFTER": "frozen_after",
 }
 
 

@@ -29,6 +29,9 @@ class Config:
     lease_ttl: float = 60.0
     # A job recovered from dead pools more than this many times goes to dead as poison.
     max_recoveries: int = 3
+    # The master kills a child that sent no status for this long while stopped
+    # (SIGSTOP, a debugger): well before a reaper elsewhere would hand its jobs out.
+    frozen_after: float = 10.0
 
     # Fetching.
     # With nothing to do, a fetcher sleeps until a wake message (enqueue, requeue,

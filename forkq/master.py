@@ -11,10 +11,14 @@ What it does in its loop:
 * reads the children's report pipes (ready, status, recycle requests, errors);
 * reaps children with ``waitpid(pid, WNOHANG)`` — per known pid, so it never
   steals the exit status of other subprocesses such as an embedded Redis;
-* for every child that exited, for any reason, claims the child's pool and
-  requeues its in-progress jobs at once (``reaper.release_pool``; a job recovered
-  more than ``max_recoveries`` times goes to dead as poison).  It opens a Redis
-  connection for that and closes it again, so no socket is open across a fork;
+* for every child that exited, for any reason, has the child's pool claimed and
+  its in-progress jobs requeued at once (a job recovered more than
+  ``max_recoveries`` times goes to dead as poison).  That Redis work, and the
+  stale-pool reap at start, run in a short-lived helper process
+  (``forkq/recovery.py``): this loop never waits on the network, and no socket
+  is open in the master across a fork;
+* kills a child that stopped reporting while stopped or idle (frozen), so its
+  jobs are requeued before another host's reaper could hand them out;
 * keeps the number of children at the target, respawning with backoff after
   boot failures; a child that keeps dying at boot stops the master (no fork bomb);
 * rolls replacements one at a time (HUP, recycling): start the new child, wait
@@ -42,15 +46,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-import redis
-from redis.exceptions import RedisError
+import psutil
 from setproctitle import setproctitle
 
 from . import child as childmod
-from . import reaper
+from .backoff import capped_exponential
 from .config import Config
 from .connection import ConnectionSpec, redact
-from .job import Job
+from .recovery import Recovery
 from .registry import WorkerPool
 from .systemd import Notifier
 
@@ -70,20 +73,20 @@ BOOT_GRACE = 60.0
 REPLACE_WAIT = 60.0
 STATUS_EVERY = 2.0
 REPORT_STALE = 5.0
+# How long, once stopping with no child left, the loop waits for the last releases.
+FINAL_RELEASE_WAIT = 15.0
+# A ready child that sent no status line (one a second) for this long and is not
+# running (stopped by SIGSTOP or a debugger, or asleep using no CPU) is frozen or
+# stuck: it is killed and its jobs requeued, before another host's reaper hands
+# them out while it may still resume.  A child busy in C code holding the GIL uses
+# CPU, so it is left alone.
+STUCK_AFTER = 60.0
 
 SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN,
            signal.SIGTTOU, signal.SIGTSTP, signal.SIGCHLD)
 _NAMES: dict[int, str] = {signal.SIGHUP: "hup", signal.SIGQUIT: "quit", signal.SIGINT: "int",
           signal.SIGTERM: "term", signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou",
           signal.SIGTSTP: "tstp", signal.SIGCHLD: "chld"}
-
-
-class MasterError(Exception):
-    """Why the master stopped on its own; carries the CLI exit code."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +120,7 @@ class ChildProc:
     last_error: str | None = None
     redis_down: str | None = None
     starting: bool = False  # inside PoolRuntime.start(): it may have fetched jobs
+    cpu_mark: tuple[float, float] | None = None  # (since, CPU seconds) while silent
 
 
 class Master:
@@ -147,8 +151,11 @@ class Master:
         self.second_reap_at: float | None = None
         self.replace_queue: deque[int] = deque()
         self.replacing: tuple[int, float] | None = None
-        self.pending_release: dict[str, str] = {}  # identity -> description
-        self.next_release_at = 0.0
+        # Redis work (releasing dead children's jobs, reaping stale pools) runs in
+        # helper processes: this loop never waits on the network.
+        self.recovery = Recovery(keys=pool.keys, spec=spec, config=config,
+                                 reporters=lambda: self.pool.reporters)
+        self.final_deadline: float | None = None
         self.next_watchdog = 0.0
         self.next_status = 0.0
         self.last_status = ""
@@ -158,7 +165,6 @@ class Master:
         self._redis_down_logged = 0.0
         self._redis_wait_logged = False
         self.started_at = time.monotonic()
-        self._release_failures = 0
         pool.config = config
 
     # -- entry ------------------------------------------------------------------------
@@ -181,13 +187,13 @@ class Master:
         try:
             while True:
                 self._manage_children()
-                if self.stopping and not self.children:
-                    self._do_releases(final=True)
+                if self.stopping and not self.children and self._releases_settled():
                     break
                 self._wait(self._timeout())
                 self._dispatch_signals()
                 self._reap()
-                self._do_releases()
+                self._step_recovery()
+                self._check_frozen()
                 self._step_replacement()
                 self._step_stop()
                 self._systemd()
@@ -212,7 +218,7 @@ class Master:
     def _timeout(self) -> float:
         t = 1.0
         now = time.monotonic()
-        if self.stopping or self.replacing or self.replace_queue or self.pending_release:
+        if self.stopping or self.replacing or self.replace_queue or self.recovery.busy:
             t = 0.25
         if len(self._active()) < self.target and not self.stopping:
             t = min(t, max(0.0, self.next_spawn_at - now))
@@ -222,6 +228,8 @@ class Master:
 
     def _wait(self, timeout: float) -> None:
         fds = [self._wake_r] + [c.fd for c in self.children.values() if c.fd >= 0]
+        if self.recovery.fileno() >= 0:
+            fds.append(self.recovery.fileno())
         try:
             readable, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
@@ -231,7 +239,9 @@ class Master:
                 return
             raise
         for fd in readable:
-            if fd == self._wake_r:
+            if fd == self.recovery.fileno():
+                self.recovery.read()
+            elif fd == self._wake_r:
                 try:
                     while os.read(self._wake_r, 4096):
                         pass
@@ -292,6 +302,7 @@ class Master:
             pool.config = replace(pool.config, **_process_fields(self.config))
             self.config = pool.config
             self.pool = pool
+            self.recovery.config = self.config
         active = sorted(self._active(), key=lambda c: c.index)
         log.info("HUP: rolling restart of %d children", len(active))
         self.reloading = True
@@ -332,9 +343,7 @@ class Master:
     def _spawn(self, index: int) -> ChildProc:
         nonce = os.urandom(6).hex()
         r, w = os.pipe2(os.O_CLOEXEC)
-        close = [self._wake_r, self._wake_w, r] + [c.fd for c in self.children.values() if c.fd >= 0]
-        if self.notifier.fileno() >= 0:
-            close.append(self.notifier.fileno())
+        close = [r, *self._own_fds()]
         plan = childmod.ChildPlan(
             index=index, nonce=nonce, pool=self.pool, spec=self.spec, config=self.config,
             concurrency=self.options.concurrency, app=self.pool.namespace, master_pid=self.pid,
@@ -361,6 +370,14 @@ class Master:
         self.children[pid] = c
         log.debug("spawned child %d (pid %d)", index, pid)
         return c
+
+    def _own_fds(self) -> list[int]:
+        """The master's descriptors, which a forked process must close."""
+        fds = [self._wake_r, self._wake_w] + [c.fd for c in self.children.values() if c.fd >= 0]
+        for fd in (self.notifier.fileno(), self.recovery.fileno()):
+            if fd >= 0:
+                fds.append(fd)
+        return fds
 
     def _kill(self, c: ChildProc, sig: int) -> None:
         try:
@@ -467,9 +484,8 @@ class Master:
         # Whatever the reason, its in-progress jobs go back at once.  (A child that
         # never started its pool, or failed to reach Redis, took nothing.)
         if c.ready or c.starting:
-            self.pending_release[c.identity] = f"child {c.index} (pid {c.pid})"
-            self.next_release_at = 0.0
-            self._do_releases()
+            self.recovery.release(c.identity, f"child {c.index} (pid {c.pid})")
+            self._step_recovery()
         if expected or c.ready:
             if not expected:
                 self.next_spawn_at = time.monotonic() + 0.1
@@ -485,7 +501,7 @@ class Master:
             self._fatal(EXIT_CHILD_BOOT, f"children keep dying at boot ({self.boot_failures} in a "
                                          f"row); last: {reason}")
             return
-        delay = min(10.0, 0.25 * 2 ** (self.boot_failures - 1))
+        delay = capped_exponential(self.boot_failures, base=0.25, cap=10.0, jitter=0)
         log.error("child %d died at boot (%s); next try in %.2fs", c.index, reason, delay)
         self.next_spawn_at = time.monotonic() + delay
 
@@ -505,77 +521,66 @@ class Master:
             self.exit_code = code
         self._begin_stop()
 
-    # -- Redis (only after fork; opened and closed around each use) ----------------------
-    def _connect(self) -> redis.Redis:
-        return self.spec.connect(socket_timeout=10, socket_connect_timeout=5)
-
-    def _do_releases(self, final: bool = False) -> None:
-        if not self.pending_release or time.monotonic() < self.next_release_at:
-            return
-        conn = self._connect()
+    # -- Redis work, off the loop (forkq/recovery.py) ----------------------------------------
+    def _step_recovery(self) -> None:
+        self.recovery.reap()
         try:
-            attempts = 0
-            while self.pending_release:
-                identity, what = next(iter(self.pending_release.items()))
-                try:
-                    result = reaper.release_pool(conn, self.pool.keys, identity, self.config,
-                                                 on_poison=self._report_poison)
-                except RedisError as exc:
-                    attempts += 1
-                    if not final or attempts >= 3:
-                        self._release_failures += 1
-                        delay = min(30.0, 0.5 * 2 ** min(self._release_failures, 6))
-                        log.warning("could not requeue the jobs of %s yet (%s); next try in %.0fs",
-                                    what, exc, delay)
-                        self.next_release_at = time.monotonic() + delay
-                        if final:
-                            log.error("giving up: the stale-pool reaper will requeue them")
-                            self.pending_release.clear()
-                        return
-                    time.sleep(0.5)
-                    continue
-                del self.pending_release[identity]
-                self._release_failures = 0
-                if result is not None and result != (0, 0):
-                    log.warning("%s: %d jobs requeued, %d to dead (poison)", what, *result)
-        finally:
-            conn.close()
+            self.recovery.step(close_fds=self._own_fds())
+        except OSError:
+            pass  # fork failed: logged, retried
 
-    def _report_poison(self, data: dict[str, Any]) -> None:
-        """Reporters hear ``aborted(job, "poison")`` and ``stopped(job)`` for a job buried
-        here: the child that ran it last died, so no one else can tell them.  Poison is
-        rare; each reporter call is guarded so that none can stop the master."""
-        job = Job.from_data(data)
-        for reporter in self.pool.reporters:
-            for event, args in (("aborted", (job, "poison")), ("stopped", (job,))):
-                handler = getattr(reporter, event, None)
-                if not callable(handler):
-                    continue
-                try:
-                    handler(*args)
-                except Exception:
-                    log.exception("reporter %r raised on %s; ignored", reporter, event)
+    def _releases_settled(self) -> bool:
+        """Stopping with no child left: wait (bounded) for the last releases to finish."""
+        if not self.recovery.pending and self.recovery.helper is None:
+            return True
+        now = time.monotonic()
+        if self.final_deadline is None:
+            self.final_deadline = now + FINAL_RELEASE_WAIT
+        if now >= self.final_deadline:
+            log.error("giving up on requeueing the jobs of %s: the stale-pool reaper will",
+                      ", ".join(self.recovery.pending.values()) or "the last children")
+            return True
+        return False
 
     def _startup_reap(self) -> None:
         """Once every child is up: recover pools of hosts that died while we were down.
 
         Pools that died just before this start are not stale yet; a second pass once
         they are (``stale_after`` later) recovers them without waiting for the
-        children's periodic reaper (up to a minute).
+        children's periodic reaper.
         """
         if not self.startup_reap_done:
             self.second_reap_at = time.monotonic() + self.config.stale_after + random.uniform(0.5, 2.0)
         self.startup_reap_done = True
-        conn = self._connect()
-        try:
-            reaped = reaper.reap_stale_pools(conn, self.pool.keys, self.config,
-                                             exclude=[c.identity for c in self.children.values()])
-            if reaped:
-                log.warning("recovered the jobs of %d dead pools at start", len(reaped))
-        except RedisError as exc:
-            log.warning("stale-pool reaper at start failed (children retry it): %s", exc)
-        finally:
-            conn.close()
+        self.recovery.reap_stale(exclude=[c.identity for c in self.children.values()])
+
+    def _check_frozen(self) -> None:
+        """Kill ready children that stopped reporting and are not running (see STUCK_AFTER)."""
+        now = time.monotonic()
+        frozen_after = self.config.frozen_after
+        for c in self.children.values():
+            if not c.ready or c.killed or c.term_sent_at is not None:
+                continue
+            silent = now - c.last_report
+            if silent < frozen_after:
+                c.cpu_mark = None
+                continue
+            try:
+                proc = psutil.Process(c.pid)
+                status = proc.status()
+                cpu = sum(proc.cpu_times()[:2])
+            except psutil.Error:
+                continue
+            stopped = status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+            if c.cpu_mark is None or c.cpu_mark[1] != cpu:
+                c.cpu_mark = (now, cpu)
+            idle_for = now - c.cpu_mark[0]
+            if stopped or (silent >= STUCK_AFTER and idle_for >= STUCK_AFTER / 2):
+                how = "is stopped (SIGSTOP?)" if stopped else "uses no CPU"
+                log.warning("child %d (pid %d) sent no status for %.0fs and %s; killing it so "
+                            "its jobs are requeued now", c.index, c.pid, silent, how)
+                c.killed = True
+                self._kill(c, signal.SIGKILL)
 
     # -- replacement and stop --------------------------------------------------------------
     def _step_replacement(self) -> None:
@@ -709,7 +714,7 @@ def _process_fields(config: Config) -> dict[str, Any]:
     """The fields the CLI and environment decide (kept when the app is reloaded)."""
     names = ("concurrency", "processes", "redis_url", "shutdown_timeout", "max_jobs_per_child",
              "max_memory_per_child_mb", "log_level", "heartbeat_interval", "stale_after",
-             "lease_ttl", "idle_poll_interval")
+             "lease_ttl", "idle_poll_interval", "frozen_after")
     return {n: getattr(config, n) for n in names}
 
 

@@ -120,7 +120,8 @@ class ForkqProc:
 
     def children(self) -> list[psutil.Process]:
         try:
-            return psutil.Process(self.pid).children()
+            # Children only: not the short-lived recovery helpers (forkq/recovery.py).
+            return [p for p in psutil.Process(self.pid).children() if not _is_helper(p)]
         except psutil.NoSuchProcess:
             return []
 
@@ -152,6 +153,13 @@ class ForkqProc:
                     pass
             self.proc.wait(10)
         self._log.close()
+
+
+def _is_helper(p: psutil.Process) -> bool:
+    try:
+        return " ".join(a for a in p.cmdline() if a).startswith("forkq master-helper")
+    except psutil.Error:
+        return True
 
 
 def forkq_procs() -> Iterator[list[ForkqProc]]:
