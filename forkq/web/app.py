@@ -51,6 +51,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .. import job as jobcodec
 from ..client import Client
 from ..connection import ConnectionSpec, redact
 from ..errors import ConfigError, ForkqError, NotDeleted, NotRetried
@@ -180,10 +181,10 @@ def _dur(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _backtrace(value: Any) -> str:
-    if isinstance(value, list):
-        return "\n".join(str(x) for x in value)
-    return str(value) if value else ""
+def _backtrace(data: Any) -> str:
+    """A stored entry's traceback lines (Sidekiq's compressed ``error_backtrace``), as text."""
+    lines = jobcodec.backtrace_of(data) if isinstance(data, dict) else None
+    return "\n".join(lines) if lines else ""
 
 
 def _pretty(value: Any) -> str:
