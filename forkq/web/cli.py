@@ -8,7 +8,7 @@ address, unreachable Redis) prints one line on stderr and exits non-zero:
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -80,7 +80,7 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     except UsageError as exc:
         err.write(f"forkq web: error: {_one_line(str(exc))}\n")
         return EXIT_USAGE
-    missing = [m for m in _NEEDED if importlib.util.find_spec(m) is None]
+    missing = [m for m in _NEEDED if not _importable(m)]
     if missing:
         from . import MISSING_EXTRA
 
@@ -122,6 +122,14 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
         return 130
     # uvicorn exits the process itself when it cannot bind; a clean stop lands here.
     return EXIT_OK if server.started else EXIT_FAILED
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _one_line(text: str) -> str:
