@@ -168,7 +168,8 @@ def test_metrics_parse_with_prometheus_client_and_equal_redis(
     enq.enqueue_in("later", 900, {})
     enq.close()
     idle = forkq.WorkerPool(NS, config=fast_config)
-    idle.register("other", lambda job: None)
+    idle.register("mail", lambda job: None)
+    r.set(K.paused("mail"), b"1")  # served but paused: its 5 jobs stay queued
     idle.start(redis_url, concurrency=1)
     pools.append(idle)
     wait_for(lambda: r.scard(K.processes) == 1, timeout=10, message="the pool's beat")
@@ -179,6 +180,8 @@ def test_metrics_parse_with_prometheus_client_and_equal_redis(
     assert sizes["mail"] == r.llen(K.queue("mail")) == 5
     assert sizes["sms"] == r.llen(K.queue("sms")) == 2
     assert set(sizes) == {m.decode() for m in r.smembers(K.queues)}
+    served = {s.labels["queue"]: s.value for s in fams["forkq_queue_pools"].samples}
+    assert served["mail"] == 1 and served["sms"] == 0
     lat = {s.labels["queue"]: s.value for s in fams["forkq_queue_latency_seconds"].samples}
     assert lat["mail"] >= 0 and lat["boom"] == 0
     one = {n: fams[n].samples[0].value for n in ("forkq_scheduled_size", "forkq_retry_size",

@@ -125,7 +125,9 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.authorize is not None and not self.authorize(Request(scope)):
+        # In a worker thread: a host's rule may block (Django's ORM refuses to run on
+        # the event loop).
+        if self.authorize is not None and not await run_in_threadpool(self.authorize, Request(scope)):
             await PlainTextResponse("forbidden\n", status_code=403)(scope, receive, send)
             return
         if self.read_only and scope["method"] not in ("GET", "HEAD"):

@@ -37,7 +37,7 @@ HISTORY_MINUTES = 24 * 60
 SAMPLE_QUEUES = 30
 # A search stops after this many scanned entries or this many seconds, whichever first.
 SEARCH_SCAN_LIMIT = 2_000_000
-SEARCH_DEADLINE = 1.5
+SEARCH_DEADLINE = 3.0
 SEARCH_MAX_RESULTS = 500
 # Per queue, how many entries a jid lookup reads at most.
 LOCATE_QUEUE_LIMIT = 200_000
@@ -349,7 +349,8 @@ def search(conn: redis.Redis, key: str, term: str, *, newest_first: bool,
     scanned = 0
     hits: list[tuple[bytes, float]] = []
     end = time.monotonic() + deadline
-    count = 5000
+    # Small ZSCAN steps: each call blocks Redis for a few ms at most (workers share it).
+    count = 1000
     while True:
         cursor, rows = conn.zscan(key, cursor, match=pattern, count=count)
         scanned += count
@@ -499,7 +500,7 @@ class Location:
             return {}
 
 
-def locate(conn: redis.Redis, keys: Keys, jid: str, *, deadline: float = 3.0) -> list[Location]:
+def locate(conn: redis.Redis, keys: Keys, jid: str, *, deadline: float = 6.0) -> list[Location]:
     """Every place a job with this jid is: in progress, a queue, schedule, retry, dead.
 
     In progress is exact and cheap (HGET on each pool's ``inprogress`` hash); the

@@ -74,7 +74,8 @@
     draw("chart-qlat", names.map(line), lats);
   }
 
-  function drawDays(days) {
+  var days = [];
+  function drawDays() {
     var ts = [], p = [], f = [];
     days.forEach(function (d) { ts.push(Date.parse(d[0] + "T00:00:00Z") / 1000); p.push(d[1]); f.push(d[2]); });
     var bars = uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({ size: [0.6, 40] }) : undefined;
@@ -92,6 +93,11 @@
         ["processed", "failed", "busy", "enqueued", "scheduled", "retry", "dead", "processes"].forEach(function (k) { setText("stat-" + k, s[k]); });
         setText("stat-processed-today", s.processed_today); setText("stat-failed-today", s.failed_today);
         points.push(fromSnapshot(s));
+        if (days.length) {  // today's bar follows the live counters
+          days[days.length - 1][1] = s.processed_today;
+          days[days.length - 1][2] = s.failed_today;
+          drawDays();
+        }
         while (points.length > MAX_POINTS) points.shift();
         render();
       })
@@ -103,7 +109,8 @@
     .then(function (r) { return r.json(); })
     .then(function (h) {
       points = h.samples.map(function (s) { return { t: s.t, p: s.p, f: s.f, b: s.b, e: s.e, q: s.q || {} }; });
-      drawDays(h.days);
+      days = h.days;
+      drawDays();
       render();
       tick();
     });
