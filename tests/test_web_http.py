@@ -11,6 +11,7 @@ import http.cookiejar
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -118,6 +119,21 @@ def test_bulk_actions_over_http_apply_to_exactly_the_posted_entries(
     # Retry all dead.
     status, _, _ = s.request("/sets/dead", [("csrf", token), ("action", "retry_all")])
     assert status == 303 and r.zcard(K.dead) == 0 and r.llen(K.queue("boom")) == 3
+    # A scheduled job enqueued now keeps its jid and arguments.
+    enq = forkq.Enqueuer(redis_url, NS)
+    sj = enq.enqueue_in("report", 3600, {"week": 7})
+    enq.close()
+    _, body, _ = s.request("/sets/scheduled")
+    (skey,) = re.findall(r'name="key" value="([^"]+)"', body)
+    status, _, _ = s.request("/sets/scheduled", [("csrf", token), ("action", "enqueue"), ("key", skey)])
+    assert status == 303 and r.zcard(K.schedule) == 0
+    (queued,) = [forkq.job.decode(m) for m in r.lrange(K.queue("report"), 0, -1)]
+    assert queued["jid"] == sj.job.id and queued["args"] == [{"week": 7}]
+    # A key that is no longer there changes nothing and says so.
+    status, _, _ = s.request("/sets/scheduled", [("csrf", token), ("action", "delete"), ("key", skey)])
+    assert status == 303
+    _, body, _ = s.request("/sets/scheduled")
+    assert "deleted 0 of 1" in body
 
 
 def test_read_only_refuses_every_post_even_with_a_valid_token(
@@ -267,6 +283,12 @@ def test_cli_mistakes_print_one_line_and_exit_non_zero(redis_server: RedisServer
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "HOST:PORT" in res.stderr
     res = _cli("--bind", "127.0.0.1:99999")
     assert res.returncode == 2 and res.stderr.count("\n") == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        res = _cli("--bind", f"127.0.0.1:{busy}", "--redis", redis_server.url)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "cannot listen" in res.stderr
     dead_port = free_port()
     res = _cli("--bind", f"127.0.0.1:{free_port()}", "--redis", f"redis://:pw@127.0.0.1:{dead_port}/0")
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and "cannot reach Redis" in res.stderr

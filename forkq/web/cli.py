@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import NoReturn, TextIO
@@ -95,6 +96,10 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     from .app import create_app
 
     try:
+        if a.redis == "embedded":  # the embedded server's socket, as the other verbs
+            from ..embedded import EmbeddedRedis
+
+            a.redis = EmbeddedRedis().url
         probe = Client(a.redis, a.namespace, socket_connect_timeout=3.0, socket_timeout=5.0)
         where = probe.describe()
         try:
@@ -108,6 +113,15 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     except redis.RedisError as exc:
         err.write(f"forkq web: error: cannot reach Redis at {where}: {_one_line(str(exc))}\n")
         return EXIT_FAILED
+    # Bind here, not inside uvicorn: a port in use is then one line and exit 1.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        err.write(f"forkq web: error: cannot listen on {a.bind}: {_one_line(exc.strerror or str(exc))}\n")
+        return EXIT_FAILED
     shown = f"[{host}]" if ":" in host else host
     out.write(f"forkq web: serving namespace {a.namespace!r} of {where} on "
               f"http://{shown}:{port}{a.root_path}/"
@@ -117,10 +131,11 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
                             proxy_headers=True, server_header=False, lifespan="on")
     server = uvicorn.Server(config)
     try:
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         return 130
-    # uvicorn exits the process itself when it cannot bind; a clean stop lands here.
+    finally:
+        sock.close()
     return EXIT_OK if server.started else EXIT_FAILED
 
 
