@@ -383,24 +383,20 @@ def find_entries(conn: redis.Redis, key: str, score: float, jid: str) -> list[En
     return [e for e in _entries(rows) if e.jid == jid]
 
 
-def _move_to_queue(conn: redis.Redis, keys: Keys, zset: str, entries: Sequence[Entry],
-                   *, reset: Sequence[str]) -> int:
+def _move_to_queue(conn: redis.Redis, keys: Keys, zset: str, entries: Sequence[Entry]) -> int:
     """Move entries to the end of their queues with the ZREM-guarded promote script."""
     moves = []
+    now = redis_time(conn)
     for e in entries:
         data = e.data
         if not data or (data.get("error_class") == "MalformedPayload" and "raw" in data):
             continue
-        name = data.get("queue")
-        if not isinstance(name, str) or not name:
-            name = data["class"]
+        name = jobcodec.queue_of(data)
         try:
             validate_job_name(name)
         except ConfigError:
             continue
-        for f in reset:
-            data.pop(f, None)
-        data["enqueued_at"] = redis_time(conn)
+        data["enqueued_at"] = now
         moves.append(scripts.Promotion(member=e.member, name=name, payload=jobcodec.encode(data)))
     if not moves:
         return 0
@@ -415,7 +411,7 @@ def run_now(conn: redis.Redis, keys: Keys, which: str, refs: Sequence[tuple[floa
     """
     zset = set_key(keys, which)
     entries = [e for score, jid in refs for e in find_entries(conn, zset, score, jid)]
-    return _move_to_queue(conn, keys, zset, entries, reset=())
+    return _move_to_queue(conn, keys, zset, entries)
 
 
 def retry_dead(client: Client, refs: Sequence[tuple[float, str]]) -> int:
