@@ -19,7 +19,7 @@ from ..connection import DEFAULT_URL, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_BIND = "127.0.0.1:7070"
-_NEEDED = ("starlette", "jinja2", "uvicorn", "prometheus_client", "multipart", "itsdangerous")
+_NEEDED = ("starlette", "jinja2", "uvicorn", "prometheus_client", "python_multipart", "itsdangerous")
 
 
 class UsageError(Exception):
