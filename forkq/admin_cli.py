@@ -31,7 +31,7 @@ from .errors import ConfigError, EnqueueError, ForkqError, NotDeleted, NotRetrie
 from .job import Job
 
 VERBS = ("stats", "queues", "enqueue", "dead", "retries", "scheduled", "pause", "unpause",
-         "workers", "pools")
+         "workers", "pools", "web")
 
 # Short timeouts: an admin command against a dead server must fail fast, not hang.
 CONNECT_TIMEOUT = 3.0
@@ -346,6 +346,10 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
         return EXIT_USAGE
     verb = argv[0]
     prog = f"forkq {verb}"
+    if verb == "web":  # the dashboard (forkq.web, the 'web' extra) parses its own flags
+        from .web.cli import run as web_run
+
+        return web_run(argv[1:], out, err)
     if verb not in _HANDLERS:
         err.write(f"forkq: error: unknown verb {verb!r} (one of: {', '.join(VERBS)})\n")
         return EXIT_USAGE

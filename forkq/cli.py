@@ -53,7 +53,7 @@ EXIT_REDIS = 5
 EXIT_CHILD_BOOT = 6
 
 ADMIN_VERBS = frozenset({"stats", "queues", "enqueue", "dead", "retries", "scheduled", "pause",
-                         "unpause", "workers", "pools"})
+                         "unpause", "workers", "pools", "web"})
 
 DEFAULT_HARD_TIMEOUT_GRACE = 5.0
 _ENV_FLOATS = {
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="forkq",
         description="Run forkq workers: a master process forks children, each a thread pool.",
         epilog=("Verbs: forkq demo | stats | queues | enqueue | dead | retries | scheduled | "
-                "pause | unpause | workers | pools (forkq VERB --help). Signals to the master: "
+                "pause | unpause | workers | pools | web (forkq VERB --help). Signals to the master: "
                 "TERM/INT stop gracefully, TSTP quiet, HUP reload code and restart children "
                 "one by one, TTIN/TTOU one child more/less. Environment: FORKQ_REDIS_URL, "
                 "FORKQ_LOG_LEVEL, FORKQ_EMBEDDED_DIR, and in seconds FORKQ_HEARTBEAT_INTERVAL, "

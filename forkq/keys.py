@@ -115,6 +115,10 @@ class Keys:
     def stat_failed_day(self, day: str) -> str:
         return self.prefix + "stat:failed:" + day
 
+    def web_history(self) -> str:
+        """Hash minute-epoch -> JSON sample of the dashboard's per-minute series (forkq.web)."""
+        return self.prefix + "web:history"
+
     @staticmethod
     def today(now: float | None = None) -> str:
         return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
