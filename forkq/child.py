@@ -55,6 +55,7 @@ log = logging.getLogger("forkq.child")
 EXIT_OK = 0
 EXIT_BOOT = 3           # could not build or start the pool (the reason was reported first)
 EXIT_HARD_TIMEOUT = 4   # a job ignored its timeout; the master replaces this child
+EXIT_FENCED = 5         # reaped by another process while frozen: stopped at once
 
 TICK = 0.25
 STATUS_EVERY = 1.0
@@ -226,6 +227,7 @@ class _Child:
             return EXIT_BOOT
         # Sidekiq Web UI "Stop" on this process: the whole service stops, via the master.
         rt.on_remote_stop = lambda: self.send({"t": "remote_stop"})
+        rt.fetcher.on_fenced = self._fenced
         if self._quiet:
             rt.fetcher.set_quiet(True)  # born into a quiet master: never take a job
         delay = 0.2
@@ -254,6 +256,16 @@ class _Child:
         finally:
             if self._ctl is not None:
                 self._ctl.close()
+
+    def _fenced(self) -> None:
+        """Reaped elsewhere while frozen: exit at once, without finishing any job (they run
+        elsewhere now); the master requeues whatever this pool took since."""
+        for h in logging.getLogger().handlers:
+            try:
+                h.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(EXIT_FENCED)
 
     def _loop(self, rt: PoolRuntime) -> int:
         plan = self.plan

@@ -101,6 +101,9 @@ class Fetcher(threading.Thread):
         self._reconcile = False
         self.last_progress = time.monotonic()
         self.rounds = 0
+        # Set once a round trip found this pool fenced (see fetch.lua / ack.lua).
+        self.fenced = False
+        self.on_fenced: Callable[[], None] | None = None
         self._submit = submit
         # Set by the runtime once it knows the server (Redis >= 7 runs fetch/ack at maxmemory).
         self.allow_oom = False
@@ -233,8 +236,14 @@ class Fetcher(threading.Thread):
                     self._woken = True
             # Counted from what the script settled, so a batch re-sent after a lost
             # reply is not counted twice.
-            processed, failed = results[0]
+            processed, failed, fenced = results[0]
             self._stats.add(int(processed), int(failed))
+            if fenced:
+                self._on_fenced()
+                return
+        if want and results[-1][:1] == [b"fenced"]:
+            self._on_fenced()
+            return
         if self._reconcile:
             self._reconcile_inprogress()
         if not want:
@@ -275,6 +284,21 @@ class Fetcher(threading.Thread):
 
     def close(self) -> None:
         self._runner.close()
+
+    def _on_fenced(self) -> None:
+        """A reaper claimed this pool while it was frozen: its jobs run elsewhere now.
+
+        Nothing more is taken or acked; the owner (a prefork child exits at once,
+        an in-process pool stops fetching) is told through ``on_fenced``.
+        """
+        if self.fenced:
+            return
+        self.fenced = True
+        self._quiet = True
+        log.error("this pool (%s) was reaped by another process while it was not running "
+                  "(frozen?); its jobs were requeued, so it stops now", self._identity)
+        if self.on_fenced is not None:
+            self.on_fenced()
 
     def _note_special(self, payload: bytes, field: str, guards: list[tuple[str, str]]) -> None:
         """A taken job that is a suspect (see fetch.lua) or holds a unique guard."""

@@ -102,6 +102,12 @@ class Keys:
         """Where Sidekiq's Web UI pushes ``TSTP`` (quiet) and ``TERM`` (stop) for a process."""
         return self.prefix + identity + "-signals"
 
+    def fence(self, identity: str) -> str:
+        """Set when a pool is claimed by a reaper: the pool, if it was only frozen and
+        resumes, must stop at its next round trip instead of running jobs now owned
+        by others."""
+        return self.prefix + "fence:" + identity
+
     def pool(self, identity: str) -> str:
         return self.prefix + "pool:" + identity
 

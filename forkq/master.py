@@ -729,4 +729,6 @@ def _describe_status(status: int) -> str:
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
     if code == childmod.EXIT_HARD_TIMEOUT:
         return "exited after a hard timeout"
+    if code == childmod.EXIT_FENCED:
+        return "stopped: it was reaped elsewhere while frozen (fenced)"
     return f"exited with code {code}"

@@ -288,6 +288,8 @@ class PoolRuntime:
         next_periodic = 0.0
         next_reap = time.monotonic() + random.uniform(0, 1.0) * self._first_reap
         while not self._stop.wait(interval if next_periodic else 0.0):
+            if self.fetcher.fenced:
+                return  # reaped while frozen: beating would make it look alive again
             self._beat_safely()
             now = time.monotonic()
             if self.pool.periodic and now >= next_periodic:

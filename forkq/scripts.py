@@ -198,6 +198,9 @@ class FetchTarget:
                    lease_key=keys.lease(name), max_concurrency=max_concurrency)
 
 
+# How long a claimed pool's fence stays: far longer than any freeze it could resume from.
+FENCE_TTL = 7 * 86400
+
 # Pool deaths under a job before its pool runs it apart (fetch.lua's ARGV[8]; the
 # fetcher's twin check reads the same constant).
 SUSPECT_AFTER = 2
@@ -220,6 +223,7 @@ class FetchPlan:
         self.names = [t.name for t in targets]
         key_list = [keys.inprogress(identity), keys.schedule, keys.retry]
         key_list += [k for t in targets for k in (t.queue_key, t.paused_key, t.lease_key)]
+        key_list.append(keys.fence(identity))
         self._keys_packed = b"".join(_bulk(k.encode()) for k in key_list)
         self._limits_packed = b"".join(_bulk(str(t.max_concurrency).encode()) for t in targets)
         self._identity = _bulk(identity.encode())
@@ -268,7 +272,8 @@ class Settle:
 
 def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterable[Settle],
         dead_cutoff: float, dead_max: int, allow_oom: bool = False, unique_ttl: int = 86400) -> Call:
-    k: list[str] = [keys.inprogress(identity), keys.retry, keys.dead, keys.queues]
+    k: list[str] = [keys.inprogress(identity), keys.retry, keys.dead, keys.queues,
+                    keys.fence(identity)]
     pair_of: dict[str, int] = {}
     groups: list[Arg] = []
     guarded: list[tuple[Settle, int]] = []
@@ -350,5 +355,6 @@ def claim_pool(keys: Keys, *, identity: str, expected_beat: float | None) -> Cal
     """
     return Call(script=CLAIM_POOL,
                 keys=[keys.pools, keys.processes, keys.pool(identity), keys.process(identity),
-                      keys.process_work(identity), keys.process_workers(identity)],
-                args=[identity, "" if expected_beat is None else repr(expected_beat)])
+                      keys.process_work(identity), keys.process_workers(identity),
+                      keys.fence(identity)],
+                args=[identity, "" if expected_beat is None else repr(expected_beat), FENCE_TTL])

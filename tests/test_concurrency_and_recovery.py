@@ -178,7 +178,7 @@ def test_late_ack_of_a_job_already_requeued_does_not_write_a_retry(r, fast_confi
     reaper.recover_inprogress(r, K, identity, fast_config)
     settle = scripts.Settle(op="r", field=jid, payload=b"{}", score=time.time())
     assert scripts.run_one(r, scripts.ack(K, identity=identity, plain_done=(), settles=[settle],
-                                          dead_cutoff=0, dead_max=10)) == [0, 0]
+                                          dead_cutoff=0, dead_max=10)) == [0, 0, 0]
     assert r.zcard(K.retry) == 0 and r.llen(K.queue("work")) == 1
 
 
@@ -206,6 +206,19 @@ def test_an_ack_batch_sent_twice_is_counted_once(r, fast_config) -> None:
     settles = [scripts.Settle(op="r", field=jids[2], payload=b"{}", score=time.time())]
     call = scripts.ack(K, identity=identity, plain_done=jids[:2], settles=settles,
                        dead_cutoff=0, dead_max=10)
-    assert scripts.run_one(r, call) == [3, 1]
-    assert scripts.run_one(r, call) == [0, 0]
+    assert scripts.run_one(r, call) == [3, 1, 0]
+    assert scripts.run_one(r, call) == [0, 0, 0]
     assert r.zcard(K.retry) == 1
+
+
+def test_an_ack_from_a_pool_a_reaper_claimed_reports_it_fenced(r, fast_config) -> None:
+    """A pool that was only frozen learns at its next round trip that its jobs went elsewhere."""
+    identity = "frozen:1:x"
+    (jid,) = _fake_dead_pool(r, identity, time.time() - 100, 1)
+    assert reaper.release_pool(r, K, identity, fast_config) == (1, 0)
+    ack = scripts.ack(K, identity=identity, plain_done=[jid], settles=(), dead_cutoff=0, dead_max=10)
+    assert scripts.run_one(r, ack) == [0, 0, 1]
+    plan = scripts.FetchPlan(K, identity=identity, targets=[scripts.FetchTarget.of(K, "work", 0)])
+    fetch = plan.call(start=0, want=5, now=time.time(), lease_until=time.time() + 60)
+    assert scripts.Runner(r).run([fetch]) == [[b"fenced"]]
+    assert r.llen(K.queue("work")) == 1          # the requeued job was not taken back

@@ -350,3 +350,63 @@ def test_bad_cron_spec_error_names_the_users_line(tmp_path: Path, redis_url: str
     line = proc.stderr.strip().splitlines()[-1]
     assert "hours field '25'" in line and "badcron.py:8" in line, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- 5. frozen children: noticed by the master, fenced if reaped elsewhere -------------
+
+def test_frozen_child_is_killed_by_its_master_and_its_jobs_run_elsewhere(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"],
+                    env={"FORKQ_FROZEN_AFTER": "2"})
+    (pid,) = wait_children_ready(f, r, 1)
+    (jid,) = forkq.Enqueuer(redis_url, KEYS.namespace).enqueue_many("slow", [{"s": 1.0}])
+    wait_for(lambda: r.hget("test:starts", jid.id) == b"1", 10, message="the job started")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: not psutil_exists(pid), 20, message="the frozen child killed")
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: r.hget("test:runs", jid.id) == b"1", 20, message="the job ran elsewhere")
+    assert int(r.hget("test:pids", jid.id)) != pid
+    assert "sent no status" in f.log() and "is stopped" in f.log()
+
+
+def test_child_reaped_elsewhere_while_frozen_stops_at_its_next_round_trip(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    from forkq import reaper
+
+    mod = write_jobs(tmp_path)
+    # The master would kill it first; here another host's reaper is faster.
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"],
+                    env={"FORKQ_FROZEN_AFTER": "600"})
+    (pid,) = wait_children_ready(f, r, 1)
+    short, long_ = forkq.Enqueuer(redis_url, KEYS.namespace).enqueue_many(
+        "slow", [{"s": 0.5}, {"s": 8.0}])
+    wait_for(lambda: r.hlen("test:starts") == 2, 10, message="both jobs started")
+    ident = identity_of(r, pid)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert reaper.release_pool(r, KEYS, ident, forkq.Config()) == (2, 0)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Resumed: the short job's ack (or a fetch) meets the fence and the child exits
+    # at once, without finishing the long job its new owner runs.
+    wait_for(lambda: not psutil_exists(pid), 10, message="the fenced child gone")
+    wait_for(lambda: r.hget("test:runs", long_.id) == b"1", 30, message="the long job ran once")
+    assert int(r.hget("test:pids", long_.id)) != pid
+    wait_for(lambda: r.hget("test:runs", short.id) is not None, 10, message="the short job ran")
+    assert "fenced" in f.log()
+    wait_for(lambda: inprogress_total(r) == 0, 10, message="nothing left in progress")
+
+
+def psutil_exists(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -8,7 +8,8 @@
 -- KEYS[2]  retry                   zset
 -- KEYS[3]  dead                    zset
 -- KEYS[4]  queues                  set   (names of queues, Sidekiq's)
--- KEYS[5..] pairs per job name referenced by the groups: queue:<name>, lease:<name>;
+-- KEYS[5]  fence:<identity>        string: present once a reaper claimed this pool
+-- KEYS[6..] pairs per job name referenced by the groups: queue:<name>, lease:<name>;
 --          then the unique-guard keys of 'u' groups (unique:<name>:<suffix>)
 -- ARGV[1]  identity owning KEYS[1] (lease members are "<identity>:<field>")
 -- ARGV[2]  wake channel: PUBLISHed when a queue gets work a sleeping fetcher may want
@@ -26,8 +27,9 @@
 --                or scheduled already and this one is dropped: recovery never makes a
 --                second copy of a unique job.
 --
--- Returns {processed, failed}: executions really settled by this call (fields that
--- were still in progress).  A batch sent again after a lost reply settles nothing
+-- Returns {processed, failed, fenced}: executions really settled by this call (fields
+-- that were still in progress), and 1 if this pool was claimed by a reaper (it must
+-- stop: its jobs were handed to others).  A batch sent again after a lost reply settles nothing
 -- and counts nothing, so stats built on this stay exact.
 
 local n = tonumber(ARGV[6])
@@ -59,8 +61,8 @@ while i + 4 <= #ARGV do
     if op == 'K' or op == 'r' or op == 'd' then failed = failed + 1 end
     local qkey, lkey
     if pair > 0 then
-      qkey = KEYS[3 + 2 * pair]
-      lkey = KEYS[4 + 2 * pair]
+      qkey = KEYS[4 + 2 * pair]
+      lkey = KEYS[5 + 2 * pair]
       if redis.call('ZREM', lkey, identity .. ':' .. field) == 1 then
         wake[pair] = true
       end
@@ -92,7 +94,7 @@ end
 
 -- A freed lease or a requeued job can unblock a fetcher that found nothing to take.
 for pair, _ in pairs(wake) do
-  local qkey = KEYS[3 + 2 * pair]
+  local qkey = KEYS[4 + 2 * pair]
   if redis.call('LLEN', qkey) > 0 then
     redis.call('PUBLISH', ARGV[2], name_of(qkey))
   end
@@ -102,4 +104,4 @@ if dead_written then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[4]) + 1))
 end
-return {processed, failed}
+return {processed, failed, redis.call('EXISTS', KEYS[5])}

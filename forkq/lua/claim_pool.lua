@@ -8,8 +8,11 @@
 -- KEYS[4]  <identity>            hash  Sidekiq process hash
 -- KEYS[5]  <identity>:work       hash  running jobs (Sidekiq 7 name)
 -- KEYS[6]  <identity>:workers    hash  running jobs (Sidekiq 6 name)
+-- KEYS[7]  fence:<identity>      string set here: a claimed pool that resumes (it was
+--                                 frozen, not dead) stops at its next fetch or ack
 -- ARGV[1]  identity
 -- ARGV[2]  expected beat score, or "" to claim whatever the score
+-- ARGV[3]  fence TTL (seconds)
 --
 -- Returns 1 when claimed, 0 when the pool has beaten since (left alone).
 
@@ -22,4 +25,5 @@ end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('SET', KEYS[7], '1', 'EX', ARGV[3])
 return 1

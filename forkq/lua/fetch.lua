@@ -8,6 +8,9 @@
 -- KEYS[3]  retry                   zset  read only: earliest score
 -- KEYS[4..] one triple per job name, in the pool's fixed order:
 --          queue:<name> (list), paused:<name> (string), lease:<name> (zset)
+-- KEYS[last] fence:<identity>     string: present once a reaper claimed this pool; then
+--          nothing is taken and the reply is {"fenced"}: the pool was frozen, not
+--          dead, and must stop instead of running jobs now owned by others
 -- ARGV[1]  want: maximum number of jobs to take
 -- ARGV[2]  now (epoch seconds): leases that expired before it are dropped
 -- ARGV[3]  identity: lease members are "<identity>:<field>"
@@ -35,7 +38,8 @@ local now = ARGV[2]
 local identity = ARGV[3]
 local lease_until = ARGV[4]
 local out = {''}
-local names = (#KEYS - 3) / 3
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'fenced'} end
+local names = (#KEYS - 4) / 3
 local may_take_suspect = ARGV[6] == '1'
 local suspect_after = tonumber(ARGV[8])
 -- "{ns}:schedule" minus "schedule" is the namespace prefix; a queue key is
