@@ -38,7 +38,7 @@ import redis
 from redis.exceptions import RedisError
 from setproctitle import setproctitle
 
-from . import scripts
+from . import forked, scripts
 from .config import Config
 from .connection import ConnectionSpec, redact
 from .errors import RedisRefused
@@ -185,6 +185,7 @@ class _Child:
         if os.getppid() != plan.master_pid:  # the master died before prctl
             self._stop = True
         os.environ.pop("NOTIFY_SOCKET", None)  # only the master talks to systemd
+        forked.protect_stdio()
         self._title("booting")
 
     def _on_term(self, signum: int, frame: object) -> None:
@@ -228,6 +229,7 @@ class _Child:
         # Sidekiq Web UI "Stop" on this process: the whole service stops, via the master.
         rt.on_remote_stop = lambda: self.send({"t": "remote_stop"})
         rt.fetcher.on_fenced = self._fenced
+        forked.install(rt.executor.job_mark)
         if self._quiet:
             rt.fetcher.set_quiet(True)  # born into a quiet master: never take a job
         delay = 0.2
@@ -279,6 +281,8 @@ class _Child:
             self._sleep(TICK)
             if self._stop:
                 break
+            forked.reopen_stdio()
+            forked.reap_finished()
             if self._quiet and not self._quiet_applied:
                 rt.quiet()
                 self._quiet_applied = True

@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import forked
 from .errors import JobTimeout, Shutdown
 from .job import Job, MalformedPayload, backtrace_lines, decode
 from .reporters import ReporterHub
@@ -123,6 +124,13 @@ class Executor:
             _raise_in_thread(slot.ident, exc)
             return True
 
+    def job_mark(self, ident: int) -> float | None:
+        """What identifies the job thread ``ident`` runs now (None if it runs none)."""
+        for slot in self.slots:
+            if slot.ident == ident:
+                return slot.started_mono if slot.state == RUNNING else None
+        return None
+
     def expire_overdue(self, now: float) -> None:
         """Raise JobTimeout in jobs past their deadline; ``now`` is ``time.monotonic()``."""
         for slot in self.slots:
@@ -224,6 +232,8 @@ class Executor:
                 tb = traceback.format_exc()
         finally:
             slot.job = None
+        # A process the job forked must not go on into forkq's code (see forked.py).
+        forked.leave_if_forked(error is None)
         aborted = slot.aborted
         if error is None and aborted is None:
             slot.settled = True

@@ -410,3 +410,106 @@ def psutil_exists(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# -- 7. processes forked by jobs; 8. jobs that close fds 0-2 ---------------------------
+
+FORKING_JOBS = '''
+@pool.job
+def fork_and_return(job):
+    pid = os.fork()
+    if pid == 0:
+        R.__globals__["_conns"].clear()          # the copy needs its own connection
+        R().hset("test:forked", job.id, os.getpid())
+        return                                   # back into forkq's code: must end here
+    R().hincrby("test:runs", job.id, 1)
+
+
+@pool.job
+def fork_quick_exit(job):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    R().hset("test:forked", job.id, pid)         # never waited for by the job
+    R().hincrby("test:runs", job.id, 1)
+
+
+@pool.job
+def fork_forever(job):
+    pid = os.fork()
+    if pid == 0:
+        while True:
+            time.sleep(0.1)
+    R().hset("test:forked", job.id, pid)
+    R().hincrby("test:runs", job.id, 1)
+
+
+@pool.job
+def close_stdio(job):
+    for fd in (0, 1, 2):
+        os.close(fd)
+    R().hincrby("test:runs", job.id, 1)
+
+
+@pool.job(max_fails=1)
+def fail_loudly(job):
+    raise RuntimeError("visible failure " + job.id)
+'''
+
+
+def _gone(pid: int) -> bool:
+    return not psutil_exists(pid) and not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_processes_forked_by_jobs_neither_hang_nor_stay_zombies_nor_outlive_the_child(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path, FORKING_JOBS)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"])
+    (child,) = wait_children_ready(f, r, 1)
+    enq = forkq.Enqueuer(redis_url, KEYS.namespace)
+    back = enq.enqueue("fork_and_return", {})
+    quick = enq.enqueue("fork_quick_exit", {})
+    wait_for(lambda: r.hlen("test:runs") == 2 and r.hlen("test:forked") == 2, 10,
+             message="both jobs ran and forked")
+    copy_pid = int(r.hget("test:forked", back.id))
+    quick_pid = int(r.hget("test:forked", quick.id))
+    # The copy that returned into forkq's code ended there (it used to hang forever),
+    # and the one that exited was waited for (it used to stay a zombie).
+    wait_for(lambda: _gone(copy_pid), 10, message="the returned copy gone")
+    wait_for(lambda: _gone(quick_pid), 10, message="the exited copy reaped")
+    forever = enq.enqueue("fork_forever", {})
+    wait_for(lambda: r.hget("test:forked", forever.id) is not None, 10, message="forked again")
+    forever_pid = int(r.hget("test:forked", forever.id))
+    assert psutil_exists(forever_pid)
+    os.kill(child, signal.SIGKILL)
+    # It dies with the process that forked it, instead of outliving the forkq tree.
+    wait_for(lambda: _gone(forever_pid), 10, message="the forked process died with its parent")
+    assert f.proc.poll() is None
+
+
+def test_a_job_closing_fds_0_to_2_cannot_make_forkq_write_into_redis(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path, FORKING_JOBS)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"])
+    wait_children_ready(f, r, 1)
+    enq = forkq.Enqueuer(redis_url, KEYS.namespace)
+    enq.enqueue("close_stdio", {})
+    wait_for(lambda: r.hlen("test:runs") == 1, 10, message="the job that closes 0-2 ran")
+    # New sockets now get the lowest free fds: make every forkq connection reconnect.
+    r.client_kill_filter(_type="normal", skipme=True)
+    failing = enq.enqueue("fail_loudly", {})
+    good = enq.enqueue_many("record", [{} for _ in range(20)])
+    wait_for(lambda: all(r.hexists("test:runs", j.id) for j in good), 20, message="good jobs")
+    wait_for(lambda: r.zcard(KEYS.dead) == 1, 10, message="the failure in dead")
+    # forkq's log line for the failure still reached stderr, not a Redis socket.
+    wait_for(lambda: f"visible failure {failing.id}" in f.log(), 10, message="the WARNING line")
+    assert "Protocol error" not in f.log()
