@@ -47,6 +47,8 @@ MAX_COUNT = 1_000_000_000
 MAX_TIMESTAMP = 1e14
 # Above this a timestamp is milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
 MS_THRESHOLD = 1e11
+# Deepest nesting forkq accepts: what orjson can write back (it writes 255 levels).
+MAX_DEPTH = 250
 
 _TIMESTAMP_FIELDS = ("created_at", "enqueued_at", "failed_at", "retried_at")
 _COUNT_FIELDS = ("retry_count", "recovered")
@@ -132,7 +134,26 @@ def decode(payload: bytes | str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MalformedPayload(f"payload is JSON {type(data).__name__}, expected an object")
     validate(data)
+    # orjson reads 1024 levels but writes only 255: a deeper job could be run but never
+    # written back (retry, recovery, promotion).  Only a payload with that many brackets
+    # can be that deep, so the common payload pays two byte counts, not a walk.
+    raw = payload if isinstance(payload, bytes) else payload.encode("utf-8", "replace")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        _check_depth(data, 0)
     return data
+
+
+def _check_depth(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise MalformedPayload(f"payload is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for v in value.values():
+            if isinstance(v, (dict, list)):
+                _check_depth(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, (dict, list)):
+                _check_depth(v, depth + 1)
 
 
 def _bad(field: str, value: Any, expected: str) -> MalformedPayload:

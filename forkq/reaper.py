@@ -41,8 +41,11 @@ def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Con
     requeued = dead = 0
     now = time.time()
     for raw_field, payload in entries.items():
-        field = raw_field.decode()
-        if field in keep or (only is not None and field not in only):
+        # Fields are written by forkq's fetch (plain ASCII), but the hash may hold
+        # anything: settle by the raw bytes, compare by text.
+        text = raw_field.decode("utf-8", "replace")
+        field: str | bytes = raw_field if text.encode() != raw_field else text
+        if text in keep or (only is not None and text not in only):
             continue
         try:
             data = jobcodec.decode(payload)

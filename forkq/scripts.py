@@ -263,7 +263,7 @@ class Settle:
     """
 
     op: str
-    field: str
+    field: str | bytes
     name: str | None = None
     payload: bytes | str = b""
     score: float = 0.0

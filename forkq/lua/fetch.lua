@@ -56,11 +56,18 @@ local function is_suspect(payload)
   return type(recovered) == 'number' and recovered >= suspect_after
 end
 
+-- The in-progress field of a taken job: its jid when that is plain printable ASCII
+-- (forkq's and Sidekiq's are hex), else a digest, so a field is always valid UTF-8
+-- and short (cjson turns an escaped lone surrogate into bytes that are not UTF-8).
+local function plain(jid)
+  return jid ~= '' and #jid <= 200 and not string.find(jid, '[^\32-\126]')
+end
+
 local function jid_of(payload)
-  local jid = string.match(payload, '^{"jid":"([^"]+)"')
-  if jid then return jid end
+  local jid = string.match(payload, '^{"jid":"([^"\\]+)"')
+  if jid and plain(jid) then return jid end
   local ok, data = pcall(cjson.decode, payload)
-  if ok and type(data) == 'table' and type(data['jid']) == 'string' and data['jid'] ~= '' then
+  if ok and type(data) == 'table' and type(data['jid']) == 'string' and plain(data['jid']) then
     return data['jid']
   end
   return 'malformed:' .. redis.sha1hex(payload)
