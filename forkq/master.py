@@ -484,7 +484,10 @@ class Master:
         # Whatever the reason, its in-progress jobs go back at once.  (A child that
         # never started its pool, or failed to reach Redis, took nothing.)
         if c.ready or c.starting:
-            self.recovery.release(c.identity, f"child {c.index} (pid {c.pid})")
+            # A child the master killed itself (frozen, or past the stop timeout) was
+            # not killed by its jobs: they are not blamed as possible poison.
+            self.recovery.release(c.identity, f"child {c.index} (pid {c.pid})",
+                                  blame_jobs=not c.killed)
             self._step_recovery()
         if expected or c.ready:
             if not expected:

@@ -84,12 +84,13 @@ def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Con
 
 
 def release_pool(conn: redis.Redis, keys: Keys, identity: str, config: Config, *,
-                 expected_beat: float | None = None,
+                 expected_beat: float | None = None, count_recovery: bool = True,
                  on_poison: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, int] | None:
     """Claim a pool (compare-and-set on its beat) and requeue its jobs; None if it beat since."""
     if not scripts.run_one(conn, scripts.claim_pool(keys, identity=identity, expected_beat=expected_beat)):
         return None
-    return recover_inprogress(conn, keys, identity, config, on_poison=on_poison)
+    return recover_inprogress(conn, keys, identity, config, count_recovery=count_recovery,
+                              on_poison=on_poison)
 
 
 def reap_stale_pools(conn: redis.Redis, keys: Keys, config: Config, *, now: float | None = None,

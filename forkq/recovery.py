@@ -64,6 +64,9 @@ class Recovery:
     config: Config
     reporters: Callable[[], Sequence[Any]]
     pending: dict[str, str] = field(default_factory=dict)   # identity -> description
+    # Identities whose death the master caused itself (it killed a frozen or stuck
+    # child): their jobs did not kill anything, so their recovery count stays.
+    innocent: set[str] = field(default_factory=set)
     reap_wanted: bool = False
     reap_exclude: tuple[str, ...] = ()
     helper: _Helper | None = None
@@ -71,9 +74,15 @@ class Recovery:
     next_try: float = 0.0
 
     # -- what the loop records --------------------------------------------------------
-    def release(self, identity: str, what: str) -> None:
-        """A child with this pool identity is gone: requeue its in-progress jobs."""
+    def release(self, identity: str, what: str, *, blame_jobs: bool = True) -> None:
+        """A child with this pool identity is gone: requeue its in-progress jobs.
+
+        ``blame_jobs=False`` when the master killed it itself: the jobs' recovery
+        count (the poison detector) is not raised.
+        """
         self.pending[identity] = what
+        if not blame_jobs:
+            self.innocent.add(identity)
         self.next_try = 0.0
 
     def reap_stale(self, exclude: Sequence[str]) -> None:
@@ -159,6 +168,7 @@ class Recovery:
             return
         if msg.get("t") == "released":
             self.pending.pop(str(msg.get("identity")), None)
+            self.innocent.discard(str(msg.get("identity")))
         elif msg.get("t") == "reaped":
             self.reap_wanted = False
 
@@ -211,8 +221,9 @@ class Recovery:
                 try:
                     if kind == "release":
                         what = self.pending.get(identity, identity)
-                        result = reaper.release_pool(conn, self.keys, identity, self.config,
-                                                     on_poison=self._report_poison)
+                        result = reaper.release_pool(
+                            conn, self.keys, identity, self.config, on_poison=self._report_poison,
+                            count_recovery=identity not in self.innocent)
                         if result is not None and result != (0, 0):
                             log.warning("%s: %d jobs requeued, %d to dead (poison)", what, *result)
                         _emit(out, {"t": "released", "identity": identity})

@@ -356,11 +356,16 @@ def test_bad_cron_spec_error_names_the_users_line(tmp_path: Path, redis_url: str
 
 def test_frozen_child_is_killed_by_its_master_and_its_jobs_run_elsewhere(
         tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
-    mod = write_jobs(tmp_path)
+    mod = write_jobs(tmp_path, """
+@pool.job
+def slow_rec(job):
+    R().hset("test:recovered", job.id, job.data.get("recovered") or 0)
+    slow(job)
+""")
     f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"],
                     env={"FORKQ_FROZEN_AFTER": "2"})
     (pid,) = wait_children_ready(f, r, 1)
-    (jid,) = forkq.Enqueuer(redis_url, KEYS.namespace).enqueue_many("slow", [{"s": 1.0}])
+    (jid,) = forkq.Enqueuer(redis_url, KEYS.namespace).enqueue_many("slow_rec", [{"s": 1.0}])
     wait_for(lambda: r.hget("test:starts", jid.id) == b"1", 10, message="the job started")
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -373,6 +378,8 @@ def test_frozen_child_is_killed_by_its_master_and_its_jobs_run_elsewhere(
     wait_for(lambda: r.hget("test:runs", jid.id) == b"1", 20, message="the job ran elsewhere")
     assert int(r.hget("test:pids", jid.id)) != pid
     assert "sent no status" in f.log() and "is stopped" in f.log()
+    # The master killed it, not the job: the job is not counted towards poison.
+    assert r.hget("test:recovered", jid.id) == b"0"
 
 
 def test_child_reaped_elsewhere_while_frozen_stops_at_its_next_round_trip(
