@@ -71,6 +71,10 @@ KILL_GRACE = 5.0
 BOOT_GRACE = 60.0
 # Longest a rolling replacement waits for the new child before stopping the old one.
 REPLACE_WAIT = 60.0
+# Recycling (max jobs / max memory) leaves this gap after one replacement before the
+# next: children that reach their limit together are replaced one after the other,
+# not back to back (a HUP's rolling restart is not spaced).
+RECYCLE_GAP = 1.0
 STATUS_EVERY = 2.0
 REPORT_STALE = 5.0
 # How long, once stopping with no child left, the loop waits for the last releases.
@@ -151,6 +155,8 @@ class Master:
         self.second_reap_at: float | None = None
         self.replace_queue: deque[int] = deque()
         self.replacing: tuple[int, float] | None = None
+        self.recycle_pids: set[int] = set()
+        self.next_recycle_at = 0.0
         # Redis work (releasing dead children's jobs, reaping stale pools) runs in
         # helper processes: this loop never waits on the network.
         self.recovery = Recovery(keys=pool.keys, spec=spec, config=config,
@@ -449,6 +455,7 @@ class Master:
             if not self.stopping and not c.retiring and c.pid not in self.replace_queue:
                 log.info("recycling child %d (pid %d): %s", c.index, c.pid, msg.get("why"))
                 self.replace_queue.append(c.pid)
+                self.recycle_pids.add(c.pid)
         elif kind == "remote_stop":
             if not self.stopping:
                 log.warning("Web UI asked child %d (pid %d) to stop: stopping gracefully",
@@ -595,6 +602,9 @@ class Master:
             old = self.children.get(old_pid)
             if old is None:
                 self.replacing = None
+                if old_pid in self.recycle_pids:
+                    self.recycle_pids.discard(old_pid)
+                    self.next_recycle_at = now + RECYCLE_GAP
             else:
                 if old.term_sent_at is None:
                     active = self._active()
@@ -603,6 +613,8 @@ class Master:
                         self._terminate(old)
                 return
         while self.replace_queue and self.replacing is None:
+            if self.replace_queue[0] in self.recycle_pids and now < self.next_recycle_at:
+                break
             pid = self.replace_queue.popleft()
             c = self.children.get(pid)
             if c is None or c.retiring:

@@ -37,7 +37,7 @@ def test_children_are_recycled_after_max_jobs_and_no_job_is_lost(
     f = start_forkq(forkqs, tmp_path, redis_url, mod,
                     ["-p", "2", "-c", "2", "--max-jobs-per-child", "40"])
     first = wait_children_ready(f, r, 2)
-    jids = enqueue(redis_url, "slow", [{"s": 0.01}] * 300)
+    jids = enqueue(redis_url, "slow", [{"s": 0.03}] * 300)  # ~2 s: several recycles, 1 s apart
     most = 0
 
     def all_done() -> bool:
@@ -213,3 +213,26 @@ def test_poison_job_is_reported_aborted_poison_then_stopped(
     assert events[-2:] == [f"aborted:{jid}:poison", f"stopped:{jid}"]
     assert events.count(f"aborted:{jid}:poison") == 1
     assert f.stop() == 0
+
+
+def test_children_reaching_their_job_limit_together_are_recycled_one_after_the_other(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    import time
+
+    mod = write_jobs(tmp_path)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod,
+                    ["-p", "2", "-c", "2", "--max-jobs-per-child", "20"])
+    first = wait_children_ready(f, r, 2)
+    enqueue(redis_url, "record", [{}] * 60)   # both reach 20 within milliseconds
+    gone_at: dict[int, float] = {}
+
+    def both_gone() -> bool:
+        now = time.monotonic()
+        for pid in first - f.child_pids():
+            gone_at.setdefault(pid, now)
+        return len(gone_at) == 2
+
+    wait_for(both_gone, timeout=30, interval=0.01, message="both first children recycled")
+    a, b = sorted(gone_at.values())
+    assert b - a >= 0.8, f"recycled {b - a:.3f}s apart"
+    assert "recycling child" in f.log()
