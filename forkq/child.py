@@ -30,15 +30,14 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
-import orjson
 import psutil
 import redis
 from redis.exceptions import RedisError
 from setproctitle import setproctitle
 
-from . import forked, scripts
+from . import forked, messages, scripts
 from .config import Config
 from .connection import ConnectionSpec, redact
 from .errors import RedisRefused
@@ -107,7 +106,7 @@ def run(plan: ChildPlan) -> NoReturn:
     except BaseException as exc:  # noqa: BLE001 - last resort: report, then exit
         try:
             log.exception("child %d crashed", plan.index)
-            _write(plan.report_fd, {"t": "boot_error", "msg": _one_line(exc)})
+            messages.send(plan.report_fd, messages.BootError(msg=_one_line(exc)))
         except BaseException:  # noqa: BLE001
             pass
     finally:
@@ -124,13 +123,6 @@ def run(plan: ChildPlan) -> NoReturn:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return redact(f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": "))
-
-
-def _write(fd: int, msg: dict[str, Any]) -> None:
-    try:
-        os.write(fd, orjson.dumps(msg) + b"\n")
-    except (BlockingIOError, BrokenPipeError, OSError):
-        pass
 
 
 def _set_pdeathsig(sig: int) -> None:
@@ -199,8 +191,8 @@ class _Child:
             self._last_title = state
             setproctitle(f"forkq child {self.plan.index} {self.plan.app} [{state}]")
 
-    def send(self, msg: dict[str, Any]) -> None:
-        _write(self.plan.report_fd, msg)
+    def send(self, msg: messages.Message) -> None:
+        messages.send(self.plan.report_fd, msg)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep until a signal arrives or ``seconds`` pass."""
@@ -224,10 +216,10 @@ class _Child:
             rt = PoolRuntime(plan.pool, plan.spec, concurrency=plan.concurrency, identity=identity,
                              tag=plan.app, master_reaps=True)
         except Exception as exc:  # noqa: BLE001 - reported to the master, then exit
-            self.send({"t": "boot_error", "msg": _one_line(exc)})
+            self.send(messages.BootError(msg=_one_line(exc)))
             return EXIT_BOOT
         # Sidekiq Web UI "Stop" on this process: the whole service stops, via the master.
-        rt.on_remote_stop = lambda: self.send({"t": "remote_stop"})
+        rt.on_remote_stop = lambda: self.send(messages.RemoteStop())
         rt.fetcher.on_fenced = self._fenced
         forked.install(rt.executor.job_mark)
         if self._quiet:
@@ -237,22 +229,22 @@ class _Child:
             if self._stop:
                 return EXIT_OK
             try:
-                self.send({"t": "starting"})
+                self.send(messages.Starting())
                 rt.start()
                 break
             except RedisRefused as exc:
-                self.send({"t": "redis_refused", "msg": redact(str(exc))})
+                self.send(messages.RedisRefused(msg=redact(str(exc))))
                 return EXIT_BOOT
             except ConnectionError as exc:
                 # Redis is down: not this child's fault; keep trying until told to stop.
-                self.send({"t": "redis_down", "msg": redact(str(exc))})
+                self.send(messages.RedisDown(msg=redact(str(exc))))
                 self._title("waiting for Redis")
                 self._sleep(delay)
                 delay = min(5.0, delay * 2)
             except Exception as exc:  # noqa: BLE001 - reported to the master, then exit
-                self.send({"t": "boot_error", "msg": _one_line(exc)})
+                self.send(messages.BootError(msg=_one_line(exc)))
                 return EXIT_BOOT
-        self.send({"t": "ready", "identity": identity})
+        self.send(messages.Ready(identity=identity))
         try:
             return self._loop(rt)
         finally:
@@ -306,14 +298,14 @@ class _Child:
                 # The master recycles one child at a time: it starts a replacement,
                 # then sends SIGTERM.  Until then this child keeps working.
                 recycle_asked = mono
-                self.send({"t": "recycle", "why": recycle_why})
+                self.send(messages.Recycle(why=recycle_why))
             busy = sum(1 for s in slots if s.state == RUNNING)
             self._title(("quiet, " if self._quiet_applied else "") + f"{busy}/{total} busy")
             if mono >= next_status:
                 next_status = mono + STATUS_EVERY
-                self.send({"t": "s", "busy": busy, "conc": total,
-                           "done": rt.stats.total_processed, "ok": self._shows_progress(rt, mono),
-                           "quiet": self._quiet_applied})
+                self.send(messages.Status(busy=busy, conc=total, done=rt.stats.total_processed,
+                                          ok=self._shows_progress(rt, mono),
+                                          quiet=self._quiet_applied))
         self._title("stopping")
         rt.stop(plan.config.shutdown_timeout)
         return EXIT_OK
@@ -395,7 +387,7 @@ class _Child:
                 if running is not None:
                     rt.reporters.emit("aborted", running, "timeout")
                     rt.reporters.emit("stopped", running)
-        self.send({"t": "hard_timeout", "jobs": names})
+        self.send(messages.HardTimeout(jobs=tuple(names)))
         if settles:
             try:
                 conn = self._control_conn()

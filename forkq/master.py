@@ -42,14 +42,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import orjson
 import psutil
 from setproctitle import setproctitle
 
 from . import child as childmod
+from . import messages
 from .backoff import capped_exponential
 from .config import Config
 from .connection import ConnectionSpec, redact
@@ -111,7 +111,7 @@ class ChildProc:
     identity: str
     fd: int
     started: float
-    buf: bytes = b""
+    reader: messages.LineReader = field(default_factory=messages.LineReader)
     ready: bool = False
     retiring: bool = False
     term_sent_at: float | None = None
@@ -410,60 +410,49 @@ class Master:
                 os.close(c.fd)
                 c.fd = -1
                 break
-            c.buf += data
-        *lines, c.buf = c.buf.split(b"\n")
-        for line in lines:
-            try:
-                msg = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(msg, dict):
+            for msg in c.reader.feed(data):
                 self._on_report(c, msg)
 
-    def _on_report(self, c: ChildProc, msg: dict[str, Any]) -> None:
-        kind = msg.get("t")
+    def _on_report(self, c: ChildProc, msg: messages.Message) -> None:
         now = time.monotonic()
-        if kind == "s":
-            c.busy = int(msg.get("busy") or 0)
-            c.conc = int(msg.get("conc") or 0)
-            c.done = int(msg.get("done") or 0)
-            c.ok = bool(msg.get("ok"))
+        if isinstance(msg, messages.Status):
+            c.busy, c.conc, c.done, c.ok = msg.busy, msg.conc, msg.done, msg.ok
             c.last_report = now
-        elif kind == "ready":
+        elif isinstance(msg, messages.Ready):
             c.ready = True
             c.redis_down = None
             c.last_report = now
             self.boot_failures = 0
             self.any_ready = True
             log.info("child %d (pid %d) ready", c.index, c.pid)
-        elif kind == "starting":
+        elif isinstance(msg, messages.Starting):
             c.starting = True
-        elif kind == "redis_refused":
+        elif isinstance(msg, messages.RedisRefused):
             c.starting = False
-            self._fatal(EXIT_REDIS, str(msg.get("msg") or "Redis refused forkq"))
-        elif kind == "redis_down":
+            self._fatal(EXIT_REDIS, msg.msg)
+        elif isinstance(msg, messages.RedisDown):
             c.starting = False
-            c.redis_down = str(msg.get("msg") or "Redis unreachable")
+            c.redis_down = msg.msg
             if not self.any_ready:
                 self._wait_for_redis(c.redis_down)
             elif now - self._redis_down_logged > 30:
                 self._redis_down_logged = now
                 log.warning("child %d cannot start: %s (retrying)", c.index, c.redis_down)
-        elif kind == "boot_error":
-            c.last_error = str(msg.get("msg") or "")
-        elif kind == "recycle":
+        elif isinstance(msg, messages.BootError):
+            c.last_error = msg.msg
+        elif isinstance(msg, messages.Recycle):
             if not self.stopping and not c.retiring and c.pid not in self.replace_queue:
-                log.info("recycling child %d (pid %d): %s", c.index, c.pid, msg.get("why"))
+                log.info("recycling child %d (pid %d): %s", c.index, c.pid, msg.why)
                 self.replace_queue.append(c.pid)
                 self.recycle_pids.add(c.pid)
-        elif kind == "remote_stop":
+        elif isinstance(msg, messages.RemoteStop):
             if not self.stopping:
                 log.warning("Web UI asked child %d (pid %d) to stop: stopping gracefully",
                             c.index, c.pid)
                 self._begin_stop()
-        elif kind == "hard_timeout":
+        elif isinstance(msg, messages.HardTimeout):
             log.error("child %d (pid %d): hard timeout of %s; replacing it", c.index, c.pid,
-                      ", ".join(str(j) for j in msg.get("jobs") or ()))
+                      ", ".join(msg.jobs))
 
     def _reap(self) -> None:
         for pid in list(self.children):

@@ -117,7 +117,8 @@ def test_only_the_job_codec_parses_job_json() -> None:
     entries, the CLI's JSON argument) are listed with the reason.
     """
     allowed = {
-        "master.py",      # the child -> master report pipe (not job JSON)
+        "messages.py",    # the child -> master report pipe (not job JSON)
+        "recovery.py",    # the recovery helper's result lines
         "client.py",      # heartbeat/observation records and the :work snapshot
         "admin_cli.py",   # the JSON arguments typed on the command line
         "job.py",
@@ -132,3 +133,18 @@ def test_only_the_job_codec_parses_job_json() -> None:
         if "orjson.loads" in text or "cjson.decode" in text or '"recovered":' in text:
             offenders.append(path.name)
     assert offenders == []
+
+
+def test_child_master_messages_round_trip_and_bad_lines_are_ignored() -> None:
+    from forkq import messages as m
+
+    for msg in (m.Status(busy=3, conc=4, done=10, ok=False, quiet=True), m.Ready(identity="h:1:x"),
+                m.HardTimeout(jobs=("a 1", "b 2")), m.Recycle(why="40 jobs"), m.Starting()):
+        assert m.decode(m.encode(msg)) == msg
+    assert m.decode(b'{"t": "s", "busy": "3"}') is None        # wrong type
+    assert m.decode(b'{"t": "nope"}') is None                  # unknown kind
+    assert m.decode(b"\xff garbage") is None
+    reader = m.LineReader()
+    line = m.encode(m.Ready(identity="x"))
+    assert reader.feed(line[:5]) == []
+    assert reader.feed(line[5:] + b"junk\n") == [m.Ready(identity="x")]

@@ -156,8 +156,10 @@ class ForkqProc:
 
 
 def _is_helper(p: psutil.Process) -> bool:
+    """Not a child: a recovery helper, or a fork too young to say (its title is still the
+    master's).  Children name themselves ``forkq child ...`` before they beat."""
     try:
-        return " ".join(a for a in p.cmdline() if a).startswith("forkq master-helper")
+        return not " ".join(a for a in p.cmdline() if a).startswith("forkq child")
     except psutil.Error:
         return True
 
