@@ -51,7 +51,7 @@ MS_THRESHOLD = 1e11
 MAX_DEPTH = 250
 
 _TIMESTAMP_FIELDS = ("created_at", "enqueued_at", "failed_at", "retried_at")
-_COUNT_FIELDS = ("retry_count", "recovered")
+_COUNT_FIELDS = ("retry_count", "recovered", "killed")
 _TEXT_FIELDS = ("error_message", "error_class", "unique_key", "traceparent")
 
 
@@ -228,6 +228,11 @@ def queue_of(data: dict[str, Any]) -> str:
 def recovery_count(data: dict[str, Any]) -> int:
     """How many times a pool died while running this (validated) job."""
     return data.get("recovered") or 0
+
+
+def kill_count(data: dict[str, Any]) -> int:
+    """How many times this (validated) job's pool was SIGKILLed from outside while running it."""
+    return data.get("killed") or 0
 
 
 def unique_guard_of(data: dict[str, Any], keys: Keys) -> str | None:

@@ -49,7 +49,7 @@ import psutil
 from setproctitle import setproctitle
 
 from . import child as childmod
-from . import messages
+from . import messages, reaper
 from .backoff import capped_exponential
 from .config import Config
 from .connection import ConnectionSpec, redact
@@ -162,6 +162,7 @@ class Master:
         self.recovery = Recovery(keys=pool.keys, spec=spec, config=config,
                                  reporters=lambda: self.pool.reporters)
         self.final_deadline: float | None = None
+        self.oom_seen = _oom_kills()
         self.next_watchdog = 0.0
         self.next_status = 0.0
         self.last_status = ""
@@ -480,10 +481,8 @@ class Master:
         # Whatever the reason, its in-progress jobs go back at once.  (A child that
         # never started its pool, or failed to reach Redis, took nothing.)
         if c.ready or c.starting:
-            # A child the master killed itself (frozen, or past the stop timeout) was
-            # not killed by its jobs: they are not blamed as possible poison.
             self.recovery.release(c.identity, f"child {c.index} (pid {c.pid})",
-                                  blame_jobs=not c.killed)
+                                  blame=self._blame(c, status))
             self._step_recovery()
         if expected or c.ready:
             if not expected:
@@ -503,6 +502,22 @@ class Master:
         delay = capped_exponential(self.boot_failures, base=0.25, cap=10.0, jitter=0)
         log.error("child %d died at boot (%s); next try in %.2fs", c.index, reason, delay)
         self.next_spawn_at = time.monotonic() + delay
+
+    def _blame(self, c: ChildProc, status: int) -> reaper.Blame:
+        """How far a dead child's jobs are suspected of having killed it (poison detection).
+
+        A child the master killed itself (frozen, past the stop timeout) was not killed
+        by its jobs.  A SIGKILL from outside with no OOM kill on the machine since the
+        last death is an operator's or a script's: counted apart, with a higher bar.
+        Crashes, exits and OOM kills are the jobs' doing until proven otherwise.
+        """
+        oom = _oom_kills()
+        new_oom, self.oom_seen = oom > self.oom_seen, max(oom, self.oom_seen)
+        if c.killed:
+            return "none"
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and not new_oom:
+            return "kill"
+        return "crash"
 
     def _wait_for_redis(self, reason: str) -> None:
         """No child ever reached Redis: keep them trying for ``redis_wait`` seconds, then give up."""
@@ -712,6 +727,18 @@ class Master:
         if title != self.last_title:
             self.last_title = title
             setproctitle(title)
+
+
+def _oom_kills() -> int:
+    """The kernel's count of OOM kills on this machine (Linux >= 4.13), else 0."""
+    try:
+        with open("/proc/vmstat", "rb") as f:
+            for line in f:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _process_fields(config: Config) -> dict[str, Any]:

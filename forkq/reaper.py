@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
@@ -24,8 +24,20 @@ from .retry import malformed_dead_entry
 log = logging.getLogger("forkq.reaper")
 
 
+# Why a pool is gone, for the poison detector:
+#   "crash": it crashed, exited on its own, was OOM-killed, or vanished with its host:
+#            its jobs may have done it ("recovered" +1; dead as poison past max_recoveries);
+#   "kill":  SIGKILLed from outside (an operator, a deploy script, a chaos test) with no
+#            OOM kill on the machine: probably not its jobs ("killed" +1; poison only past
+#            KILLS_PER_RECOVERY times as many, so a job that SIGKILLs itself still ends);
+#   "none":  forkq stopped it itself (shutdown, a frozen child): its jobs are not blamed.
+Blame = Literal["crash", "kill", "none"]
+KILLS_PER_RECOVERY = 3
+
+
 def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Config, *,
                        keep: Collection[str] = (), count_recovery: bool = True,
+                       blame: Blame = "crash",
                        only: Collection[str] | None = None,
                        on_poison: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, int]:
     """Requeue a pool's in-progress jobs (to run next), or bury poison; return (requeued, dead).
@@ -55,12 +67,18 @@ def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Con
             dead += 1
             continue
         name = jobcodec.queue_of(data)
-        if count_recovery:
+        why = None
+        if count_recovery and blame == "crash":
             data["recovered"] = jobcodec.recovery_count(data) + 1
-        if count_recovery and data["recovered"] > config.max_recoveries:
+            if data["recovered"] > config.max_recoveries:
+                why = f"poison: the pool running this job died {data['recovered']} times"
+        elif count_recovery and blame == "kill":
+            data["killed"] = jobcodec.kill_count(data) + 1
+            if data["killed"] > config.max_recoveries * KILLS_PER_RECOVERY:
+                why = f"poison: the pool running this job was SIGKILLed {data['killed']} times"
+        if why is not None:
             data["error_class"] = "Poison"
-            data["error_message"] = (
-                f"poison: the pool running this job died {data['recovered']} times")
+            data["error_message"] = why
             data["failed_at"] = now
             settles.append(scripts.Settle(op="d", field=field, name=name,
                                           payload=jobcodec.encode(data), score=now))
@@ -85,12 +103,13 @@ def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Con
 
 def release_pool(conn: redis.Redis, keys: Keys, identity: str, config: Config, *,
                  expected_beat: float | None = None, count_recovery: bool = True,
+                 blame: Blame = "crash",
                  on_poison: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, int] | None:
     """Claim a pool (compare-and-set on its beat) and requeue its jobs; None if it beat since."""
     if not scripts.run_one(conn, scripts.claim_pool(keys, identity=identity, expected_beat=expected_beat)):
         return None
     return recover_inprogress(conn, keys, identity, config, count_recovery=count_recovery,
-                              on_poison=on_poison)
+                              blame=blame, on_poison=on_poison)
 
 
 def reap_stale_pools(conn: redis.Redis, keys: Keys, config: Config, *, now: float | None = None,

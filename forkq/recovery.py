@@ -64,9 +64,8 @@ class Recovery:
     config: Config
     reporters: Callable[[], Sequence[Any]]
     pending: dict[str, str] = field(default_factory=dict)   # identity -> description
-    # Identities whose death the master caused itself (it killed a frozen or stuck
-    # child): their jobs did not kill anything, so their recovery count stays.
-    innocent: set[str] = field(default_factory=set)
+    # Why each pending pool is gone, for the poison detector (see reaper.Blame).
+    blame: dict[str, reaper.Blame] = field(default_factory=dict)
     reap_wanted: bool = False
     reap_exclude: tuple[str, ...] = ()
     helper: _Helper | None = None
@@ -74,15 +73,13 @@ class Recovery:
     next_try: float = 0.0
 
     # -- what the loop records --------------------------------------------------------
-    def release(self, identity: str, what: str, *, blame_jobs: bool = True) -> None:
+    def release(self, identity: str, what: str, *, blame: reaper.Blame = "crash") -> None:
         """A child with this pool identity is gone: requeue its in-progress jobs.
 
-        ``blame_jobs=False`` when the master killed it itself: the jobs' recovery
-        count (the poison detector) is not raised.
+        ``blame`` says how far its jobs are suspected of having killed it.
         """
         self.pending[identity] = what
-        if not blame_jobs:
-            self.innocent.add(identity)
+        self.blame[identity] = blame
         self.next_try = 0.0
 
     def reap_stale(self, exclude: Sequence[str]) -> None:
@@ -168,7 +165,7 @@ class Recovery:
             return
         if msg.get("t") == "released":
             self.pending.pop(str(msg.get("identity")), None)
-            self.innocent.discard(str(msg.get("identity")))
+            self.blame.pop(str(msg.get("identity")), None)
         elif msg.get("t") == "reaped":
             self.reap_wanted = False
 
@@ -223,7 +220,7 @@ class Recovery:
                         what = self.pending.get(identity, identity)
                         result = reaper.release_pool(
                             conn, self.keys, identity, self.config, on_poison=self._report_poison,
-                            count_recovery=identity not in self.innocent)
+                            blame=self.blame.get(identity, "crash"))
                         if result is not None and result != (0, 0):
                             log.warning("%s: %d jobs requeued, %d to dead (poison)", what, *result)
                         _emit(out, {"t": "released", "identity": identity})

@@ -41,6 +41,7 @@ def failure_settle(*, field: str, name: str | None, data: dict[str, Any], error_
         data["failed_at"] = t
     # It ran to an answer: whatever killed pools under it before, it was not this run.
     data.pop("recovered", None)
+    data.pop("killed", None)
     data["error_class"] = error_class
     data["error_message"] = error_message[:4000]
     if backtrace:

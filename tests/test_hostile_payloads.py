@@ -520,3 +520,65 @@ def test_a_job_closing_fds_0_to_2_cannot_make_forkq_write_into_redis(
     # forkq's log line for the failure still reached stderr, not a Redis socket.
     wait_for(lambda: f"visible failure {failing.id}" in f.log(), 10, message="the WARNING line")
     assert "Protocol error" not in f.log()
+
+
+# -- 9. innocent jobs are not buried as poison by outside SIGKILLs ----------------------
+
+SELF_KILLING = '''
+import signal as _signal
+
+
+@pool.job
+def kills_itself(job):
+    R().hincrby("test:starts", job.id, 1)
+    os.kill(os.getpid(), _signal.SIGKILL)
+'''
+
+
+@pytest.mark.slow
+def test_innocent_unique_jobs_under_frequent_outside_sigkills_never_end_as_poison(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    import random
+
+    mod = write_jobs(tmp_path)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "4"],
+                    env={"FORKQ_STALE_AFTER": "600", "FORKQ_LOG_LEVEL": "WARNING"})
+    wait_children_ready(f, r, 2)
+    enq = forkq.Enqueuer(redis_url, KEYS.namespace)
+    jobs = [enq.enqueue_unique("slow", {"s": 0.3, "i": i}) for i in range(300)]
+    want = {j.id for j in jobs if j is not None}
+    rnd = random.Random(9)
+    kills = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30 and len(set(runs_of(r)) & want) < len(want):
+        kids = sorted(f.child_pids())
+        if kids:
+            try:
+                os.kill(rnd.choice(kids), signal.SIGKILL)
+                kills += 1
+            except ProcessLookupError:
+                pass
+        time.sleep(0.3)
+    wait_for(lambda: set(runs_of(r)) >= want, 120, message="every job completed")
+    poison = [e for e in dead_entries(r) if e.get("error_class") == "Poison"]
+    print(f"\nPOISON-UNDER-KILLS: jobs={len(want)} kills={kills} buried={len(poison)}")
+    assert kills >= 50
+    assert poison == []
+    assert f.proc.poll() is None
+
+
+def runs_of(r: redis.Redis) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in r.hgetall("test:runs").items()}
+
+
+def test_a_job_that_sigkills_its_own_child_still_ends_as_poison(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path, SELF_KILLING)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"])
+    wait_children_ready(f, r, 1)
+    job = forkq.Enqueuer(redis_url, KEYS.namespace).enqueue("kills_itself", {})
+    (entry,) = wait_for(lambda: dead_entries(r), 90, message="the self-killing job buried")
+    assert entry["jid"] == job.id and entry["error_class"] == "Poison"
+    assert "SIGKILLed 10 times" in entry["error_message"]
+    assert int(r.hget("test:starts", job.id)) == 10
+    assert f.proc.poll() is None
