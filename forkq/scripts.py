@@ -295,7 +295,7 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
         k.append(s.guard)
         groups[at] = len(k)
     args: list[Arg] = [identity, keys.wake_channel, repr(dead_cutoff), dead_max, unique_ttl,
-                       len(plain_done)]
+                       len(pair_of), *pair_of, len(plain_done)]
     args += plain_done
     args += groups
     return Call(script=ACK_OOM if allow_oom else ACK, keys=k, args=args)

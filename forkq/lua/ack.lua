@@ -16,9 +16,11 @@
 -- ARGV[3]  dead set: drop entries older than this epoch
 -- ARGV[4]  dead set: keep at most this many entries
 -- ARGV[5]  unique-guard TTL (seconds) for 'u' groups
--- ARGV[6]  n: count of plain successes that follow (no lease, nothing to write)
--- ARGV[7 .. 6+n] their in-progress fields
--- ARGV[7+n ..] groups of 5: op, field, pair index (0 = none), payload, score
+-- ARGV[6]  p: count of job-name pairs in KEYS
+-- ARGV[7 .. 6+p] the job name of each pair (what SADD queues and the wake carry)
+-- ARGV[7+p] n: count of plain successes that follow (no lease, nothing to write)
+-- ARGV[8+p .. 7+p+n] their in-progress fields
+-- ARGV[8+p+n ..] groups of 5: op, field, pair index (0 = none), payload, score
 --          op 'k' = done (drop lease), 'K' = dropped after failing (skip_dead),
 --          'r' = ZADD retry score payload, 'd' = ZADD dead score payload (both failures),
 --          'q' = RPUSH payload to its queue (runs next; recovery, not an execution),
@@ -32,12 +34,13 @@
 -- stop: its jobs were handed to others).  A batch sent again after a lost reply settles nothing
 -- and counts nothing, so stats built on this stay exact.
 
-local n = tonumber(ARGV[6])
+local p = tonumber(ARGV[6])
+local n = tonumber(ARGV[7 + p])
 local identity = ARGV[1]
 local processed, failed = 0, 0
 if n > 0 then
-  local start = 7
-  local last = 6 + n
+  local start = 8 + p
+  local last = 7 + p + n
   while start <= last do
     local stop = math.min(start + 999, last)
     processed = processed + redis.call('HDEL', KEYS[1], unpack(ARGV, start, stop))
@@ -45,14 +48,10 @@ if n > 0 then
   end
 end
 
--- "{ns}:queues" and "{ns}:queue:" have the same length, so a queue key's job
--- name starts right after #KEYS[4] characters.
-local function name_of(qkey) return string.sub(qkey, #KEYS[4] + 1) end
-
 local settled = 0
 local wake = {}
 local dead_written = false
-local i = 7 + n
+local i = 8 + p + n
 while i + 4 <= #ARGV do
   local op, field, pair, payload, score = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
   if redis.call('HDEL', KEYS[1], field) == 1 then
@@ -84,7 +83,7 @@ while i + 4 <= #ARGV do
       end
       if requeue then
         redis.call('RPUSH', qkey, payload)
-        redis.call('SADD', KEYS[4], name_of(qkey))
+        redis.call('SADD', KEYS[4], ARGV[6 + pair])
         wake[pair] = true
       end
     end
@@ -96,7 +95,7 @@ end
 for pair, _ in pairs(wake) do
   local qkey = KEYS[4 + 2 * pair]
   if redis.call('LLEN', qkey) > 0 then
-    redis.call('PUBLISH', ARGV[2], name_of(qkey))
+    redis.call('PUBLISH', ARGV[2], ARGV[6 + pair])
   end
 end
 
