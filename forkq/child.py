@@ -110,14 +110,19 @@ def run(plan: ChildPlan) -> NoReturn:
         except BaseException:  # noqa: BLE001
             pass
     finally:
-        for h in logging.getLogger().handlers:
-            try:
-                h.flush()
-            except Exception:  # noqa: BLE001
-                pass
+        _flush_logs()
         # os._exit: no atexit handlers and no finally blocks of the master's
         # stack (the CLI's embedded-Redis cleanup belongs to the master alone).
         os._exit(code)
+
+
+def _flush_logs() -> None:
+    """Before ``os._exit``: what was logged must reach the journal."""
+    for h in logging.getLogger().handlers:
+        try:
+            h.flush()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _one_line(exc: BaseException) -> str:
@@ -254,11 +259,7 @@ class _Child:
     def _fenced(self) -> None:
         """Reaped elsewhere while frozen: exit at once, without finishing any job (they run
         elsewhere now); the master requeues whatever this pool took since."""
-        for h in logging.getLogger().handlers:
-            try:
-                h.flush()
-            except Exception:  # noqa: BLE001
-                pass
+        _flush_logs()
         os._exit(EXIT_FENCED)
 
     def _loop(self, rt: PoolRuntime) -> int:

@@ -1,5 +1,10 @@
 """The prefork master (arbiter), modelled on gunicorn's.
 
+(Over 400 lines on purpose: the loop, the signal handlers and the bookkeeping of
+children they act on read best in one place, as in gunicorn's ``arbiter.py``.
+What is not the loop's lives elsewhere: Redis work in ``recovery.py``, messages in
+``messages.py``, the child's life in ``child.py``.)
+
 The master imports the app (done by the CLI before it gets here), then forks
 the children; it opens no Redis connection and starts no thread before the
 first fork, and stays single-threaded for its whole life.  Signal handlers only
