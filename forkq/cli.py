@@ -362,7 +362,7 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("forkq.cli").info("embedded Redis at %s (data in %s)", url, directory)
     try:
         try:
-            spec = ConnectionSpec(url=validate_url(url))
+            spec = ConnectionSpec(url=validate_url(url)).for_namespace(pool.namespace)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
         config = replace(config, redis_url=url)

@@ -300,20 +300,64 @@ class Locator:
 
 
 class SentinelLocator(Locator):
-    """The master of ``service``, as the sentinels say; a thread follows ``+switch-master``."""
+    """The master of ``service``, as the sentinels say; threads follow the failover.
+
+    One thread per sentinel subscribes to its events (only the leader of a
+    failover announces its steps).  ``+failover-state-send-slaveof-noone`` comes
+    just before the replica is promoted: from then on a write to the old master
+    may be lost, so connections stop writing (they wait in ``address``) until the
+    sentinels name the new master (``+switch-master``), or ``SWITCH_WAIT`` passes
+    (an aborted failover).
+    """
+
+    SWITCH_WAIT = 10.0
+    CHANNELS = ("+switch-master", "+failover-state-send-slaveof-noone", "+failover-end",
+                "-failover-abort-not-elected", "-failover-abort-slave-timeout",
+                "-failover-abort-no-good-slave")
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)
-        self._watcher: threading.Thread | None = None
+        self._watching = False
+        self._switch_from: tuple[str, int] | None = None
+        self._switch_deadline = 0.0
 
     def address(self) -> tuple[str, int]:
-        if self._watcher is None:
+        if not self._watching:
             with self._lock:
-                if self._watcher is None:
-                    self._watcher = threading.Thread(target=self._watch, name="forkq-sentinel-watch",
-                                                     daemon=True)
-                    self._watcher.start()
-        return super().address()
+                if not self._watching:
+                    self._watching = True
+                    for node in self.target.nodes:
+                        threading.Thread(target=self._watch, args=(node,), name="forkq-sentinel-watch",
+                                         daemon=True).start()
+        while True:
+            with self._lock:
+                if self._addr is not None and not self._stale:
+                    return self._addr
+                switching = self._switch_from
+                if switching is not None and time.monotonic() > self._switch_deadline:
+                    self._switch_from = switching = None
+            addr = self._discover()
+            if switching is not None and addr == switching:
+                time.sleep(0.02)  # the sentinels still name the old master: hold the write
+                continue
+            self.set(addr)
+            return addr
+
+    def set(self, addr: tuple[str, int]) -> None:
+        with self._lock:
+            self._switch_from = None
+        super().set(addr)
+
+    def _switching(self) -> None:
+        with self._lock:
+            if self._addr is None or self._switch_from is not None:
+                return
+            self._switch_from = self._addr
+            self._switch_deadline = time.monotonic() + self.SWITCH_WAIT
+            self._stale = True
+            self.generation += 1  # every connection re-dials (and waits) before its next write
+        log.warning("%s: failover under way; holding writes until the new master is named",
+                    self.describe())
 
     def _ask(self, host: str, port: int) -> tuple[str, int] | None:
         conn = self._probe(host, port, self.target.sentinel_kwargs)
@@ -338,36 +382,46 @@ class SentinelLocator(Locator):
             errors.append(f"{host}:{port}: does not know service {self.target.service!r}")
         raise redis.ConnectionError(f"{self.describe()}: no sentinel named a master ({'; '.join(errors)})")
 
-    def _watch(self) -> None:
-        """Subscribe to ``+switch-master`` on one sentinel at a time, forever (daemon)."""
-        i = 0
+    def _on_event(self, channel: str, data: str) -> None:
+        parts = data.split()
+        if channel == "+switch-master":
+            if len(parts) == 5 and parts[0] == self.target.service:
+                self.set((parts[3], int(parts[4])))
+            return
+        # "<type> <name> <ip> <port> @ <master-name> <master-ip> <master-port>"
+        if "@" not in parts or parts[parts.index("@") + 1:][:1] != [self.target.service]:
+            return
+        if channel == "+failover-state-send-slaveof-noone":
+            self._switching()
+        else:  # the failover ended or was aborted: ask the sentinels again
+            with self._lock:
+                self._switch_from = None
+                self._stale = True
+
+    def _watch(self, node: tuple[str, int]) -> None:
+        """Subscribe to one sentinel's failover events, forever (daemon thread)."""
+        host, port = node
         failures = 0
         while True:
-            host, port = self.target.nodes[i % len(self.target.nodes)]
-            i += 1
             conn = self._probe(host, port, self.target.sentinel_kwargs)
             try:
                 ps = conn.pubsub(ignore_subscribe_messages=True)
-                ps.subscribe("+switch-master")
-                # A switch may have happened while we were not subscribed.
-                addr = self._ask(host, port)
-                if addr is not None:
-                    self.set(addr)
+                ps.subscribe(*self.CHANNELS)
                 failures = 0
                 while True:
                     msg = ps.get_message(timeout=5.0)
                     if msg is None:
                         ps.ping()  # a dead sentinel shows up as an error here
                         continue
-                    if msg.get("type") != "message":
-                        continue
-                    parts = msg["data"].decode().split()
-                    if len(parts) == 5 and parts[0] == self.target.service:
-                        self.set((parts[3], int(parts[4])))
+                    if msg.get("type") == "message":
+                        self._on_event(msg["channel"].decode(), msg["data"].decode())
             except Exception as exc:  # noqa: BLE001 - the watcher must never die
                 failures += 1
-                log.debug("sentinel %s:%d watch lost (%s); trying the next one", host, port, exc)
+                if failures == 1:
+                    log.debug("sentinel %s:%d watch lost (%s); resubscribing", host, port, exc)
                 time.sleep(min(2.0, 0.05 * failures))
+                # A switch may have happened while we were not subscribed.
+                self.invalidate()
             finally:
                 try:
                     conn.close()
@@ -600,6 +654,9 @@ class ConnectionSpec:
             return cls(target=target)
         if isinstance(value, redis.Redis):
             pool = value.connection_pool
+            loc = pool.connection_kwargs.get("locator")
+            if isinstance(loc, Locator):  # a client forkq made (Client.connection)
+                return cls(target=loc.target, namespace=getattr(loc, "namespace", None))
             kw = dict(pool.connection_kwargs)
             kw.pop("decode_responses", None)
             return cls(kwargs=kw, connection_class=pool.connection_class)
