@@ -106,7 +106,7 @@ class NotReplicated(Exception):
 # Acks sent this long before a master switch are sent again to the new master: a
 # write accepted by the old master after its replica was promoted is lost when it is
 # demoted.  Acks are idempotent (ack.lua settles only fields still in progress).
-ACK_RESEND_WINDOW = 10.0
+ACK_RESEND_WINDOW = 5.0
 _ACKS = frozenset({"ack", "ack+oom"})
 
 
