@@ -32,6 +32,7 @@ before it writes to the old server again:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -470,6 +471,10 @@ class ClusterLocator(Locator):
         return super().redirect(exc)
 
 
+_NO_SETINFO: dict[str, Any] = (
+    {"driver_info": None} if importlib.util.find_spec("redis.driver_info") is not None
+    else {"lib_name": None, "lib_version": None})
+
 _locators: dict[tuple[Any, ...], Locator] = {}
 _locators_lock = threading.Lock()
 
@@ -696,8 +701,13 @@ class ConnectionSpec:
         return self.connect(retry=Retry(NoBackoff(), 0), **overrides)
 
     def connect(self, **overrides: Any) -> redis.Redis:
-        """A new client with its own pool; bytes responses (orjson reads bytes)."""
-        opts: dict[str, Any] = {"decode_responses": False, "health_check_interval": 0}
+        """A new client with its own pool; bytes responses (orjson reads bytes).
+
+        No ``CLIENT SETINFO`` at connect (redis-py sends it to servers >= 7.2): one
+        round trip less per connection, and the one documented ACL line works on
+        Redis 7.0 (which does not know ``client|setinfo``) and Valkey 9.1 alike.
+        """
+        opts: dict[str, Any] = {"decode_responses": False, "health_check_interval": 0, **_NO_SETINFO}
         opts.update(overrides)
         if self.target is not None:
             loc = self.locator()

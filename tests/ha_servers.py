@@ -33,6 +33,7 @@ class SentinelProc:
         conf = Path(self.dir) / "sentinel.conf"
         conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
+            f"logfile {self.dir}/sentinel.log\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {master_port} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} 2000\n"
             f"sentinel failover-timeout {SERVICE} 10000\n"
@@ -121,9 +122,24 @@ class SentinelSet:
                  and all(s.client().info("replication").get("master_link_status") == "up"
                          for s in self.servers if s is not new), timeout=timeout, interval=0.1,
                  message="old master resynced as a replica")
-        wait_for(lambda: all(
-            len(s.client().sentinel_slaves(SERVICE)) == 1 for s in self.sentinels),
-            timeout=timeout, interval=0.2, message="sentinels see the replica")
+        def agreed() -> bool:
+            masters = [s.client().sentinel_master(SERVICE) for s in self.sentinels]
+            return (all(m["flags"] == "master" and int(m["port"]) == new.port for m in masters)
+                    and len({m["config-epoch"] for m in masters}) == 1
+                    and all(len(s.client().sentinel_slaves(SERVICE)) == 1
+                            and s.client().sentinel_slaves(SERVICE)[0]["flags"] == "slave"
+                            for s in self.sentinels))
+
+        wait_for(agreed, timeout=timeout, interval=0.2, message="sentinels agree, no failover in progress")
+
+    def logs(self) -> str:
+        out = []
+        for s in self.sentinels:
+            try:
+                out.append(f"--- sentinel {s.port}\n" + (Path(s.dir) / "sentinel.log").read_text()[-3000:])
+            except OSError:
+                pass
+        return "\n".join(out)
 
     def cleanup(self) -> None:
         for s in self.sentinels:
