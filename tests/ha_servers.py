@@ -157,20 +157,24 @@ class ClusterSet:
     """Three cluster-enabled masters on free ports, slots split in three ranges."""
 
     nodes: list[RedisServer] = field(default_factory=list)
+    bus_ports: list[int] = field(default_factory=list)
 
     def start(self) -> ClusterSet:
         try:
             for _ in range(3):
+                # The bus port defaults to port + 10000, past 65535 for a high free port.
+                bus = free_port()
                 n = RedisServer(extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "3000",
-                                       "--cluster-config-file", "nodes.conf"])
+                                       "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus)])
+                self.bus_ports.append(bus)
                 n.dir = tempfile.mkdtemp(prefix="forkq-cluster-")
                 self.nodes.append(n.start())
             ranges = [(0, 5460), (5461, 10922), (10923, 16383)]
             for n, (lo, hi) in zip(self.nodes, ranges, strict=True):
                 n.client().execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
             first = self.nodes[0].client()
-            for n in self.nodes[1:]:
-                first.execute_command("CLUSTER", "MEET", "127.0.0.1", n.port)
+            for n, bus in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
+                first.execute_command("CLUSTER", "MEET", "127.0.0.1", n.port, bus)
             wait_for(lambda: all(n.client().execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") >= 0
                                  and len(n.client().execute_command("CLUSTER", "NODES").decode().splitlines()) == 3
                                  for n in self.nodes), timeout=30, interval=0.1, message="cluster state ok")
