@@ -200,7 +200,7 @@ class ClusterSet:
                 return next(n for n in self.nodes if n.port == port)
         raise AssertionError(f"no owner of slot {slot}")
 
-    def migrate_slot(self, slot: int, dest: RedisServer, *, pause: float = 0.0) -> int:
+    def migrate_slot(self, slot: int, dest: RedisServer, *, pause: float = 0.0, batch: int = 10) -> int:
         """Move ``slot`` to ``dest`` as redis-cli --cluster reshard does; returns keys moved."""
         src = self.owner(slot)
         src_id, dest_id = self.node_id(src), self.node_id(dest)
@@ -209,7 +209,7 @@ class ClusterSet:
         sc.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dest_id)
         moved = 0
         while True:
-            keys = sc.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10)
+            keys = sc.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
             if not keys:
                 break
             sc.execute_command("MIGRATE", "127.0.0.1", dest.port, "", 0, 5000, "KEYS", *keys)

@@ -218,7 +218,9 @@ def test_slot_migration_mid_run_loses_nothing_and_work_continues_at_the_new_owne
         wait_for(lambda: f.proc.poll() is None and r.hlen("test:runs") >= 300, timeout=60, interval=0.05,
                  message="work flowing")
         t0 = time.time()
-        moved = cluster.migrate_slot(slot_of(ns), dest, pause=0.05)
+        # One key at a time, slowly: the pools and the producer run against a slot that is
+        # half moved (ASK / TRYAGAIN) for seconds.
+        moved = cluster.migrate_slot(slot_of(ns), dest, pause=0.2, batch=1)
         t_moved = time.time()
         assert cluster.owner(slot_of(ns)) is dest
         marker = forkq.Enqueuer(cluster.url, ns)
