@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-
 from redis_server import RedisServer, find_redis_server, free_port, wait_for
 
 SERVICE = "forkqmaster"
