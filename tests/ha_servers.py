@@ -105,14 +105,33 @@ class SentinelSet:
     def master(self) -> RedisServer:
         return self.server(self.master_port())
 
-    def failover(self, timeout: float = 30.0) -> tuple[int, int]:
-        """SENTINEL FAILOVER; wait until every sentinel names the new master. (old, new) ports."""
+    def failover(self, attempts: int = 3, per_attempt: float = 20.0) -> tuple[int, int]:
+        """SENTINEL FAILOVER; wait until every sentinel names the new master. (old, new) ports.
+
+        A sentinel may abort a failover (a replica it judged not ready, which Valkey's
+        sentinel did once on the loaded test machine); it is asked again, up to
+        ``attempts`` times.
+        """
         old = self.master_port()
-        self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", SERVICE)
-        wait_for(lambda: all(
-            int(s.client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)[1]) != old
-            for s in self.sentinels), timeout=timeout, interval=0.05, message="sentinels switch the master")
-        return old, self.master_port()
+
+        def switched() -> bool:
+            return all(int(s.client().execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)[1]) != old
+                       for s in self.sentinels)
+
+        for attempt in range(attempts):
+            try:
+                self.sentinels[attempt % len(self.sentinels)].client().execute_command(
+                    "SENTINEL", "FAILOVER", SERVICE)
+            except redis.ResponseError as exc:
+                if "INPROG" not in str(exc) and attempt == attempts - 1:
+                    raise
+            try:
+                wait_for(switched, timeout=per_attempt, interval=0.05, message="sentinels switch the master")
+                return old, self.master_port()
+            except AssertionError:
+                if attempt == attempts - 1:
+                    raise AssertionError("sentinels did not switch the master:\n" + self.logs()) from None
+        raise AssertionError("unreachable")
 
     def wait_settled(self, timeout: float = 60.0) -> None:
         """The old master demoted and in sync again (ready for another failover)."""
