@@ -26,7 +26,6 @@ import os
 import random
 import select
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from redis.exceptions import RedisError
 from setproctitle import setproctitle
 
 from . import forked, messages, scripts
-from .config import Config
+from .config import Config, pool_hostname
 from .connection import ConnectionSpec, redact
 from .errors import RedisRefused
 from .executor import RUNNING, Slot
@@ -75,7 +74,7 @@ def identity_for(pid: int, nonce: str) -> str:
     the master knows which in-progress hash to requeue when the child dies without
     the child having to tell it anything.
     """
-    return f"{socket.gethostname()}:{pid}:{nonce}"
+    return f"{pool_hostname()}:{pid}:{nonce}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,7 +40,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from .argtypes import non_negative_int, non_negative_seconds, positive_int
-from .config import Config
+from .config import Config, pool_hostname
 from .connection import ConnectionSpec, redact, validate_url
 from .errors import ConfigError
 from .registry import WorkerPool
@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--processes", type=positive_int, default=None,
                    help="child processes (default: the number of CPUs)")
     p.add_argument("--redis", default=None, metavar="URL",
-                   help="redis://, rediss:// or unix:// URL, or 'embedded' for a private server "
+                   help="redis://, rediss://, unix://, redis+sentinel://[user:pass@]h1:p1[,h2:p2]/SERVICE[/DB], "
+                        "redis+cluster://[user:pass@]h1:p1[,h2:p2] (rediss+... for TLS) URL, "
+                        "or 'embedded' for a private server "
                         "with its data on disk (env FORKQ_REDIS_URL; default "
                         "redis://127.0.0.1:6379/0)")
     p.add_argument("--shutdown-timeout", type=non_negative_seconds, default=None, metavar="SECONDS",
@@ -111,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recycle a child after about N jobs (+ up to 10%% jitter; 0 = never)")
     p.add_argument("--max-memory-per-child", type=non_negative_int, default=None, metavar="MB",
                    help="recycle a child whose RSS is above MB (0 = never)")
+    p.add_argument("--hostname", default=None, metavar="NAME",
+                   help="host part of every pool identity, for containers sharing a hostname "
+                        "(env FORKQ_HOSTNAME; default the machine's hostname)")
     p.add_argument("--log-level", default=None, type=str.upper,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                    help="logging level (default INFO)")
@@ -344,7 +349,14 @@ def _run(args: argparse.Namespace) -> int:
         pool.check()
     except ConfigError as exc:
         raise CliError(EXIT_IMPORT, f"{loader.target}: {exc}") from None
-    config = effective_config(pool.config, args, environ)
+    if args.hostname is not None:
+        environ["FORKQ_HOSTNAME"] = args.hostname
+    try:
+        hostname = pool_hostname(pool.config.hostname)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    environ["FORKQ_HOSTNAME"] = hostname  # the master and its children build identities from it
+    config = replace(effective_config(pool.config, args, environ), hostname=hostname)
     grace = hard_timeout_grace(environ)
     url = args.redis or environ.get("FORKQ_REDIS_URL") or config.redis_url
     embedded = None
@@ -362,7 +374,7 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("forkq.cli").info("embedded Redis at %s (data in %s)", url, directory)
     try:
         try:
-            spec = ConnectionSpec(url=validate_url(url))
+            spec = ConnectionSpec(url=validate_url(url)).for_namespace(pool.namespace)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
         config = replace(config, redis_url=url)

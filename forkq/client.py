@@ -237,7 +237,7 @@ class Client:
                  namespace: str = "forkq", **connect_overrides: Any) -> None:
         self.keys = Keys(namespace)
         self.namespace = namespace
-        self._spec = ConnectionSpec.of(redis)
+        self._spec = ConnectionSpec.of(redis).for_namespace(namespace)
         self._conn = self._spec.connect(**connect_overrides)
 
     @property

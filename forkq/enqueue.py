@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -22,7 +23,7 @@ from . import job as jobcodec
 from . import scripts
 from .config import DAY, Config
 from .connection import ConnectionSpec
-from .errors import EnqueueError, PayloadTooLarge
+from .errors import ConfigError, EnqueueError, PayloadTooLarge
 from .job import Job
 from .keys import Keys, validate_job_name
 
@@ -41,13 +42,32 @@ def unique_suffix(args: Mapping[str, Any] | None) -> str:
 
 
 class Enqueuer:
-    """Enqueue jobs by name.  Thread-safe (redis-py pools connections)."""
+    """Enqueue jobs by name.  Thread-safe (redis-py pools connections).
+
+    ``wait_replicas=N`` (default ``$FORKQ_WAIT_REPLICAS``, else 0): an enqueue returns
+    only once Redis ``WAIT`` says N replicas have it, so a Sentinel failover right
+    after cannot lose it; ``WAIT`` rides in the enqueue's round trip.  If fewer
+    confirm within ``wait_timeout`` seconds, ``EnqueueError`` says the job may or may
+    not be enqueued (it is on the master; the caller decides whether to retry).
+    """
 
     def __init__(self, redis: str | redis.Redis | ConnectionSpec | None, namespace: str, *,
-                 config: Config | None = None) -> None:
+                 config: Config | None = None, wait_replicas: int | None = None,
+                 wait_timeout: float = 1.0) -> None:
         self.keys = Keys(namespace)
         self.config = config or Config()
-        self._spec = ConnectionSpec.of(redis)
+        if wait_replicas is None:
+            env = os.environ.get("FORKQ_WAIT_REPLICAS", "").strip()
+            if env and not env.isdigit():
+                raise ConfigError(f"FORKQ_WAIT_REPLICAS must be a whole number, got {env!r}")
+            wait_replicas = int(env or 0)
+        if not isinstance(wait_replicas, int) or wait_replicas < 0:
+            raise ConfigError(f"wait_replicas must be an int >= 0, got {wait_replicas!r}")
+        if not isinstance(wait_timeout, (int, float)) or wait_timeout <= 0:
+            raise ConfigError(f"wait_timeout must be a number of seconds > 0, got {wait_timeout!r}")
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = float(wait_timeout)
+        self._spec = ConnectionSpec.of(redis).for_namespace(namespace)
         self._conn = self._spec.connect()
         # Script calls go through a Runner per calling thread (a web app enqueues from
         # many): one packed write and one read per call, none of redis-py's per-call
@@ -78,18 +98,27 @@ class Enqueuer:
 
     def _call(self, call: scripts.Call) -> Any:
         runner = self._runner()
+        w, t = self.wait_replicas, self.wait_timeout
         try:
-            return runner.run([call])[0]
+            return runner.run([call], wait_replicas=w, wait_timeout=t)[0]
         except (redis.ConnectionError, redis.TimeoutError):
             # One more try on a fresh connection, as redis-py does by default: a reply
             # lost after Redis applied the call means one duplicate job, never a lost one.
-            return runner.run([call])[0]
+            return runner.run([call], wait_replicas=w, wait_timeout=t)[0]
 
     def _run(self, call: scripts.Call) -> Any:
         try:
             return self._call(call)
+        except scripts.NotReplicated as exc:
+            raise self._not_replicated(exc) from None
         except RedisError as exc:
             raise self._refused(exc) from exc
+
+    def _not_replicated(self, exc: scripts.NotReplicated) -> EnqueueError:
+        return EnqueueError(
+            f"the job may or may not be enqueued: Redis at {self._spec.describe()} took it, but only "
+            f"{exc.confirmed} of {exc.wanted} replicas confirmed it within {self.wait_timeout:g}s "
+            "(a failover now could lose it)")
 
     def _refused(self, exc: RedisError) -> EnqueueError:
         """One clear line per cause, the same for every enqueue call (no password in it)."""
@@ -143,7 +172,15 @@ class Enqueuer:
         run_at = data["created_at"] + max(0.0, float(seconds))
         payload = self._encode(data)
         try:
-            self._conn.zadd(self.keys.schedule, {payload: run_at})
+            if self.wait_replicas:
+                pipe = self._conn.pipeline(transaction=False)
+                pipe.zadd(self.keys.schedule, {payload: run_at})
+                pipe.execute_command("WAIT", self.wait_replicas, max(1, int(self.wait_timeout * 1000)))
+                confirmed = int(pipe.execute()[-1])
+                if confirmed < self.wait_replicas:
+                    raise self._not_replicated(scripts.NotReplicated(self.wait_replicas, confirmed))
+            else:
+                self._conn.zadd(self.keys.schedule, {payload: run_at})
         except RedisError as exc:
             raise self._refused(exc) from exc
         return ScheduledJob(job=Job.from_data(data), run_at=run_at)

@@ -8,7 +8,6 @@ renewal for running jobs with ``max_concurrency``, and the buffered stats.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ class PoolInfo:
 
     @classmethod
     def create(cls, *, identity: str, concurrency: int, job_names: Sequence[str], tag: str = "") -> PoolInfo:
-        return cls(identity=identity, hostname=socket.gethostname(), pid=os.getpid(),
+        return cls(identity=identity, hostname=identity.split(":", 1)[0], pid=os.getpid(),
                    started_at=time.time(), concurrency=concurrency,
                    job_names=tuple(sorted(job_names)), tag=tag)
 

@@ -140,7 +140,8 @@ class WorkerPool:
         with self._lock:
             if self._runtime is not None:
                 raise ConfigError("pool already started")
-            spec = ConnectionSpec.of(redis if redis is not None else self.config.redis_url)
+            spec = ConnectionSpec.of(redis if redis is not None else self.config.redis_url).for_namespace(
+                self.namespace)
             runtime = PoolRuntime(self, spec, identity=identity,
                                   concurrency=self.config.concurrency if concurrency is None else concurrency)
             try:

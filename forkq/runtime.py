@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import redis
 from redis.exceptions import NoPermissionError, RedisError
 
 from . import reaper, scheduler, scripts
+from .config import pool_hostname
 from .connection import ConnectionSpec
 from .errors import ConfigError, RedisRefused
 from .executor import Executor
@@ -38,8 +38,8 @@ REAP_EVERY = 60.0
 PROMOTE_MIN_GAP = 0.05
 
 
-def new_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(6).hex()}"
+def new_identity(hostname: str = "") -> str:
+    return f"{pool_hostname(hostname)}:{os.getpid()}:{os.urandom(6).hex()}"
 
 
 class PoolRuntime:
@@ -52,7 +52,7 @@ class PoolRuntime:
         self.config = pool.config
         self.spec = spec
         self.concurrency = concurrency
-        self.identity = identity or new_identity()
+        self.identity = identity or new_identity(self.config.hostname)
         self.stats = StatsBuffer()
         specs = pool.jobs
         self._names = sorted(specs)

