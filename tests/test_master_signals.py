@@ -5,18 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 import redis
-from redis_server import wait_for
-from test_master import (
+from procs import (
     KEYS,
     ForkqProc,
     enqueue,
-    forkq_procs,
     identity_of,
     inprogress_total,
     runs,
@@ -26,11 +22,7 @@ from test_master import (
     wait_children_ready,
     write_jobs,
 )
-
-
-@pytest.fixture
-def forkqs() -> Iterator[list[ForkqProc]]:
-    yield from forkq_procs()
+from redis_server import wait_for
 
 
 def test_term_while_jobs_run_exits_zero_and_requeues_unfinished_jobs(
