@@ -161,7 +161,8 @@ cases = st.one_of(
     st.builds(lambda t, n, v, a: Case(target=t, kind="extra", name="x_" + n, value=v, ensure_ascii=a),
               targets, st.text(max_size=10), json_values, st.booleans()),
     st.builds(lambda t, d, w: Case(target=t, kind="deep", name=w, value=d),
-              targets, st.integers(1, 5000), st.sampled_from(["[", '{"a":'])),
+              targets, st.integers(1, int(os.environ.get("FORKQ_FUZZ_MAX_DEPTH", "5000"))),
+              st.sampled_from(["[", '{"a":'])),
     st.builds(lambda t, how, b: Case(target=t, kind="raw", name=how, value=b), targets,
               st.sampled_from(["bytes", "truncate", "utf16", "latin1", "badutf8", "nul", "braces",
                                "toplevel", "dupkey", "empty"]),
@@ -397,8 +398,8 @@ def wait_settled(storm: Storm, timeout: float) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(strict=True, reason="fails before the job codec (issue 10): the master dies within the "
-                   "first payloads (see the regression tests below for the minimal ones)")
+@pytest.mark.xfail(strict=True, reason="issue 10, still failing after 626a92e: the master dies on a payload "
+                   "nested 256..1024 levels deep (see args-nested-300-* below)")
 def test_thousands_of_hostile_payloads_never_kill_stall_or_lose_anything(
         tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc], chaos) -> None:
     mod = write_jobs(tmp_path, FUZZ_JOBS)
@@ -489,38 +490,36 @@ DEEP_300 = Case(target="", kind="deep", name="[", value=300)
 
 
 def _xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"fails before the job codec (issue 10): {reason}")
+    return pytest.mark.xfail(strict=True, reason=f"issue 10, still failing after 626a92e: {reason}")
 
 
-# Each: one payload, the target it was pushed to, and what happened on the engine
-# before the job codec (left in the xfail reason until the fix lands).
-RAN_INSTEAD = "a field of the wrong type is not refused: the job runs instead of going to dead"
+# Each: one payload and the target it was pushed to.  All of them failed on the engine
+# before the job codec (626a92e): the master died (recovered "abc" / [1] in progress),
+# a thread slot was lost (enqueued_at "yesterday"), or a field of the wrong type ran
+# instead of going to dead.  The ones still failing carry a strict xfail naming why.
 REGRESSIONS = [
-    pytest.param(_set("recovered", "abc"), "inprogress", id="recovered-str-in-progress",
-                 marks=_xfail("the master dies (ValueError in recover_inprogress) when the child dies")),
-    pytest.param(_set("recovered", [1]), "inprogress", id="recovered-list-in-progress",
-                 marks=_xfail("the master dies (TypeError in recover_inprogress) when the child dies")),
+    pytest.param(_set("recovered", "abc"), "inprogress", id="recovered-str-in-progress"),
+    pytest.param(_set("recovered", [1]), "inprogress", id="recovered-list-in-progress"),
     pytest.param(DEEP_300, "inprogress", id="args-nested-300-in-progress",
-                 marks=_xfail("the master dies: orjson.dumps recursion limit (255) when it re-encodes "
-                              "the job it requeues (orjson.loads accepts 1024 levels)")),
-    pytest.param(_set("enqueued_at", "yesterday"), "queue", id="enqueued-at-str-queue",
-                 marks=_xfail("the thread slot is lost: 8 barrier jobs never run at once")),
-    pytest.param(_set("enqueued_at", "yesterday"), "inprogress", id="enqueued-at-str-in-progress",
-                 marks=_xfail("the thread slot is lost after the requeue")),
+                 marks=_xfail("the master dies when the child dies: recover_inprogress re-encodes the job and "
+                              "orjson.dumps stops at 255 levels (TypeError: Recursion limit reached), "
+                              "while job.decode (orjson.loads) accepts up to 1024")),
+    pytest.param(_set("enqueued_at", "yesterday"), "queue", id="enqueued-at-str-queue"),
+    pytest.param(_set("enqueued_at", "yesterday"), "inprogress", id="enqueued-at-str-in-progress"),
     pytest.param(DEEP_300, "schedule", id="args-nested-300-schedule",
                  marks=_xfail("the fetcher thread of every child dies (TypeError: Recursion limit "
                               "reached in scheduler.promote_due re-encoding it): nothing is fetched any more")),
     pytest.param(DEEP_300, "retry", id="args-nested-300-retry",
                  marks=_xfail("the fetcher thread of every child dies (TypeError: Recursion limit "
                               "reached in scheduler.promote_due re-encoding it): nothing is fetched any more")),
-    pytest.param(_set("recovered", "abc"), "queue", id="recovered-str-queue", marks=_xfail(RAN_INSTEAD)),
-    pytest.param(_set("created_at", "yesterday"), "queue", id="created-at-str-queue", marks=_xfail(RAN_INSTEAD)),
-    pytest.param(_set("retry_count", "x"), "retry", id="retry-count-str-retry", marks=_xfail(RAN_INSTEAD)),
-    pytest.param(_set("queue", 5), "schedule", id="queue-int-schedule", marks=_xfail(RAN_INSTEAD)),
-    pytest.param(_set("unique", "yes"), "queue", id="unique-str-queue", marks=_xfail(RAN_INSTEAD)),
-    pytest.param(_set("unique_key", 5), "queue", id="unique-key-int-queue", marks=_xfail(RAN_INSTEAD)),
-    pytest.param(_set("error_message", 5), "retry", id="error-message-int-retry", marks=_xfail(RAN_INSTEAD)),
-    pytest.param(_set("failed_at", "x"), "inprogress", id="failed-at-str-in-progress", marks=_xfail(RAN_INSTEAD)),
+    pytest.param(_set("recovered", "abc"), "queue", id="recovered-str-queue"),
+    pytest.param(_set("created_at", "yesterday"), "queue", id="created-at-str-queue"),
+    pytest.param(_set("retry_count", "x"), "retry", id="retry-count-str-retry"),
+    pytest.param(_set("queue", 5), "schedule", id="queue-int-schedule"),
+    pytest.param(_set("unique", "yes"), "queue", id="unique-str-queue"),
+    pytest.param(_set("unique_key", 5), "queue", id="unique-key-int-queue"),
+    pytest.param(_set("error_message", 5), "retry", id="error-message-int-retry"),
+    pytest.param(_set("failed_at", "x"), "inprogress", id="failed-at-str-in-progress"),
     # Already handled on main (kept so they stay so):
     pytest.param(_set("jid", 5), "inprogress", id="jid-int-in-progress"),
     pytest.param(_set("class", 5), "schedule", id="class-int-schedule"),
