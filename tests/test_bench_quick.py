@@ -2,7 +2,8 @@
 
 ``python bench/run.py --quick --only forkq`` runs every workload (a..h) through the
 real CLI and exits non-zero if any run lost a job; this test checks that it exits
-0 and that its JSON shows every run's jobs all counted.
+0 and that its JSON shows every run's jobs all counted.  ~14 s: marked slow, so the
+default ``-m "not slow"`` run skips it and CI (which runs everything) keeps it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_quick_bench_processes_every_job_on_forkq(tmp_path: Path) -> None:
     out = tmp_path / "results"

@@ -10,45 +10,31 @@ The figures printed with ``-s`` are the ones in docs/RELIABILITY.md.
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 import redis
-from redis_server import wait_for
-from test_master import (
+from procs import (
     KEYS,
     ForkqProc,
+    alive,
+    dead_jids,
     enqueue,
-    forkq_procs,
     inprogress_total,
     runs,
     start_forkq,
     wait_children_ready,
     write_jobs,
 )
+from redis_server import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def forkqs() -> Iterator[list[ForkqProc]]:
-    yield from forkq_procs()
-
-
-def dead_jids(r: redis.Redis) -> dict[str, dict]:
-    out = {}
-    for raw in r.zrange(KEYS.dead, 0, -1):
-        data = orjson.loads(raw)
-        out[data["jid"]] = data
-    return out
 
 
 def wait_settled(r: redis.Redis, jids: list[str], f: ForkqProc | None, timeout: float) -> dict[str, int]:
@@ -72,29 +58,19 @@ def requeued_by_master(log: str) -> int:
 
 
 def test_twenty_thousand_jobs_while_a_random_child_is_sigkilled_every_250ms(
-        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc], chaos) -> None:
     mod = write_jobs(tmp_path)
     f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "4"],
                     env={"FORKQ_STALE_AFTER": "600", "FORKQ_LOG_LEVEL": "WARNING"})
     wait_children_ready(f, r, 2)
     jids = enqueue(redis_url, "record", [{"i": i} for i in range(20_000)])
-    rnd = random.Random(6)
-    kills = 0
     t0 = time.monotonic()
     want = set(jids)
-    while True:
+    killer = chaos(f, every=0.25, seed=6)
+    while len(runs(r)) < len(want) and time.monotonic() - t0 < 150:
         assert f.proc.poll() is None, f.log()[-4000:]
-        if len(runs(r)) >= len(want) or time.monotonic() - t0 > 150:
-            break
-        kids = f.child_pids()
-        if kids:
-            victim = rnd.choice(sorted(kids))
-            try:
-                os.kill(victim, signal.SIGKILL)
-                kills += 1
-            except ProcessLookupError:
-                pass
-        time.sleep(0.25)
+        time.sleep(0.1)
+    kills = killer.stop()
     elapsed = time.monotonic() - t0
     done = wait_settled(r, jids, f, timeout=60)
     dead = dead_jids(r)
@@ -128,27 +104,20 @@ def limited(job):
 
 
 def test_leased_jobs_under_child_kills_lose_nothing_and_leave_no_lease_behind(
-        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc], chaos) -> None:
     """max_concurrency leases of killed children are dropped by identity: no drift, no stall."""
     mod = write_jobs(tmp_path, LIMITED)
     f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "4"],
                     env={"FORKQ_STALE_AFTER": "600", "FORKQ_LEASE_TTL": "600", "FORKQ_LOG_LEVEL": "WARNING"})
     wait_children_ready(f, r, 2)
     jids = enqueue(redis_url, "limited", [{"i": i} for i in range(2000)])
-    rnd = random.Random(7)
-    kills = 0
     max_leases = 0
     t0 = time.monotonic()
+    killer = chaos(f, every=0.25, seed=7, max_kills=40)
     while len(runs(r)) < len(jids) and time.monotonic() - t0 < 120:
         max_leases = max(max_leases, r.zcard(KEYS.lease("limited")))
-        kids = sorted(f.child_pids())
-        if kids and kills < 40:
-            try:
-                os.kill(rnd.choice(kids), signal.SIGKILL)
-                kills += 1
-            except ProcessLookupError:
-                pass
-        time.sleep(0.25)
+        time.sleep(0.05)
+    kills = killer.stop()
     # With a 600 s lease TTL, only dropping leases by identity lets the queue finish.
     done = wait_settled(r, jids, f, timeout=60)
     lost = set(jids) - set(done) - set(dead_jids(r))
@@ -210,7 +179,7 @@ def test_master_alone_sigkilled_children_stop_requeue_and_a_restart_finishes_the
     f.signal(signal.SIGKILL)
     f.wait(10)
     killed_at = time.monotonic()
-    wait_for(lambda: not any(psutil_alive(p) for p in kids), timeout=30, message="orphaned children exit")
+    wait_for(lambda: not any(alive(p) for p in kids), timeout=30, message="orphaned children exit")
     children_gone = time.monotonic() - killed_at
     assert inprogress_total(r) == 0, "orphaned children left jobs in progress"
     assert r.scard(KEYS.processes) == 0
@@ -221,15 +190,6 @@ def test_master_alone_sigkilled_children_stop_requeue_and_a_restart_finishes_the
     assert g.stop() == 0
     print(f"\nMASTER-ONLY-KILL: jobs={len(jids)} children_exited_in={children_gone:.1f}s lost={len(lost)} "
           f"duplicates={sum(v - 1 for v in done.values())}")
-
-
-def psutil_alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_redis_restarted_twice_under_the_cli_loses_nothing_and_no_child_crashes(

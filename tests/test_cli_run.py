@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from procs import FAST_ENV, write_jobs
 from redis_server import free_port
-from test_master import FAST_ENV, write_jobs
 
 from forkq import cli
 
@@ -154,8 +154,8 @@ def test_redis_embedded_runs_jobs_keeps_data_on_disk_and_stops_its_server(tmp_pa
     import tempfile
 
     import redis
+    from procs import ForkqProc, enqueue, runs
     from redis_server import wait_for
-    from test_master import ForkqProc, enqueue, runs
 
     from forkq.embedded import bundled_server_binary
 

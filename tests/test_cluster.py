@@ -19,7 +19,7 @@ from ha_servers import ClusterSet
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis_server import wait_for
-from test_master import ForkqProc, forkq_procs
+from test_master import ForkqProc
 
 import forkq
 from forkq.connection import ConnectionSpec, parse_target, validate_url
@@ -178,11 +178,6 @@ def work(job):
     p.hsetnx("test:done_at", job.id, repr(time.time()))
     p.execute()
 '''
-
-
-@pytest.fixture
-def forkqs() -> Iterator[list[ForkqProc]]:
-    yield from forkq_procs()
 
 
 @pytest.mark.slow

@@ -28,6 +28,35 @@ def commandstat_calls(r: redis.Redis, command: str) -> int:
     return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
+def wait_beats(r: redis.Redis, identity: str, n: int, timeout: float) -> None:
+    """Wait until the pool's heartbeat score changed ``n`` times (Redis-visible progress)."""
+    last = r.zscore(K.pools, identity)
+    for i in range(n):
+        last = wait_for(lambda prev=last: (lambda s: s if s is not None and s != prev else None)(
+            r.zscore(K.pools, identity)), timeout, interval=0.02, message=f"beat {i + 1} of {n}")
+
+
+def subscribed(r: redis.Redis, n: int) -> bool:
+    """At least ``n`` pools listen on the wake channel."""
+    return dict(r.pubsub_numsub(K.wake_channel)).get(K.wake_channel.encode(), 0) >= n
+
+
+def wait_scripts_idle(r: redis.Redis, window: float = 0.25, timeout: float = 10.0) -> None:
+    """Wait until no script ran for ``window`` seconds: the pools fetched, found
+    nothing and went to sleep (observed in Redis, not assumed after a fixed wait)."""
+    state = {"calls": -1, "since": 0.0}
+
+    def idle() -> bool:
+        calls = commandstat_calls(r, "evalsha") + commandstat_calls(r, "eval")
+        now = time.monotonic()
+        if calls != state["calls"]:
+            state["calls"], state["since"] = calls, now
+            return False
+        return now - state["since"] >= window
+
+    wait_for(idle, timeout, interval=0.02, message="pools idle")
+
+
 def test_jobs_of_one_queue_run_in_fifo_order(redis_url, fast_config, pools) -> None:
     pool = new_pool(fast_config)
     seen = Recorder()
@@ -256,9 +285,11 @@ def test_paused_queue_is_not_fetched_until_unpaused(redis_url, fast_config, pool
     enq = pool.enqueuer(redis_url)
     enq.enqueue_many("pausable", [{}] * 5)
     start(pools, pool, redis_url)
-    enq.enqueue("other")
-    wait_for(lambda: 2 in seen.snapshot(), 5, message="other queue still served")
-    time.sleep(3 * fast_config.idle_poll_interval)
+    # Positive proof instead of a fixed wait: three sentinels on another queue, each
+    # enqueued after the previous one ran, so three fetch rounds saw the paused jobs.
+    for n in range(1, 4):
+        enq.enqueue("other")
+        wait_for(lambda n=n: seen.snapshot().count(2) == n, 5, message=f"sentinel {n} (other queue served)")
     assert 1 not in seen.snapshot() and r.llen(K.queue("pausable")) == 5
     r.delete(K.paused("pausable"))
     r.publish(K.wake_channel, "pausable")
@@ -381,20 +412,22 @@ def test_idle_pool_sleeps_instead_of_polling(redis_url, pools, r) -> None:
     pool = forkq.WorkerPool(NS, config=cfg)
     pool.register("idle", lambda job: None)
     start(pools, pool, redis_url, concurrency=4)
-    time.sleep(0.5)
+    wait_for(lambda: r.zscore(K.pools, pool.runtime.identity) is not None, 10, message="first beat")
     before = commandstat_calls(r, "evalsha")
     time.sleep(3.0)
     fetches = commandstat_calls(r, "evalsha") - before
     assert fetches <= 5, f"{fetches} fetches in 3 s of idleness"
 
 
-def test_enqueue_wakes_a_sleeping_pool_without_waiting_for_its_poll(redis_url, pools) -> None:
+def test_enqueue_wakes_a_sleeping_pool_without_waiting_for_its_poll(redis_url, pools, r) -> None:
     cfg = forkq.Config(idle_poll_interval=60.0)
     pool = forkq.WorkerPool(NS, config=cfg)
     done = threading.Event()
     pool.register("ping", lambda job: done.set())
     start(pools, pool, redis_url)
-    time.sleep(0.3)  # let it find nothing and go to sleep
+    # Listening for wakes (it subscribes after its first empty fetch is under way).
+    wait_for(lambda: subscribed(r, 1), 10, message="the pool subscribed to the wake channel")
+    wait_scripts_idle(r)  # its fetch after subscribing found nothing: it sleeps for 60 s
     pool.enqueuer(redis_url).enqueue("ping")
     assert done.wait(10), "enqueue did not wake the idle fetcher"
 
@@ -514,7 +547,8 @@ def test_sidekiq_web_ui_quiet_signal_stops_fetching(redis_url, fast_config, pool
     r.lpush(K.process_signals(identity), "TSTP")
     wait_for(lambda: r.hget(K.process(identity), "quiet") == b"true", 10, message="quiet beat")
     pool.enqueuer(redis_url).enqueue("q")
-    time.sleep(3 * fast_config.idle_poll_interval)
+    # No fixed wait: two more beats (each one after several idle polls) while quiet.
+    wait_beats(r, identity, 2, timeout=10)
     assert len(seen) == 0 and r.llen(K.queue("q")) == 1
     assert r.llen(K.process_signals(identity)) == 0
 
@@ -546,9 +580,10 @@ def test_pool_whose_poll_finds_unannounced_jobs_wakes_the_others(redis_url, pool
         return pool
 
     start(pools, make("sleepy", 60.0), redis_url, concurrency=2)
-    time.sleep(0.3)  # the sleepy pool found nothing and sleeps for a minute
+    wait_for(lambda: subscribed(r, 1), 10, message="the sleepy pool listens for wakes")
+    wait_scripts_idle(r)  # the sleepy pool found nothing and sleeps for a minute
     start(pools, make("poller", 0.3), redis_url, concurrency=2)
-    time.sleep(0.5)
+    wait_for(lambda: subscribed(r, 2), 10, message="the polling pool listens for wakes")
     job = forkq.job.build_payload("foreign", {})
     for _ in range(40):  # as Sidekiq::Client.push does: LPUSH, no PUBLISH
         job["jid"] = forkq.job.new_jid()

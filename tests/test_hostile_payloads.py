@@ -24,7 +24,6 @@ from redis_server import wait_for
 from test_master import (
     KEYS,
     ForkqProc,
-    forkq_procs,
     identity_of,
     inprogress_total,
     live_identities,
@@ -39,11 +38,6 @@ from forkq.keys import Keys
 
 NS = "hp"
 K = Keys(NS)
-
-
-@pytest.fixture
-def forkqs():
-    yield from forkq_procs()
 
 
 def dead_entries(r: redis.Redis, keys: Keys = KEYS) -> list[dict]:

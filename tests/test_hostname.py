@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from redis_server import wait_for
-from test_master import KEYS, ForkqProc, forkq_procs, live_identities, write_jobs
+from test_master import KEYS, ForkqProc, live_identities, write_jobs
 
 import forkq
 from forkq.keys import Keys
@@ -35,11 +34,6 @@ def test_config_hostname_and_env_name_the_pool(redis_url: str, r: redis.Redis, p
     monkeypatch.setenv("FORKQ_HOSTNAME", "bad:name")
     with pytest.raises(forkq.ConfigError, match="without ':'"):
         forkq.config.pool_hostname()
-
-
-@pytest.fixture
-def forkqs() -> Iterator[list[ForkqProc]]:
-    yield from forkq_procs()
 
 
 def test_cli_hostname_names_the_children_and_a_bad_one_is_a_usage_error(

@@ -4,19 +4,15 @@ and jobs that kill their process (the poison cap)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import psutil
-import pytest
 import redis
-from redis_server import wait_for
-from test_master import (
+from procs import (
     KEYS,
     ForkqProc,
     enqueue,
-    forkq_procs,
     inprogress_total,
     runs,
     start_forkq,
@@ -24,11 +20,7 @@ from test_master import (
     wait_children_ready,
     write_jobs,
 )
-
-
-@pytest.fixture
-def forkqs() -> Iterator[list[ForkqProc]]:
-    yield from forkq_procs()
+from redis_server import wait_for
 
 
 def test_children_are_recycled_after_max_jobs_and_no_job_is_lost(

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 import redis
-from redis_server import wait_for
-from test_master import (
+from procs import (
     KEYS,
     ForkqProc,
     enqueue,
-    forkq_procs,
     identity_of,
     inprogress_total,
+    live_identities,
     runs,
     start_forkq,
     title,
@@ -26,11 +22,7 @@ from test_master import (
     wait_children_ready,
     write_jobs,
 )
-
-
-@pytest.fixture
-def forkqs() -> Iterator[list[ForkqProc]]:
-    yield from forkq_procs()
+from redis_server import wait_for
 
 
 def test_term_while_jobs_run_exits_zero_and_requeues_unfinished_jobs(
@@ -89,7 +81,14 @@ def test_tstp_makes_children_quiet(tmp_path: Path, redis_url: str, r: redis.Redi
     # A child started while the master is quiet is born quiet.
     f.signal(signal.SIGTTIN)
     wait_children_ready(f, r, 3)
-    time.sleep(1.0)  # several idle polls: a fetching child would have taken them
+    # No fixed wait: every child beats twice more (a beat is 0.5 s, an idle poll 0.2 s,
+    # so a fetching child would have taken the jobs by then).
+    idents = live_identities(r)
+    assert len(idents) == 3
+    for _ in range(2):
+        before = {i: r.zscore(KEYS.pools, i) for i in idents}
+        wait_for(lambda b=before: all(r.zscore(KEYS.pools, i) != s for i, s in b.items()),
+                 timeout=20, message="a beat from every child")
     assert r.llen(KEYS.queue("record")) == 5
     assert not any(j in runs(r) for j in later)
     assert kids < f.child_pids()  # still running, just quiet

@@ -57,6 +57,7 @@ def recording_pool(server: RedisServer, config: forkq.Config, runs: Recorder) ->
         time.sleep(0.001)
         rec.sadd(DONE, job.id)
 
+    pool.register("gather", gather)
     return pool
 
 
@@ -85,11 +86,26 @@ class Producer(threading.Thread):
             time.sleep(0.005)
 
 
-def threads_alive(pool: forkq.WorkerPool) -> bool:
-    rt = pool.runtime
-    assert rt is not None
-    return (rt.fetcher.is_alive() and all(t.is_alive() for t in rt._threads)
-            and all(t.is_alive() for t in rt.executor._threads))
+BARRIERS: dict[str, threading.Barrier] = {}
+GATHERED = Recorder()
+
+
+def gather(job: forkq.Job) -> None:
+    """Waits until every thread slot of every pool holds one of these jobs."""
+    BARRIERS[job.arg_str("b")].wait(30)
+    GATHERED.add(job.id)
+
+
+def every_slot_serves(url: str, pools: list[forkq.WorkerPool], concurrency: int = 4) -> bool:
+    """Positive proof that no pool lost a thread or its fetcher (instead of reading the
+    runtime's private thread lists): pools x concurrency jobs that only finish when all
+    of them run at the same time."""
+    n = len(pools) * concurrency
+    name = f"b{len(BARRIERS)}"
+    BARRIERS[name] = threading.Barrier(n)
+    ids = {j.id for j in forkq.Enqueuer(url, NS).enqueue_many("gather", [{"b": name}] * n)}
+    wait_for(lambda: ids <= set(GATHERED.snapshot()), 40, message=f"{n} jobs running at once (no slot lost)")
+    return True
 
 
 def settled(r: redis.Redis, pools: list[forkq.WorkerPool]) -> bool:
@@ -127,7 +143,7 @@ def test_redis_restarts_mid_run_lose_no_acknowledged_job(aof_server, pools, capl
     lost = producer.acked - done
     assert lost == set()
     assert len(runs) >= len(done)
-    assert all(threads_alive(p) for p in pools), "a pool thread died"
+    assert every_slot_serves(aof_server.url, pools), "a pool thread died"
     text = caplog.text
     assert "Redis round trip failed" in text and "Redis is reachable again" in text
     # A job that is still wanted after the restarts runs promptly: the pools are serving.
@@ -164,7 +180,7 @@ def test_redis_frozen_ten_seconds_then_resumed_reaps_no_live_pool(private_server
     wait_for(lambda: settled(r, pools), 30, message="nothing left in progress")
     live = {m.decode() for m in r.zrange(K.pools, 0, -1)}
     assert identities <= live, "a live pool was reaped"
-    assert all(threads_alive(p) for p in pools)
+    assert every_slot_serves(private_server.url, pools)
     print(f"\nFREEZE: jobs={len(before | after)} done={len(done)} runs={len(runs)} "
           f"duplicates={len(runs) - len(set(runs.snapshot()))} lost={len((before | after) - done)}")
 
@@ -181,6 +197,7 @@ def test_redis_at_maxmemory_refuses_enqueue_clearly_and_queued_jobs_still_run(pr
         gate.wait(30)
         seen.add(job.id)
 
+    pool.register("gather", gather)
     pool.start(private_server.url, concurrency=4)
     pools.append(pool)
     enq = pool.enqueuer(private_server.url)
@@ -202,12 +219,12 @@ def test_redis_at_maxmemory_refuses_enqueue_clearly_and_queued_jobs_still_run(pr
         wait_for(lambda: set(seen.snapshot()) == queued, 60, message="every queued job to run under OOM")
         wait_for(lambda: r.hlen(K.inprogress(pool.runtime.identity)) == 0, 10,  # type: ignore[union-attr]
                  message="acks under OOM")
-        assert threads_alive(pool)
     finally:
         r.config_set("maxmemory", "0")
     job = enq.enqueue("held", {"after": True})
     wait_for(lambda: job.id in seen.snapshot(), 10, message="enqueue works again once memory is freed")
     assert len(seen) == 301
+    assert every_slot_serves(private_server.url, pools)
 
 
 def test_script_cache_flushed_mid_run_reloads_and_loses_nothing(private_server, pools) -> None:
@@ -227,7 +244,7 @@ def test_script_cache_flushed_mid_run_reloads_and_loses_nothing(private_server, 
         {m.decode() for m in r.smembers(DONE)}), 60, interval=0.1, message="all jobs done")
     wait_for(lambda: settled(r, pools), 10, message="nothing left in progress")
     assert len(done) == 1000 and r.zcard(K.dead) == 0
-    assert threads_alive(pool)
+    assert every_slot_serves(private_server.url, pools)
 
 
 def test_read_only_replica_refuses_enqueue_clearly_and_a_pool_on_it_takes_nothing(
@@ -348,7 +365,7 @@ def test_redis_sigkilled_with_fsync_always_loses_no_acknowledged_job(pools) -> N
         done = wait_for(lambda: (lambda d: d if producer.acked <= d else None)(
             {m.decode() for m in r.smembers(DONE)}), 120, interval=0.2, message="acknowledged jobs done")
         wait_for(lambda: settled(r, pools), 30, message="nothing left in progress")
-        assert all(threads_alive(p) for p in pools)
+        assert every_slot_serves(server.url, pools)
         print(f"\nREDIS-SIGKILL: kills=2 acked={len(producer.acked)} done={len(done)} runs={len(runs)} "
               f"duplicates={len(runs) - len(set(runs.snapshot()))} lost={len(producer.acked - done)}")
     finally:
@@ -433,7 +450,7 @@ def test_client_connections_killed_twenty_times_mid_run_lose_nothing(private_ser
     done = wait_for(lambda: (lambda d: d if producer.acked <= d else None)(
         {m.decode() for m in admin.smembers(DONE)}), 120, interval=0.2, message="acknowledged jobs done")
     wait_for(lambda: settled(admin, pools), 30, message="nothing left in progress")
-    assert all(threads_alive(p) for p in pools)
+    assert every_slot_serves(private_server.url, pools)
     print(f"\nCLIENT-KILL: rounds={kills} acked={len(producer.acked)} done={len(done)} "
           f"duplicates={len(runs) - len(set(runs.snapshot()))} lost={len(producer.acked - done)}")
 
@@ -542,6 +559,6 @@ def test_writes_paused_longer_than_the_socket_timeout_lose_nothing(private_serve
     done = wait_for(lambda: (lambda d: d if producer.acked <= d else None)(
         {m.decode() for m in admin.smembers(DONE)}), 120, interval=0.2, message="acknowledged jobs done")
     wait_for(lambda: settled(admin, pools), 30, message="nothing left in progress")
-    assert all(threads_alive(p) for p in pools)
+    assert every_slot_serves(private_server.url, pools)
     print(f"\nWRITE-PAUSE: acked={len(producer.acked)} done={len(done)} refused_batches={producer.refused} "
           f"duplicates={len(runs) - len(set(runs.snapshot()))} lost={len(producer.acked - done)}")

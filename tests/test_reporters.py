@@ -355,9 +355,11 @@ def test_a_job_stuck_in_a_c_call_at_shutdown_still_gets_aborted_and_stopped(
     pool = forkq.WorkerPool(NS, config=fast_config)
     rec = pool.reporter(Recording())
     running = threading.Event()
+    threads: list[threading.Thread] = []
 
     @pool.job
     def stuck(job: forkq.Job) -> None:
+        threads.append(threading.current_thread())
         running.set()
         time.sleep(1.5)
 
@@ -368,5 +370,8 @@ def test_a_job_stuck_in_a_c_call_at_shutdown_still_gets_aborted_and_stopped(
     assert rec.names_of(job.id) == ["started", "aborted", "stopped"]
     assert rec.of(job.id)[1][1] == "shutdown"
     assert [orjson.loads(p)["jid"] for p in r.lrange(K.queue("stuck"), 0, -1)] == [job.id]
-    time.sleep(1.6)  # the job's thread wakes up after the pool is gone: no second outcome
+    # The job's thread wakes up after the pool is gone and runs to its end (joined,
+    # not a fixed wait): still no second outcome.
+    threads[0].join(10)
+    assert not threads[0].is_alive()
     assert rec.names_of(job.id) == ["started", "aborted", "stopped"]

@@ -315,19 +315,12 @@ def test_redact_keeps_non_secret_text_intact() -> None:
 
 # -- the same through the real CLI (master + children) ------------------------------------
 
-@pytest.fixture
-def forkqs() -> Iterator[list]:
-    from test_master import forkq_procs
-
-    yield from forkq_procs()
-
-
 @pytest.mark.slow
 def test_cli_with_an_acl_user_runs_jobs_and_hides_the_password_from_titles_and_logs(
         acl_server, tmp_path, forkqs) -> None:
     import psutil
-    from test_master import KEYS as MK
-    from test_master import enqueue, runs, start_forkq, wait_children_ready, write_jobs
+    from procs import KEYS as MK
+    from procs import enqueue, runs, start_forkq, wait_children_ready, write_jobs
 
     admin = acl_server.client()
     admin.execute_command("ACL", "SETUSER", *acl_line("tmworker", SECRET, MK.namespace))
@@ -361,7 +354,7 @@ def test_cli_with_a_wrong_password_exits_non_zero_without_the_secret(auth_server
     import subprocess
     import sys
 
-    from test_master import write_jobs
+    from procs import write_jobs
 
     mod = write_jobs(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
@@ -378,7 +371,7 @@ def test_cli_with_a_wrong_password_exits_non_zero_without_the_secret(auth_server
 
 @pytest.mark.slow
 def test_cli_over_tls_runs_jobs_end_to_end(tls_server, tmp_path, forkqs) -> None:
-    from test_master import enqueue, runs, start_forkq, wait_children_ready, write_jobs
+    from procs import enqueue, runs, start_forkq, wait_children_ready, write_jobs
 
     mod = write_jobs(tmp_path)
     c = tls_server.client()

@@ -22,7 +22,7 @@ import redis
 from ha_servers import SERVICE, SentinelSet
 from redis.sentinel import Sentinel
 from redis_server import wait_for
-from test_master import ForkqProc, forkq_procs
+from test_master import ForkqProc
 
 import forkq
 from forkq.connection import ConnectionSpec, parse_target, validate_url
@@ -172,11 +172,6 @@ def work(job):
 def tick(job):
     R().hincrby("test:ticks", job.id, 1)
 '''
-
-
-@pytest.fixture
-def forkqs() -> Iterator[list[ForkqProc]]:
-    yield from forkq_procs()
 
 
 class Producer(threading.Thread):

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from test_master import (
+from procs import (
     ForkqProc,
-    forkq_procs,
     start_forkq,
     wait_children_ready,
     write_jobs,
@@ -26,11 +25,6 @@ from test_master import (
 from forkq.systemd import Notifier
 
 UNIT = Path(__file__).resolve().parent.parent / "scripts" / "forkq.service"
-
-
-@pytest.fixture
-def forkqs() -> Iterator[list[ForkqProc]]:
-    yield from forkq_procs()
 
 
 @pytest.fixture
