@@ -217,7 +217,7 @@ def test_children_reaching_their_job_limit_together_are_recycled_one_after_the_o
     f = start_forkq(forkqs, tmp_path, redis_url, mod,
                     ["-p", "2", "-c", "2", "--max-jobs-per-child", "20"])
     first = wait_children_ready(f, r, 2)
-    enqueue(redis_url, "record", [{}] * 60)   # both reach 20 within milliseconds
+    enqueue(redis_url, "record", [{}] * 200)   # both reach 20 within milliseconds
     gone_at: dict[int, float] = {}
 
     def both_gone() -> bool:
