@@ -6,53 +6,41 @@ Every verb is a thin layer over ``forkq.Client``: aligned tables for people,
 bad URL) prints ONE line on stderr and exits non-zero, never a traceback, and
 never a password from a URL.
 
-Exit codes: 0 ok, 1 the operation failed (Redis unreachable, nothing matched),
-2 bad usage or input.
+Exit codes (``forkq.exits``): 0 ok, 1 the operation failed (nothing matched,
+Redis refused it), 2 bad usage or input, 5 Redis unreachable.
+
+A verb is one ``Verb`` row in ``_TABLE`` (name, description, its arguments, its
+handler); ``VERBS`` and the dispatch follow from the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
-from typing import Any, NoReturn, TextIO
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
 
 import orjson
 import redis
 
-from .argtypes import non_negative_seconds, positive_int
+from . import config as settings
 from .client import Client, JobEntry
-from .connection import DEFAULT_URL, redact
+from .command import Parser, UsageError, add_version, one_line
+from .connection import DEFAULT_URL
 from .enqueue import Enqueuer
 from .errors import ConfigError, EnqueueError, ForkqError, NotDeleted, NotRetried, PayloadTooLarge
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REDIS, EXIT_USAGE
 from .job import Job
-
-VERBS = ("stats", "queues", "enqueue", "dead", "retries", "scheduled", "pause", "unpause",
-         "workers", "pools", "web")
 
 # Short timeouts: an admin command against a dead server must fail fast, not hang.
 CONNECT_TIMEOUT = 3.0
 SOCKET_TIMEOUT = 10.0
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad command line or input: exit 2."""
-
 
 class Failed(Exception):
     """The operation could not be done: exit 1."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing usage and exiting (we want one line)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
 
 # ---------------------------------------------------------------------------
@@ -101,53 +89,6 @@ def _args_text(entry: JobEntry) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Argument parsing
-# ---------------------------------------------------------------------------
-
-def _parser(verb: str) -> _Parser:
-    p = _Parser(prog=f"forkq {verb}", description=_DESCRIPTIONS[verb])
-    p.add_argument("--redis", default=os.environ.get("FORKQ_REDIS_URL", DEFAULT_URL),
-                   help="Redis URL (env FORKQ_REDIS_URL; default %(default)s; 'embedded' = the "
-                        "embedded server's socket)")
-    p.add_argument("-n", "--namespace", default=os.environ.get("FORKQ_NAMESPACE", "forkq"),
-                   help="key namespace (env FORKQ_NAMESPACE; default %(default)s)")
-    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    if verb == "enqueue":
-        p.add_argument("name", help="job name")
-        p.add_argument("args", nargs="?", default="{}", help="job arguments as a JSON object")
-        p.add_argument("--in", dest="delay", type=non_negative_seconds, default=None, metavar="SECONDS",
-                       help="schedule to run this many seconds from now")
-        p.add_argument("--unique", action="store_true",
-                       help="skip if the same name+args is already queued or scheduled")
-    elif verb == "dead":
-        p.add_argument("action", choices=("list", "retry", "delete"))
-        p.add_argument("jid", nargs="?", help="job id (retry/delete)")
-        p.add_argument("--all", action="store_true", help="every dead job (retry/delete)")
-        p.add_argument("--page", type=positive_int, default=1, help="page of 20 (list)")
-    elif verb in ("retries", "scheduled"):
-        p.add_argument("--page", type=positive_int, default=1, help="page of 20")
-    elif verb in ("pause", "unpause"):
-        p.add_argument("name", help="job (queue) name")
-    elif verb == "workers":
-        p.add_argument("--busy", action="store_true", help="only workers running a job")
-    return p
-
-
-_DESCRIPTIONS = {
-    "stats": "Sidekiq-style counters: processed, failed, busy, enqueued, scheduled, retry, dead.",
-    "queues": "Queues with their length, latency and paused state.",
-    "enqueue": "Enqueue a job: forkq enqueue NAME '{\"key\": \"value\"}' [--in SECONDS] [--unique].",
-    "dead": "Dead jobs: dead list [--page N] | dead retry JID|--all | dead delete JID|--all.",
-    "retries": "Jobs waiting to be retried, soonest first.",
-    "scheduled": "Scheduled jobs, soonest first.",
-    "pause": "Stop workers from taking jobs of NAME.",
-    "unpause": "Let workers take jobs of NAME again.",
-    "workers": "What every worker thread of every pool is doing.",
-    "pools": "Live worker pools (one per child process) and their last heartbeat.",
-}
-
-
-# ---------------------------------------------------------------------------
 # Verbs
 # ---------------------------------------------------------------------------
 
@@ -167,9 +108,19 @@ def _queues(c: Client, a: argparse.Namespace, out: TextIO) -> None:
     if not qs:
         out.write("no queues\n")
         return
-    table(("queue", "count", "latency", "paused"),
-          [(q.job_name, q.count, _ago(q.latency) if q.count else "-", "yes" if q.paused else "no")
-           for q in qs], out)
+    table(("queue", "count", "latency", "paused", "served"),
+          [(q.job_name, q.count, _ago(q.latency) if q.count else "-", "yes" if q.paused else "no",
+            "yes" if q.served else "NO (no live pool)") for q in qs], out)
+
+
+def _check_known(c: Client, a: argparse.Namespace, what: str) -> None:
+    """Refuse a name no live pool serves and no queue has seen (a typo?), unless --force."""
+    if a.force or c.is_known_name(a.name):
+        return
+    served = sorted(c.served_names())
+    hint = f"live pools serve: {', '.join(served)}" if served else "no live pool is running"
+    raise Failed(f"unknown job name {a.name!r}: no live pool serves it and no queue of that name "
+                 f"exists ({hint}); use --force to {what} anyway")
 
 
 def _enqueue(c: Client, a: argparse.Namespace, out: TextIO) -> None:
@@ -180,6 +131,7 @@ def _enqueue(c: Client, a: argparse.Namespace, out: TextIO) -> None:
     if not isinstance(args, dict):
         raise UsageError(f"job arguments must be a JSON object like '{{\"key\": 1}}', "
                          f"got a JSON {type(args).__name__}")
+    _check_known(c, a, "enqueue it")
     enq = Enqueuer(c.connection, c.namespace)
     try:
         try:
@@ -233,12 +185,48 @@ def _entries(items: Sequence[JobEntry], total: int, page: int, when_label: str,
     out.write(f"page {page} of {pages}, {total} total\n")
 
 
+def _show(entry: JobEntry | None, when_label: str, when: float, what: str, jid: str,
+          a: argparse.Namespace, out: TextIO) -> None:
+    """One stored entry in full: its fields, its error and Sidekiq's ``error_backtrace``."""
+    if entry is None:
+        raise Failed(f"no {what} {jid!r}")
+    if a.json:
+        _json({**entry.to_dict(), when_label: when}, out)
+        return
+    rows: list[tuple[str, Any]] = [
+        ("jid", entry.id or "?"), ("name", entry.name or "?"), ("queue", entry.queue or "-"),
+        ("args", _args_text(entry)), ("fails", entry.fails),
+        ("error", f"{entry.error_class}: {entry.error_message}" if entry.error_class
+         else entry.error_message or "-"),
+        ("failed_at", _when(entry.failed_at)), ("enqueued_at", _when(entry.enqueued_at)),
+        (when_label, _when(when)),
+    ]
+    table(("field", "value"), rows, out)
+    if entry.backtrace:
+        out.write("backtrace (innermost first):\n")
+        for line in entry.backtrace:
+            out.write(f"  {line}\n")
+    else:
+        out.write("backtrace: none stored\n")
+
+
+def _needs_jid(a: argparse.Namespace, verb: str) -> str:
+    if not a.jid:
+        raise UsageError(f"{verb} {a.action} needs a JID")
+    return str(a.jid)
+
+
 def _dead(c: Client, a: argparse.Namespace, out: TextIO) -> None:
     if a.action == "list":
         if a.jid or a.all:
             raise UsageError("dead list takes no JID or --all (use --page N)")
         items, total = c.dead_jobs(a.page)
         _entries(items, total, a.page, "died_at", lambda e: e.died_at, True, a, out)
+        return
+    if a.action == "show":
+        jid = _needs_jid(a, "dead")
+        entry = c.find_dead_job(jid)
+        _show(entry, "died_at", entry.died_at if entry else 0.0, "dead job", jid, a, out)
         return
     if a.all == bool(a.jid):
         raise UsageError(f"dead {a.action} needs either a JID or --all")
@@ -265,6 +253,13 @@ def _dead(c: Client, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _retries(c: Client, a: argparse.Namespace, out: TextIO) -> None:
+    if a.action == "show":
+        jid = _needs_jid(a, "retries")
+        entry = c.find_retry_job(jid)
+        _show(entry, "retry_at", entry.retry_at if entry else 0.0, "retry job", jid, a, out)
+        return
+    if a.jid:
+        raise UsageError("retries list takes no JID (use --page N, or retries show JID)")
     items, total = c.retry_jobs(a.page)
     _entries(items, total, a.page, "retry_at", lambda e: e.retry_at, True, a, out)
 
@@ -275,6 +270,7 @@ def _scheduled(c: Client, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _pause(c: Client, a: argparse.Namespace, out: TextIO) -> None:
+    _check_known(c, a, "pause it")
     c.pause(a.name)
     if a.json:
         _json({"paused": a.name}, out)
@@ -320,11 +316,122 @@ def _pools(c: Client, a: argparse.Namespace, out: TextIO) -> None:
             _clip(",".join(h.job_names), 50)) for h in hbs], out)
 
 
-_HANDLERS: dict[str, Callable[[Client, argparse.Namespace, TextIO], None]] = {
-    "stats": _stats, "queues": _queues, "enqueue": _enqueue, "dead": _dead, "retries": _retries,
-    "scheduled": _scheduled, "pause": _pause, "unpause": _unpause, "workers": _workers,
-    "pools": _pools,
-}
+# ---------------------------------------------------------------------------
+# The verb table
+# ---------------------------------------------------------------------------
+
+def _no_args(p: Parser) -> None:
+    pass
+
+
+def _enqueue_args(p: Parser) -> None:
+    p.add_argument("name", help="job name")
+    p.add_argument("args", nargs="?", default="{}", help="job arguments as a JSON object")
+    p.add_argument("--in", dest="delay", type=settings.non_negative_seconds, default=None,
+                   metavar="SECONDS", help="schedule to run this many seconds from now")
+    p.add_argument("--unique", action="store_true",
+                   help="skip if the same name+args is already queued or scheduled")
+    p.add_argument("--force", action="store_true",
+                   help="enqueue even if no live pool serves NAME and no such queue exists")
+
+
+def _dead_args(p: Parser) -> None:
+    p.add_argument("action", choices=("list", "show", "retry", "delete"))
+    p.add_argument("jid", nargs="?", help="job id (show/retry/delete)")
+    p.add_argument("--all", action="store_true", help="every dead job (retry/delete)")
+    p.add_argument("--page", type=settings.positive_int, default=1, help="page of 20 (list)")
+
+
+def _retries_args(p: Parser) -> None:
+    p.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    p.add_argument("jid", nargs="?", help="job id (show)")
+    p.add_argument("--page", type=settings.positive_int, default=1, help="page of 20 (list)")
+
+
+def _page_args(p: Parser) -> None:
+    p.add_argument("--page", type=settings.positive_int, default=1, help="page of 20")
+
+
+def _pause_args(p: Parser) -> None:
+    p.add_argument("name", help="job (queue) name")
+    p.add_argument("--force", action="store_true",
+                   help="pause even if no live pool serves NAME and no such queue exists")
+
+
+def _name_args(p: Parser) -> None:
+    p.add_argument("name", help="job (queue) name")
+
+
+def _workers_args(p: Parser) -> None:
+    p.add_argument("--busy", action="store_true", help="only workers running a job")
+
+
+Handler = Callable[[Client, argparse.Namespace, TextIO], None]
+# A verb that parses its own flags and opens its own connections: (argv, out, err) -> exit code.
+Command = Callable[[Sequence[str], TextIO, TextIO], int]
+
+
+def _web(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    # The dashboard lives in the optional 'web' extra: imported only when asked for.
+    from .web.cli import run as web_run
+
+    return int(web_run(list(argv), out, err))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verb:
+    """One admin verb: ``forkq NAME ...``; ``command`` instead of ``run`` for a self-parsing one."""
+
+    name: str
+    description: str
+    run: Handler | None = None
+    arguments: Callable[[Parser], None] = _no_args
+    command: Command | None = None
+
+
+_TABLE: tuple[Verb, ...] = (
+    Verb(name="stats", run=_stats,
+         description="Sidekiq-style counters: processed, failed, busy (live), enqueued, "
+                     "scheduled, retry, dead."),
+    Verb(name="queues", run=_queues,
+         description="Queues with their length, latency, paused state and whether a live pool "
+                     "serves them."),
+    Verb(name="enqueue", run=_enqueue, arguments=_enqueue_args,
+         description="Enqueue a job: forkq enqueue NAME '{\"key\": \"value\"}' [--in SECONDS] "
+                     "[--unique] [--force]."),
+    Verb(name="dead", run=_dead, arguments=_dead_args,
+         description="Dead jobs: dead list [--page N] | dead show JID | dead retry JID|--all | "
+                     "dead delete JID|--all."),
+    Verb(name="retries", run=_retries, arguments=_retries_args,
+         description="Jobs waiting to be retried, soonest first: retries [list] [--page N] | "
+                     "retries show JID."),
+    Verb(name="scheduled", run=_scheduled, arguments=_page_args,
+         description="Scheduled jobs, soonest first."),
+    Verb(name="pause", run=_pause, arguments=_pause_args,
+         description="Stop workers from taking jobs of NAME."),
+    Verb(name="unpause", run=_unpause, arguments=_name_args,
+         description="Let workers take jobs of NAME again."),
+    Verb(name="workers", run=_workers, arguments=_workers_args,
+         description="What every worker thread of every live pool is doing."),
+    Verb(name="pools", run=_pools,
+         description="Live worker pools (one per child process) and their last heartbeat."),
+    Verb(name="web", command=_web, description="The web dashboard (the 'web' extra)."),
+)
+_BY_NAME = {v.name: v for v in _TABLE}
+VERBS = tuple(v.name for v in _TABLE)
+
+
+def _parser(verb: Verb) -> Parser:
+    p = Parser(prog=f"forkq {verb.name}", description=verb.description)
+    add_version(p)
+    p.add_argument("--redis", default=settings.env_value("FORKQ_REDIS_URL", DEFAULT_URL),
+                   help="Redis URL (env FORKQ_REDIS_URL; default %(default)s; 'embedded' = the "
+                        "embedded server's socket)")
+    p.add_argument("-n", "--namespace", default=settings.env_value("FORKQ_NAMESPACE", "forkq"),
+                   help="key namespace (env FORKQ_NAMESPACE; default %(default)s)")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    verb.arguments(p)
+    return p
 
 
 # ---------------------------------------------------------------------------
@@ -344,50 +451,51 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     if not argv:
         err.write(f"forkq: error: no admin verb given (one of: {', '.join(VERBS)})\n")
         return EXIT_USAGE
-    verb = argv[0]
-    prog = f"forkq {verb}"
-    if verb == "web":  # the dashboard (forkq.web, the 'web' extra) parses its own flags
-        from .web.cli import run as web_run
-
-        return web_run(argv[1:], out, err)
-    if verb not in _HANDLERS:
-        err.write(f"forkq: error: unknown verb {verb!r} (one of: {', '.join(VERBS)})\n")
+    verb = _BY_NAME.get(argv[0])
+    if verb is None:
+        err.write(f"forkq: error: unknown verb {argv[0]!r} (one of: {', '.join(VERBS)})\n")
         return EXIT_USAGE
+    if verb.command is not None:
+        return verb.command(argv[1:], out, err)
+    assert verb.run is not None, verb.name
+    prog = f"forkq {verb.name}"
     client: Client | None = None
     where = "Redis"
+
+    def failed(code: int, message: str) -> int:
+        err.write(f"{prog}: error: {one_line(message)}\n")
+        return code
+
     try:
         try:
             a = _parser(verb).parse_args(list(argv[1:]))
-        except SystemExit as exc:  # --help printed its text
+        except SystemExit as exc:  # --help / --version printed their text
             return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_OK
         client = Client(_redis_url(a.redis), a.namespace, socket_connect_timeout=CONNECT_TIMEOUT,
                         socket_timeout=SOCKET_TIMEOUT)
         where = client.describe()
-        _HANDLERS[verb](client, a, out)
+        verb.run(client, a, out)
         return EXIT_OK
     except UsageError as exc:
-        err.write(f"{prog}: error: {_one_line(str(exc))}\n")
-        return EXIT_USAGE
+        return failed(EXIT_USAGE, str(exc))
     except (NotDeleted, NotRetried, Failed) as exc:
-        err.write(f"{prog}: error: {_one_line(str(exc))}\n")
-        return EXIT_FAILED
+        return failed(EXIT_FAILED, str(exc))
     except ForkqError as exc:  # ConfigError (bad name, URL, namespace), PayloadTooLarge, ...
-        err.write(f"{prog}: error: {_one_line(str(exc))}\n")
-        return EXIT_USAGE if isinstance(exc, (ConfigError, PayloadTooLarge)) else EXIT_FAILED
+        return failed(EXIT_USAGE if isinstance(exc, (ConfigError, PayloadTooLarge)) else EXIT_FAILED,
+                      str(exc))
+    except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+        return failed(EXIT_FAILED, f"Redis at {where} refused: {exc}")
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        err.write(f"{prog}: error: cannot reach Redis at {where}: {_one_line(str(exc))}\n")
-        return EXIT_FAILED
+        return failed(EXIT_REDIS, f"cannot reach Redis at {where}: {exc}")
     except redis.RedisError as exc:
-        err.write(f"{prog}: error: Redis at {where} refused: {_one_line(str(exc))}\n")
-        return EXIT_FAILED
+        return failed(EXIT_FAILED, f"Redis at {where} refused: {exc}")
     except (ValueError, TypeError) as exc:  # e.g. redis-py rejecting URL options
-        err.write(f"{prog}: error: {_one_line(str(exc))}\n")
-        return EXIT_USAGE
+        return failed(EXIT_USAGE, str(exc))
     except BrokenPipeError:
         return EXIT_FAILED
     except KeyboardInterrupt:
         err.write(f"{prog}: interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         if client is not None:
             try:
@@ -396,16 +504,12 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
                 pass
 
 
-def _one_line(text: str) -> str:
-    return redact(" ".join(text.split())) or "unknown error"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``forkq VERB ...``: argv[0] is the verb.  Returns the exit code."""
     return run(list(sys.argv[1:] if argv is None else argv), sys.stdout, sys.stderr)
 
 
-__all__ = ["VERBS", "main", "run", "table"]
+__all__ = ["VERBS", "Verb", "main", "run", "table"]
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
 A first word that names a verb is the verb: the admin verbs live in
 ``forkq.admin_cli``; ``forkq demo`` in ``forkq.demo``.  Everything else is the
 ``run`` path: import the app, find its ``WorkerPool``, build the effective
-``Config`` (the pool's own config, then environment knobs, then flags), and hand
-over to ``forkq.master.Master``.
+``Config`` (the pool's own config, then environment knobs, then flags, all
+through ``forkq.config.SETTINGS``), and hand over to ``forkq.master.Master``.
 
 Every failure the user can cause prints one line on stderr and exits with its
-own code (no traceback):
+own code from ``forkq.exits`` (no traceback):
 
 ====  =================  ==========================================================
 code  name               meaning
@@ -19,11 +19,9 @@ code  name               meaning
 6     EXIT_CHILD_BOOT    children keep dying at boot
 ====  =================  ==========================================================
 
-Environment knobs (mainly for tests and tuning; flags win where both exist):
-``FORKQ_REDIS_URL``, ``FORKQ_HEARTBEAT_INTERVAL``, ``FORKQ_STALE_AFTER``,
-``FORKQ_LEASE_TTL``, ``FORKQ_IDLE_POLL_INTERVAL`` (seconds, override the pool's
-``Config``), ``FORKQ_HARD_TIMEOUT_GRACE`` (seconds a job may run past its timeout
-before its child is replaced; default ``max(5, timeout/2)``), ``FORKQ_EMBEDDED_DIR``.
+Until every child is up, the master's log lines are held: if the start fails,
+the one error line is all that is printed (the held lines said the same thing
+in more words); once the children are up they are written out in order.
 """
 
 from __future__ import annotations
@@ -35,97 +33,46 @@ import os
 import sys
 import sysconfig
 from collections.abc import Sequence
-from dataclasses import replace
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any
 
-from .argtypes import non_negative_int, non_negative_seconds, positive_int
+from . import config as settings
+from .admin_cli import VERBS as ADMIN_VERBS
+from .command import CliError, Parser, UsageError, add_version, fail
 from .config import Config, pool_hostname
-from .connection import ConnectionSpec, redact, validate_url
+from .connection import ConnectionSpec, validate_url
 from .errors import ConfigError
+from .exits import EXIT_IMPORT, EXIT_INTERRUPTED, EXIT_NO_POOL, EXIT_OK, EXIT_REDIS, EXIT_USAGE
 from .registry import WorkerPool
+from .systemd import Notifier
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_IMPORT = 3
-EXIT_NO_POOL = 4
-EXIT_REDIS = 5
-EXIT_CHILD_BOOT = 6
-
-ADMIN_VERBS = frozenset({"stats", "queues", "enqueue", "dead", "retries", "scheduled", "pause",
-                         "unpause", "workers", "pools", "web"})
-
-DEFAULT_HARD_TIMEOUT_GRACE = 5.0
-_ENV_FLOATS = {
-    "FORKQ_HEARTBEAT_INTERVAL": "heartbeat_interval",
-    "FORKQ_STALE_AFTER": "stale_after",
-    "FORKQ_LEASE_TTL": "lease_ttl",
-    "FORKQ_IDLE_POLL_INTERVAL": "idle_poll_interval",
-    "FORKQ_FROZEN_AFTER": "frozen_after",
-}
-
-
-class UsageError(Exception):
-    """A bad command line or environment value (exit 2)."""
-
-
-class CliError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+# The Config fields the worker command takes as flags, in --help order.
+WORKER_FLAGS = ("concurrency", "processes", "redis_url", "shutdown_timeout", "redis_wait",
+                "max_jobs_per_child", "max_memory_per_child_mb", "hostname", "log_level")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="forkq",
         description="Run forkq workers: a master process forks children, each a thread pool.",
-        epilog=("Verbs: forkq demo | stats | queues | enqueue | dead | retries | scheduled | "
-                "pause | unpause | workers | pools | web (forkq VERB --help). Signals to the master: "
-                "TERM/INT stop gracefully, TSTP quiet, HUP reload code and restart children "
-                "one by one, TTIN/TTOU one child more/less. Environment: FORKQ_REDIS_URL, "
-                "FORKQ_LOG_LEVEL, FORKQ_EMBEDDED_DIR, and in seconds FORKQ_HEARTBEAT_INTERVAL, "
-                "FORKQ_STALE_AFTER, FORKQ_LEASE_TTL, FORKQ_IDLE_POLL_INTERVAL, "
-                "FORKQ_HARD_TIMEOUT_GRACE, FORKQ_REDIS_WAIT. Exit codes: 2 usage, 3 import failed, 4 no WorkerPool, "
+        epilog=(f"Verbs: forkq demo | {' | '.join(ADMIN_VERBS)} (forkq VERB --help). Signals to "
+                "the master: TERM/INT stop gracefully, TSTP quiet, HUP reload code and restart "
+                "children one by one, TTIN/TTOU one child more/less. Environment: "
+                f"{settings.env_help()}. Exit codes: 2 usage, 3 import failed, 4 no WorkerPool, "
                 "5 Redis unreachable, 6 children keep dying at boot."))
+    add_version(p)
     p.add_argument("app", metavar="MODULE[:ATTR]",
                    help="module holding the WorkerPool (ATTR picks one if it has several)")
-    p.add_argument("-c", "--concurrency", type=positive_int, default=None,
-                   help="threads per child (default: the pool's config, 10)")
-    p.add_argument("-p", "--processes", type=positive_int, default=None,
-                   help="child processes (default: the number of CPUs)")
-    p.add_argument("--redis", default=None, metavar="URL",
-                   help="redis://, rediss://, unix://, redis+sentinel://[user:pass@]h1:p1[,h2:p2]/SERVICE[/DB], "
-                        "redis+cluster://[user:pass@]h1:p1[,h2:p2] (rediss+... for TLS) URL, "
-                        "or 'embedded' for a private server "
-                        "with its data on disk (env FORKQ_REDIS_URL; default "
-                        "redis://127.0.0.1:6379/0)")
-    p.add_argument("--shutdown-timeout", type=non_negative_seconds, default=None, metavar="SECONDS",
-                   help="on stop, how long running jobs may finish before being requeued (25)")
-    p.add_argument("--redis-wait", type=non_negative_seconds, default=None, metavar="SECONDS",
-                   help="at start, how long to keep trying an unreachable Redis before exiting 5 "
-                        "(env FORKQ_REDIS_WAIT; 30)")
-    p.add_argument("--max-jobs-per-child", type=non_negative_int, default=None, metavar="N",
-                   help="recycle a child after about N jobs (+ up to 10%% jitter; 0 = never)")
-    p.add_argument("--max-memory-per-child", type=non_negative_int, default=None, metavar="MB",
-                   help="recycle a child whose RSS is above MB (0 = never)")
-    p.add_argument("--hostname", default=None, metavar="NAME",
-                   help="host part of every pool identity, for containers sharing a hostname "
-                        "(env FORKQ_HOSTNAME; default the machine's hostname)")
-    p.add_argument("--log-level", default=None, type=str.upper,
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-                   help="logging level (default INFO)")
+    settings.add_flags(p, WORKER_FLAGS)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in ADMIN_VERBS:
-        return _admin(args_list)
+        from .admin_cli import main as admin_main
+
+        return int(admin_main(args_list))
     if args_list and args_list[0] == "demo":
         from .demo import main as demo_main
 
@@ -133,31 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             args = build_parser().parse_args(args_list)
-        except SystemExit as exc:  # --help
+        except SystemExit as exc:  # --help, --version
             return int(exc.code or 0)
         return _run(args)
     except UsageError as exc:
-        return _fail(EXIT_USAGE, f"{exc} (see forkq --help)")
+        return fail("forkq", EXIT_USAGE, f"{exc} (see forkq --help)")
     except CliError as exc:
-        return _fail(exc.code, str(exc))
+        return fail("forkq", exc.code, str(exc))
     except KeyboardInterrupt:
-        return 130
-
-
-def _fail(code: int, message: str) -> int:
-    line = redact(" ".join(message.split()))
-    print(f"forkq: error: {line}", file=sys.stderr)
-    return code
-
-
-def _admin(argv: list[str]) -> int:
-    try:
-        admin_cli = importlib.import_module("forkq.admin_cli")
-    except ModuleNotFoundError as exc:
-        if exc.name == "forkq.admin_cli":
-            return _fail(EXIT_USAGE, f"'{argv[0]}' is not available in this build of forkq")
-        raise
-    return int(admin_cli.main(argv))
+        return EXIT_INTERRUPTED
 
 
 # -- the app ---------------------------------------------------------------------------
@@ -289,83 +220,128 @@ def _import_failure(module: str, exc: BaseException) -> str:
     return f"cannot import {module!r}: {detail}{where}"
 
 
-# -- config ------------------------------------------------------------------------------
+# -- config and logging ------------------------------------------------------------------
 
-def effective_config(base: Config, args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> Config:
-    """The pool's config, then environment knobs, then command-line flags."""
-    changes: dict[str, Any] = {}
-    for env, field in _ENV_FLOATS.items():
-        raw = environ.get(env)
-        if raw:
-            changes[field] = _env_float(env, raw)
-    flag_fields = {"concurrency": args.concurrency, "processes": args.processes,
-                   "shutdown_timeout": args.shutdown_timeout,
-                   "max_jobs_per_child": args.max_jobs_per_child,
-                   "max_memory_per_child_mb": args.max_memory_per_child,
-                   "log_level": args.log_level}
-    changes.update({k: v for k, v in flag_fields.items() if v is not None})
-    return replace(base, **changes)
-
-
-DEFAULT_REDIS_WAIT = 30.0
-
-
-def redis_wait(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> float:
-    if args.redis_wait is not None:
-        return float(args.redis_wait)
-    raw = environ.get("FORKQ_REDIS_WAIT")
-    return _env_float("FORKQ_REDIS_WAIT", raw) if raw else DEFAULT_REDIS_WAIT
-
-
-def _env_float(name: str, raw: str) -> float:
+def effective_config(base: Config, args: argparse.Namespace,
+                     environ: dict[str, str] | os._Environ[str]) -> Config:
+    """The pool's config, then environment knobs, then command-line flags (one table)."""
     try:
-        value = float(raw)
-    except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise UsageError(f"{name}={raw!r} must be a positive number of seconds")
-    return value
+        return Config.resolve(base, environ=environ,
+                              flags={name: getattr(args, name) for name in WORKER_FLAGS})
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
-def hard_timeout_grace(environ: dict[str, str] | os._Environ[str]) -> float:
-    raw = environ.get("FORKQ_HARD_TIMEOUT_GRACE")
-    return _env_float("FORKQ_HARD_TIMEOUT_GRACE", raw) if raw else DEFAULT_HARD_TIMEOUT_GRACE
+class StartupLog(logging.Handler):
+    """Holds the master's log records until its children are up (see the module docstring).
+
+    Only in the process that made it: a forked child writes straight through.
+    """
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__()
+        self.target = target
+        self.holding = True
+        self._held: list[logging.LogRecord] = []
+        self._pid = os.getpid()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.holding and os.getpid() == self._pid:
+            self._held.append(record)
+        else:
+            self.target.handle(record)
+
+    def write_out(self) -> None:
+        """Write the held records out and stop holding (a forked child drops its copy)."""
+        self.holding = False
+        held, self._held = self._held, []
+        if os.getpid() != self._pid:
+            return
+        for record in held:
+            self.target.handle(record)
+
+    def discard(self) -> None:
+        self.holding = False
+        self._held = []
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-                        stream=sys.stderr)
+class _ReadyNotifier(Notifier):
+    """systemd's notifier that also releases the held start-up log at READY=1."""
+
+    def __init__(self, startup: StartupLog | None) -> None:
+        super().__init__()
+        self._startup = startup
+
+    def notify(self, *fields: str) -> bool:
+        if self._startup is not None and "READY=1" in fields:
+            self._startup.write_out()
+        return super().notify(*fields)
+
+
+def setup_logging(level: str, *, hold: bool = False) -> StartupLog | None:
+    """forkq's log format on stderr; redis-py's own DEBUG chatter stays out of it.
+
+    ``hold``: keep records until the caller releases or discards them (start-up).
+    """
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+    startup = StartupLog(stream) if hold and level.upper() != "DEBUG" else None
+    root = logging.getLogger()
+    root.addHandler(startup if startup is not None else stream)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # redis-py logs "Failed to enable maintenance notifications" (and more) at DEBUG on
+    # every connection: noise in forkq's DEBUG log, never forkq's problem.
+    logging.getLogger("redis").setLevel(logging.WARNING)
+    return startup
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .master import Master, MasterOptions
+    from .master import Master
 
     loader = AppLoader(args.app)
     environ = os.environ
-    setup_logging(args.log_level or environ.get("FORKQ_LOG_LEVEL") or "INFO")
+    early = effective_config(Config(), args, environ)
+    startup = setup_logging(early.log_level, hold=True)
+    try:
+        code = _start(loader, args, environ, startup, Master)
+    except BaseException:
+        if startup is not None:
+            startup.discard()
+        raise
+    if startup is not None:
+        if code == EXIT_OK:
+            startup.write_out()
+        else:
+            startup.discard()
+    return code
+
+
+def _start(loader: AppLoader, args: argparse.Namespace, environ: os._Environ[str],
+           startup: StartupLog | None, master_cls: Any) -> int:
     pool = loader.load()
     try:
         pool.check()
     except ConfigError as exc:
         raise CliError(EXIT_IMPORT, f"{loader.target}: {exc}") from None
-    if args.hostname is not None:
-        environ["FORKQ_HOSTNAME"] = args.hostname
+    config = effective_config(pool.config, args, environ)
+    logging.getLogger().setLevel(getattr(logging, config.log_level, logging.INFO))
+    if config.hostname:  # a flag or the pool's config: the same for master and children
+        environ["FORKQ_HOSTNAME"] = config.hostname
     try:
-        hostname = pool_hostname(pool.config.hostname)
+        hostname = pool_hostname(config.hostname)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     environ["FORKQ_HOSTNAME"] = hostname  # the master and its children build identities from it
-    config = replace(effective_config(pool.config, args, environ), hostname=hostname)
-    grace = hard_timeout_grace(environ)
-    url = args.redis or environ.get("FORKQ_REDIS_URL") or config.redis_url
+    config = Config.resolve(config, environ={}, flags={"hostname": hostname})
+    url = config.redis_url
     embedded = None
     if url == "embedded":
         from pathlib import Path
 
         from .embedded import DEFAULT_DIR, EmbeddedRedis
 
-        directory = Path(environ.get("FORKQ_EMBEDDED_DIR") or DEFAULT_DIR)
+        directory = Path(config.embedded_dir) if config.embedded_dir else DEFAULT_DIR
         try:
             embedded = EmbeddedRedis(directory=directory).start()
         except (ConfigError, OSError) as exc:
@@ -375,20 +351,16 @@ def _run(args: argparse.Namespace) -> int:
     try:
         try:
             spec = ConnectionSpec(url=validate_url(url)).for_namespace(pool.namespace)
+            config = Config.resolve(config, environ={}, flags={"redis_url": url})
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        config = replace(config, redis_url=url)
-        master = Master(pool=pool, app=loader.target, spec=spec, config=config,
-                        options=MasterOptions(processes=config.processes,
-                                              concurrency=config.concurrency,
-                                              max_jobs_per_child=config.max_jobs_per_child,
-                                              max_memory_per_child_mb=config.max_memory_per_child_mb,
-                                              hard_timeout_grace=grace,
-                                              redis_wait=redis_wait(args, environ)),
-                        reload_app=loader.reload)
-        code = master.run()
+        master = master_cls(pool=pool, app=loader.target, spec=spec, config=config,
+                            reload_app=loader.reload, notifier=_ReadyNotifier(startup))
+        code = int(master.run())
         if code != EXIT_OK and master.error:
-            print(f"forkq: error: {redact(' '.join(master.error.split()))}", file=sys.stderr)
+            if startup is not None:
+                startup.discard()
+            fail("forkq", code, master.error)
         return code
     finally:
         if embedded is not None:

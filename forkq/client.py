@@ -22,7 +22,10 @@ Differences from gocraft/work, on purpose:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -35,7 +38,7 @@ from . import job as jobcodec
 from . import scripts
 from .connection import ConnectionSpec
 from .errors import ConfigError, NotDeleted, NotRetried
-from .keys import Keys, validate_job_name
+from .keys import Keys, field_holds_jid, validate_job_name, worker_sort_key
 
 PAGE_SIZE = 20
 # Entries read per round trip when a whole zset is walked (search by jid, retry all).
@@ -95,6 +98,8 @@ class JobEntry:
     enqueued_at: float
     created_at: float
     payload: bytes = field(repr=False)
+    # Sidekiq's ``error_backtrace`` (innermost frame first), when one is stored.
+    backtrace: tuple[str, ...] = ()
 
     @property
     def jid(self) -> str:
@@ -110,6 +115,7 @@ class JobEntry:
         d = asdict(self)
         d["payload"] = self.payload.decode("utf-8", "replace")
         d["positional_args"] = list(self.positional_args)
+        d["backtrace"] = list(self.backtrace)
         return d
 
     @staticmethod
@@ -136,6 +142,7 @@ class JobEntry:
             "enqueued_at": _num(data.get("enqueued_at")),
             "created_at": _num(data.get("created_at")),
             "payload": member,
+            "backtrace": tuple(_backtrace_of(data)),
         }
 
 
@@ -164,6 +171,8 @@ class Queue:
     count: int
     latency: float
     paused: bool
+    # Whether a live pool lists this name (Sidekiq's process ``info.queues``).
+    served: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,6 +322,14 @@ class Client:
         m, s = max(found, key=lambda pair: pair[1])
         return DeadJob(died_at=s, **JobEntry.fields_of(m))
 
+    def find_retry_job(self, job_id: str) -> RetryJob | None:
+        """The retry entry with this jid (the soonest if several), searching the whole set."""
+        found = self._find(self.keys.retry, None, job_id)
+        if not found:
+            return None
+        m, s = min(found, key=lambda pair: pair[1])
+        return RetryJob(retry_at=s, **JobEntry.fields_of(m))
+
     # -- deleting -------------------------------------------------------------------------
     def delete_dead_job(self, died_at: float | None, job_id: str) -> None:
         """Delete one dead job; NotDeleted if no entry matched."""
@@ -440,6 +457,7 @@ class Client:
         names = sorted(_s(n) for n in self._conn.smembers(self.keys.queues))
         if not names:
             return []
+        served = self.served_names()
         pipe = self._conn.pipeline(transaction=False)
         for n in names:
             pipe.llen(self.keys.queue(n))
@@ -459,8 +477,18 @@ class Client:
                     enq = 0.0
                 if enq > 0:
                     latency = max(0.0, now - enq)
-            out.append(Queue(job_name=n, count=int(count), latency=latency, paused=bool(paused)))
+            out.append(Queue(job_name=n, count=int(count), latency=latency, paused=bool(paused),
+                             served=n in served))
         return out
+
+    def served_names(self) -> set[str]:
+        """Job (queue) names that at least one live pool takes jobs of."""
+        return {q for p in self._live_processes().values() for q in p.queues}
+
+    def is_known_name(self, name: str) -> bool:
+        """Served by a live pool, or a queue of that name exists (``queues``): not a typo."""
+        validate_job_name(name)
+        return name in self.served_names() or bool(self._conn.sismember(self.keys.queues, name))
 
     def pause(self, name: str) -> None:
         """Stop workers from taking jobs of ``name`` (queued jobs stay queued)."""
@@ -502,31 +530,57 @@ class Client:
                 host=h.get("host", ""),
                 pid=_int(h.get("pid")),
                 worker_ids=tuple(sorted((x for x in h.get("worker_ids", "").split(",") if x),
-                                        key=_worker_sort_key)),
+                                        key=worker_sort_key)),
             ))
         return out
 
-    def worker_observations(self) -> list[WorkerObservation]:
-        """One observation per worker of every pool; idle workers are listed as not busy.
+    def _live_processes(self) -> dict[str, _LiveProcess]:
+        """Every process in ``processes`` whose hash still exists (Sidekiq's liveness rule).
 
-        A worker counts as busy only if its observation hash names the job that
-        its pool's latest beat lists for that thread in ``<identity>:work``, so an
-        observation left over from a finished job is not shown as running.
+        ``in_flight`` is the length of its in-progress hash, which fetch and ack
+        change atomically with the jobs: live, unlike the ``busy`` its beat writes
+        every few seconds.
         """
-        hbs = self.worker_pool_heartbeats()
+        k = self.keys
+        idents = sorted(_s(p) for p in self._conn.smembers(k.processes))
+        if not idents:
+            return {}
+        pipe = self._conn.pipeline(transaction=False)
+        for ident in idents:
+            pipe.hmget(k.process(ident), "beat", "info")
+            pipe.hkeys(k.inprogress(ident))
+        res = pipe.execute()
+        out = {}
+        for i, ident in enumerate(idents):
+            (beat, info), fields = res[2 * i], res[2 * i + 1]
+            if beat is None:
+                continue
+            out[ident] = _LiveProcess(queues=_info_queues(info),
+                                      in_flight=frozenset(_s(f) for f in fields))
+        return out
+
+    def worker_observations(self) -> list[WorkerObservation]:
+        """One observation per worker of every live pool; idle workers are listed as not busy.
+
+        A worker counts as busy only while its pool's in-progress hash holds the
+        job its observation names (fetch and ack change that hash atomically with
+        the job), so a finished job is not shown as running, and a job recovered
+        from a dead pool shows only where it runs now, with that run's start time.
+        """
+        live = self._live_processes()
+        hbs = [hb for hb in self.worker_pool_heartbeats() if hb.worker_pool_id in live]
         pipe = self._conn.pipeline(transaction=False)
         for hb in hbs:
-            pipe.hgetall(self.keys.process_work(hb.worker_pool_id))
             for wid in hb.worker_ids:
                 pipe.hgetall(self.keys.worker(wid))
-        res = iter(pipe.execute())
+        res = iter(pipe.execute() if hbs else [])
         out = []
         for hb in hbs:
-            work = {_s(k): v for k, v in next(res).items()}
+            held = live[hb.worker_pool_id].in_flight
             for wid in hb.worker_ids:
                 h = {_s(k): _s(v) for k, v in next(res).items()}
                 job_id = h.get("job_id", "")
-                if h and job_id and _running_jid(work, hb.worker_pool_id, wid) == job_id:
+                if job_id and any(field_holds_jid(f, job_id) for f in held):
                     out.append(WorkerObservation(
                         worker_id=wid, worker_pool_id=hb.worker_pool_id, is_busy=True,
                         job_name=h.get("job_name", ""), job_id=job_id,
@@ -538,7 +592,7 @@ class Client:
         return out
 
     def stats(self) -> Stats:
-        """Sidekiq's dashboard numbers; ``busy``/``processes`` count live process hashes only."""
+        """Sidekiq's dashboard numbers; ``busy`` = jobs the live pools hold in progress now."""
         k = self.keys
         day = k.today()
         pipe = self._conn.pipeline(transaction=False)
@@ -549,26 +603,56 @@ class Client:
         pipe.zcard(k.schedule)
         pipe.zcard(k.retry)
         pipe.zcard(k.dead)
-        pipe.smembers(k.processes)
         pipe.smembers(k.queues)
-        processed, failed, p_day, f_day, scheduled, retry, dead, procs, queues = pipe.execute()
-        procs = sorted(_s(p) for p in procs)
+        processed, failed, p_day, f_day, scheduled, retry, dead, queues = pipe.execute()
         queues = sorted(_s(q) for q in queues)
+        live = self._live_processes()
         pipe = self._conn.pipeline(transaction=False)
-        for ident in procs:
-            pipe.hmget(k.process(ident), "busy", "beat")
         for q in queues:
             pipe.llen(k.queue(q))
-        res = pipe.execute() if (procs or queues) else []
-        live = [r for r in res[:len(procs)] if r[1] is not None]
+        lengths = pipe.execute() if queues else []
         return Stats(
             processed=_int(processed), failed=_int(failed),
             processed_today=_int(p_day), failed_today=_int(f_day),
-            busy=sum(_int(r[0]) for r in live),
-            enqueued=sum(int(n) for n in res[len(procs):]),
+            busy=sum(len(p.in_flight) for p in live.values()),
+            enqueued=sum(int(n) for n in lengths),
             scheduled=int(scheduled), retry=int(retry), dead=int(dead),
             processes=len(live),
         )
+
+
+@dataclass(frozen=True)
+class _LiveProcess:
+    queues: frozenset[str]
+    in_flight: frozenset[str]  # in-progress fields (jid, or jid#n)
+
+
+def _info_queues(info: bytes | None) -> frozenset[str]:
+    """The queue names a Sidekiq process hash's ``info`` lists (forkq: its job names)."""
+    if not info:
+        return frozenset()
+    try:
+        data = orjson.loads(info)
+    except orjson.JSONDecodeError:
+        return frozenset()
+    queues = data.get("queues") if isinstance(data, dict) else None
+    if not isinstance(queues, list):
+        return frozenset()
+    return frozenset(q for q in queues if isinstance(q, str))
+
+
+def _backtrace_of(data: dict[str, Any]) -> list[str]:
+    """Sidekiq's ``error_backtrace``: base64 of zlib-deflated JSON lines (6.4+/7), or a raw list."""
+    value = data.get("error_backtrace")
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if not isinstance(value, str) or not value:
+        return []
+    try:
+        lines = orjson.loads(zlib.decompress(base64.b64decode(value, validate=True)))
+    except (binascii.Error, zlib.error, orjson.JSONDecodeError, ValueError):
+        return [value]
+    return [str(v) for v in lines] if isinstance(lines, list) else [value]
 
 
 def _at(score: float | None) -> str:
@@ -578,32 +662,6 @@ def _at(score: float | None) -> str:
 def _jid_of(member: bytes) -> str:
     """The jid of a stored job ("" if it has none); the job codec owns the format."""
     return jobcodec.jid_of(member) or ""
-
-
-def _worker_sort_key(wid: str) -> tuple[str, int]:
-    """Sort ``<identity>:<n>`` numerically on n, so worker 10 follows worker 9."""
-    head, _, tail = wid.rpartition(":")
-    return (head, int(tail)) if tail.isdigit() else (wid, -1)
-
-
-def _running_jid(work: dict[str, bytes], identity: str, wid: str) -> str:
-    """The jid the pool's ``:work`` hash lists for this worker's thread, or ""."""
-    prefix = identity + ":"
-    if not wid.startswith(prefix) or not wid[len(prefix):].isdigit():
-        return ""
-    raw = work.get(format(int(wid[len(prefix):]), "x"))
-    if raw is None:
-        return ""
-    try:
-        entry = orjson.loads(raw)
-        payload = entry.get("payload") if isinstance(entry, dict) else None
-        if isinstance(payload, str):
-            return _jid_of(payload.encode())
-        if isinstance(payload, dict) and isinstance(payload.get("jid"), str):
-            return str(payload["jid"])
-    except orjson.JSONDecodeError:
-        pass
-    return ""
 
 
 __all__ = ["Client", "DeadJob", "JobEntry", "PAGE_SIZE", "Queue", "RetryJob", "ScheduledEntry",

@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError
 
 from . import scripts
 from .executor import RUNNING, Slot
-from .keys import Keys
+from .keys import Keys, worker_id
 from .stats import StatsBuffer
 
 LIVENESS_TTL = 60
@@ -52,10 +52,6 @@ class PoolInfo:
             "tag": self.tag, "concurrency": self.concurrency, "queues": list(self.job_names),
             "labels": ["forkq"], "identity": self.identity,
         })
-
-
-def worker_id(identity: str, slot_index: int) -> str:
-    return f"{identity}:{slot_index}"
 
 
 class Heartbeat:

@@ -128,3 +128,24 @@ class Keys:
     @staticmethod
     def today(now: float | None = None) -> str:
         return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
+
+
+# Members and ids built from key parts ------------------------------------------------
+
+def worker_id(identity: str, slot_index: int) -> str:
+    """gocraft's worker id of one thread slot of a pool: ``<identity>:<n>``."""
+    return f"{identity}:{slot_index}"
+
+
+def worker_sort_key(wid: str) -> tuple[str, int]:
+    """Sort worker ids numerically on their slot, so worker 10 follows worker 9."""
+    head, _, tail = wid.rpartition(":")
+    return (head, int(tail)) if tail.isdigit() else (wid, -1)
+
+
+def field_holds_jid(field: str, jid: str) -> bool:
+    """Whether an in-progress field (``fetch.lua``: the jid, or ``<jid>#<n>`` when that jid
+    is already held) is the one of ``jid``."""
+    if field == jid:
+        return True
+    return field.startswith(jid + "#") and field[len(jid) + 1:].isdigit()

@@ -58,15 +58,13 @@ from . import messages, reaper
 from .backoff import capped_exponential
 from .config import Config
 from .connection import ConnectionSpec, redact
+from .exits import EXIT_CHILD_BOOT, EXIT_OK, EXIT_REDIS
 from .recovery import Recovery
 from .registry import WorkerPool
 from .systemd import Notifier
 
 log = logging.getLogger("forkq.master")
 
-EXIT_OK = 0
-EXIT_REDIS = 5
-EXIT_CHILD_BOOT = 6
 
 # After this many children in a row die before reporting ready, the master gives up.
 MAX_BOOT_FAILURES = 5
@@ -98,17 +96,6 @@ _NAMES: dict[int, str] = {signal.SIGHUP: "hup", signal.SIGQUIT: "quit", signal.S
           signal.SIGTSTP: "tstp", signal.SIGCHLD: "chld"}
 
 
-@dataclass(frozen=True, kw_only=True)
-class MasterOptions:
-    processes: int
-    concurrency: int
-    max_jobs_per_child: int = 0
-    max_memory_per_child_mb: int = 0
-    hard_timeout_grace: float = 5.0
-    # How long a master whose children never reached Redis keeps them trying.
-    redis_wait: float = 30.0
-
-
 @dataclass
 class ChildProc:
     pid: int
@@ -134,17 +121,16 @@ class ChildProc:
 
 class Master:
     def __init__(self, *, pool: WorkerPool, app: str, spec: ConnectionSpec, config: Config,
-                 options: MasterOptions, reload_app: Callable[[], WorkerPool] | None = None,
+                 reload_app: Callable[[], WorkerPool] | None = None,
                  notifier: Notifier | None = None) -> None:
         self.pool = pool
         self.app = app
         self.spec = spec
         self.config = config
-        self.options = options
         self.reload_app = reload_app
         self.notifier = notifier or Notifier()
         self.pid = os.getpid()
-        self.target = options.processes
+        self.target = config.processes
         self.children: dict[int, ChildProc] = {}
         self.sig_queue: deque[int] = deque()
         self.stopping = False
@@ -188,7 +174,7 @@ class Master:
             signal.signal(sig, self._on_signal)
         log.info("forkq master %d: app %s (namespace %s, %d jobs), %d children x %d threads, "
                  "Redis %s", self.pid, self.app, self.pool.namespace, len(self.pool.jobs),
-                 self.target, self.options.concurrency, self.spec.describe())
+                 self.target, self.config.concurrency, self.spec.describe())
         if threading.active_count() > 1:
             # Threads do not survive fork: whatever they do would silently stop in children.
             log.warning("the app started %d thread(s) at import (%s); they do not run in the "
@@ -358,10 +344,10 @@ class Master:
         close = [r, *self._own_fds()]
         plan = childmod.ChildPlan(
             index=index, nonce=nonce, pool=self.pool, spec=self.spec, config=self.config,
-            concurrency=self.options.concurrency, app=self.pool.namespace, master_pid=self.pid,
-            report_fd=w, close_fds=tuple(close), max_jobs=self.options.max_jobs_per_child,
-            max_memory_mb=self.options.max_memory_per_child_mb,
-            hard_grace=self.options.hard_timeout_grace, quiet=self.quiet)
+            concurrency=self.config.concurrency, app=self.pool.namespace, master_pid=self.pid,
+            report_fd=w, close_fds=tuple(close), max_jobs=self.config.max_jobs_per_child,
+            max_memory_mb=self.config.max_memory_per_child_mb,
+            hard_grace=self.config.hard_timeout_grace, quiet=self.quiet)
         # Block signals across fork: the child must not run the master's handlers.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
@@ -527,12 +513,12 @@ class Master:
     def _wait_for_redis(self, reason: str) -> None:
         """No child ever reached Redis: keep them trying for ``redis_wait`` seconds, then give up."""
         waited = time.monotonic() - self.started_at
-        if waited >= self.options.redis_wait:
-            self._fatal(EXIT_REDIS, f"{reason} (gave up after {self.options.redis_wait:g}s)")
+        if waited >= self.config.redis_wait:
+            self._fatal(EXIT_REDIS, f"{reason} (gave up after {self.config.redis_wait:g}s)")
         elif not self._redis_wait_logged:
             self._redis_wait_logged = True
             log.warning("waiting for Redis at %s (up to %gs): %s", self.spec.describe(),
-                        self.options.redis_wait, reason)
+                        self.config.redis_wait, reason)
 
     def _fatal(self, code: int, message: str) -> None:
         if self.error is None:
@@ -711,7 +697,7 @@ class Master:
     def _status_text(self) -> str:
         kids = list(self.children.values())
         busy = sum(c.busy for c in kids)
-        conc = sum(c.conc or self.options.concurrency for c in kids)
+        conc = sum(c.conc or self.config.concurrency for c in kids)
         done = sum(c.done for c in kids)
         return f"{self._state()}: {len(kids)} children, {busy}/{conc} busy, {done} jobs done by these children"
 

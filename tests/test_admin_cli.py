@@ -81,9 +81,9 @@ def test_queues_lists_count_latency_and_paused(capsys, redis_url) -> None:
     assert run(capsys, redis_url, "pause", "beta")[0] == 0
     code, out, _ = run(capsys, redis_url, "queues")
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["queue", "count", "latency", "paused"]
-    assert lines[1].split()[:2] == ["alpha", "3"] and lines[1].split()[-1] == "no"
-    assert lines[2].split()[:2] == ["beta", "1"] and lines[2].split()[-1] == "yes"
+    assert code == 0 and lines[0].split() == ["queue", "count", "latency", "paused", "served"]
+    assert lines[1].split()[:2] == ["alpha", "3"] and lines[1].split()[3] == "no"
+    assert lines[2].split()[:2] == ["beta", "1"] and lines[2].split()[3] == "yes"
     data = run_json(capsys, redis_url, "queues")
     assert [(q["job_name"], q["count"], q["paused"]) for q in data] == [("alpha", 3, False), ("beta", 1, True)]
     assert data[0]["latency"] >= 0
@@ -94,7 +94,7 @@ def test_queues_says_so_when_there_are_none(capsys, redis_url) -> None:
 
 
 def test_enqueue_puts_a_job_with_json_args_on_its_queue(capsys, redis_url, r) -> None:
-    code, out, err = run(capsys, redis_url, "enqueue", "send_email", '{"addr": "a@b.c", "n": 2}')
+    code, out, err = run(capsys, redis_url, "enqueue", "send_email", '{"addr": "a@b.c", "n": 2}', "--force")
     assert code == 0 and err == ""
     jid = out.split()[-1]
     (raw,) = r.lrange(K.queue("send_email"), 0, -1)
@@ -104,20 +104,20 @@ def test_enqueue_puts_a_job_with_json_args_on_its_queue(capsys, redis_url, r) ->
 
 
 def test_enqueue_without_args_sends_an_empty_object(capsys, redis_url, r) -> None:
-    data = run_json(capsys, redis_url, "enqueue", "tick")
+    data = run_json(capsys, redis_url, "enqueue", "tick", "--force")
     assert data["enqueued"] and data["run_at"] is None
     assert jobcodec.decode(r.lindex(K.queue("tick"), 0))["args"] == [{}]
 
 
 def test_enqueue_in_schedules_and_unique_skips_a_duplicate(capsys, redis_url, r) -> None:
     before = time.time()
-    data = run_json(capsys, redis_url, "enqueue", "digest", '{"u": 1}', "--in", "120", "--unique")
+    data = run_json(capsys, redis_url, "enqueue", "digest", '{"u": 1}', "--in", "120", "--unique", "--force")
     assert data["enqueued"] and before + 119 <= data["run_at"] <= time.time() + 121
     assert r.zcard(K.schedule) == 1 and r.llen(K.queue("digest")) == 0
-    code, out, err = run(capsys, redis_url, "enqueue", "digest", '{"u": 1}', "--in", "120", "--unique")
+    code, out, err = run(capsys, redis_url, "enqueue", "digest", '{"u": 1}', "--in", "120", "--unique", "--force")
     assert code == 0 and "not enqueued" in out and err == ""
     assert r.zcard(K.schedule) == 1
-    code, out, _ = run(capsys, redis_url, "enqueue", "digest", '{"u": 2}', "--in", "5")
+    code, out, _ = run(capsys, redis_url, "enqueue", "digest", '{"u": 2}', "--in", "5", "--force")
     assert code == 0 and out.startswith("scheduled digest ")
     assert r.zcard(K.schedule) == 2
 
@@ -149,7 +149,7 @@ def test_enqueue_with_a_bad_job_name_fails_in_one_line(capsys, redis_url, r) -> 
 
 def test_enqueue_too_large_a_payload_fails_in_one_line(capsys, redis_url, r) -> None:
     big = orjson.dumps({"blob": "x" * (1024 * 1024 + 10)}).decode()
-    assert_one_line_error(*run(capsys, redis_url, "enqueue", "x", big), "limit")
+    assert_one_line_error(*run(capsys, redis_url, "enqueue", "x", big, "--force"), "limit")
     assert r.dbsize() == 0
 
 
@@ -243,7 +243,7 @@ def test_retries_and_scheduled_list_soonest_first(capsys, redis_url, r) -> None:
 # -- pause, unpause, workers, pools --------------------------------------------------------------
 
 def test_pause_and_unpause_toggle_the_key_and_unpause_wakes(capsys, redis_url, r) -> None:
-    assert run(capsys, redis_url, "pause", "mail")[:2] == (0, "paused mail\n")
+    assert run(capsys, redis_url, "pause", "mail", "--force")[:2] == (0, "paused mail\n")
     assert r.exists(K.paused("mail"))
     ps = r.pubsub(ignore_subscribe_messages=True)
     ps.subscribe(K.wake_channel)
@@ -335,7 +335,7 @@ def test_every_verb_reports_an_unreachable_redis_in_one_line(capsys, verb) -> No
     code = main([verb, "--redis", url, *extra])
     cap = capsys.readouterr()
     assert_one_line_error(code, cap.out, cap.err, "cannot reach Redis", "127.0.0.1")
-    assert code == 1 and "hunter2" not in cap.err
+    assert code == 5 and "hunter2" not in cap.err
 
 
 @pytest.mark.parametrize("url, needle", [
@@ -367,7 +367,7 @@ def test_wrong_password_fails_in_one_line(capsys, redis_server) -> None:
 # -- as a real process -----------------------------------------------------------------------------
 
 def test_subprocess_enqueue_then_stats_json(redis_url) -> None:
-    done = run_process("enqueue", "mail", '{"to": "x"}', "--redis", redis_url, "-n", NS)
+    done = run_process("enqueue", "mail", '{"to": "x"}', "--redis", redis_url, "-n", NS, "--force")
     assert done.returncode == 0 and done.stderr == "" and done.stdout.startswith("enqueued mail ")
     stats = run_process("stats", "--json", env={"FORKQ_REDIS_URL": redis_url, "FORKQ_NAMESPACE": NS})
     assert stats.returncode == 0 and orjson.loads(stats.stdout)["enqueued"] == 1
@@ -379,9 +379,9 @@ def test_subprocess_bad_json_is_one_stderr_line_and_exit_2(redis_url) -> None:
     assert len(done.stderr.splitlines()) == 1 and "not valid JSON" in done.stderr
 
 
-def test_subprocess_unreachable_redis_is_one_stderr_line_and_exit_1() -> None:
+def test_subprocess_unreachable_redis_is_one_stderr_line_and_exit_5() -> None:
     done = run_process("queues", "--redis", f"redis://u:hunter2@127.0.0.1:{free_port()}/0")
-    assert done.returncode == 1 and done.stdout == ""
+    assert done.returncode == 5 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1
     assert "cannot reach Redis" in done.stderr and "hunter2" not in done.stderr
 
@@ -394,6 +394,6 @@ def test_subprocess_unknown_jid_is_one_stderr_line_and_exit_1(redis_url) -> None
 
 def test_subprocess_redis_embedded_points_at_the_embedded_servers_socket(tmp_path) -> None:
     done = run_process("stats", "--redis", "embedded", env={"FORKQ_EMBEDDED_DIR": str(tmp_path)})
-    assert done.returncode == 1 and done.stdout == ""
+    assert done.returncode == 5 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1
     assert "cannot reach Redis" in done.stderr and str(tmp_path / "redis.sock") in done.stderr

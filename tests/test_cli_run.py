@@ -11,7 +11,7 @@ import pytest
 from procs import FAST_ENV, write_jobs
 from redis_server import free_port
 
-from forkq import cli
+from forkq import cli, exits
 
 
 def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
@@ -35,7 +35,8 @@ def one_error_line(res: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_exit_codes_are_distinct() -> None:
-    codes = [cli.EXIT_USAGE, cli.EXIT_IMPORT, cli.EXIT_NO_POOL, cli.EXIT_REDIS, cli.EXIT_CHILD_BOOT]
+    codes = [exits.EXIT_USAGE, exits.EXIT_IMPORT, exits.EXIT_NO_POOL, exits.EXIT_REDIS,
+             exits.EXIT_CHILD_BOOT, exits.EXIT_FAILED]
     assert len(set(codes)) == len(codes) and 0 not in codes
 
 
@@ -50,35 +51,35 @@ def test_exit_codes_are_distinct() -> None:
 ])
 def test_bad_flags_print_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> None:
     res = run_cli(tmp_path, *args)
-    assert res.returncode == cli.EXIT_USAGE
+    assert res.returncode == exits.EXIT_USAGE
     one_error_line(res)
 
 
 def test_bad_environment_knob_is_a_usage_error(tmp_path: Path) -> None:
     mod = write_jobs(tmp_path)
     res = run_cli(tmp_path, mod, env={"FORKQ_STALE_AFTER": "soon"})
-    assert res.returncode == cli.EXIT_USAGE
+    assert res.returncode == exits.EXIT_USAGE
     assert "FORKQ_STALE_AFTER" in one_error_line(res)
 
 
 def test_bad_redis_url_is_a_usage_error_and_hides_the_password(tmp_path: Path) -> None:
     mod = write_jobs(tmp_path)
     res = run_cli(tmp_path, "--redis", "http://user:s3cret@host/0", mod)
-    assert res.returncode == cli.EXIT_USAGE
+    assert res.returncode == exits.EXIT_USAGE
     line = one_error_line(res)
     assert "s3cret" not in res.stderr and "scheme" in line
 
 
 def test_missing_module_exits_3(tmp_path: Path) -> None:
     res = run_cli(tmp_path, "no_such_module_here")
-    assert res.returncode == cli.EXIT_IMPORT
+    assert res.returncode == exits.EXIT_IMPORT
     assert "no_such_module_here" in one_error_line(res)
 
 
 def test_module_that_raises_at_import_exits_3(tmp_path: Path) -> None:
     (tmp_path / "boom.py").write_text("import forkq\nraise RuntimeError('config missing')\n")
     res = run_cli(tmp_path, "boom")
-    assert res.returncode == cli.EXIT_IMPORT
+    assert res.returncode == exits.EXIT_IMPORT
     line = one_error_line(res)
     assert "RuntimeError: config missing" in line and "boom.py:2" in line
 
@@ -86,14 +87,14 @@ def test_module_that_raises_at_import_exits_3(tmp_path: Path) -> None:
 def test_module_with_syntax_error_exits_3(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("def f(:\n")
     res = run_cli(tmp_path, "broken")
-    assert res.returncode == cli.EXIT_IMPORT
+    assert res.returncode == exits.EXIT_IMPORT
     assert "SyntaxError" in one_error_line(res)
 
 
 def test_module_importing_a_missing_dependency_names_it(tmp_path: Path) -> None:
     (tmp_path / "needsdep.py").write_text("import not_installed_dep\n")
     res = run_cli(tmp_path, "needsdep")
-    assert res.returncode == cli.EXIT_IMPORT
+    assert res.returncode == exits.EXIT_IMPORT
     assert "not_installed_dep" in one_error_line(res)
 
 
@@ -109,7 +110,7 @@ def test_module_without_a_usable_pool_exits_4(tmp_path: Path, source: str, targe
                                                needle: str) -> None:
     (tmp_path / "nopool.py").write_text(source)
     res = run_cli(tmp_path, target)
-    assert res.returncode == cli.EXIT_NO_POOL
+    assert res.returncode == exits.EXIT_NO_POOL
     assert needle in one_error_line(res)
 
 
@@ -118,7 +119,7 @@ def test_unreachable_redis_exits_5_with_one_error_line(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     res = run_cli(tmp_path, "-p", "2", "--redis-wait", "1", "--redis",
                   f"redis://user:pw123@127.0.0.1:{port}/0", mod)
-    assert res.returncode == cli.EXIT_REDIS, res.stderr
+    assert res.returncode == exits.EXIT_REDIS, res.stderr
     assert "gave up after 1s" in res.stderr
     assert "Traceback" not in res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("forkq: error:")]
@@ -130,7 +131,7 @@ def test_children_dying_at_boot_stop_the_master_with_exit_6(tmp_path: Path, redi
     # A user's at-fork hook that kills every child before it can start.
     mod = write_jobs(tmp_path, "\nos.register_at_fork(after_in_child=lambda: os._exit(17))\n")
     res = run_cli(tmp_path, "-p", "2", "--redis", redis_url, mod)
-    assert res.returncode == cli.EXIT_CHILD_BOOT, res.stderr
+    assert res.returncode == exits.EXIT_CHILD_BOOT, res.stderr
     assert "Traceback" not in res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("forkq: error:")]
     assert len(errors) == 1 and "dying at boot" in errors[0] and "code 17" in errors[0]

@@ -360,6 +360,10 @@ def test_an_observation_left_by_a_finished_job_is_not_shown_as_busy(client, r) -
                                              "args": '{"k":1}', "checkin": "half", "checkin_at": 4})
     r.hset(K.worker(f"{ident}:0"), mapping={"job_name": "x", "job_id": jid(4), "started_at": 1,
                                              "args": "{}", "checkin": "", "checkin_at": 0})
+    # Live pool; only jid(5) is still in progress (jid(4) was acked).
+    r.sadd(K.processes, ident)
+    r.hset(K.process(ident), mapping={"busy": 2, "beat": time.time()})
+    r.hset(K.inprogress(ident), jid(5), payload)
     idle, busy = client.worker_observations()
     assert (idle.worker_id, idle.is_busy, idle.job_id) == (f"{ident}:0", False, "")
     assert busy.is_busy and (busy.job_name, busy.job_id, busy.started_at) == ("x", jid(5), 3)
@@ -380,6 +384,10 @@ def test_stats_count_sets_queues_and_only_live_processes(client, r, redis_url) -
     r.sadd(K.processes, "live1", "live2", "gone")
     r.hset(K.process("live1"), mapping={"busy": 2, "beat": time.time()})
     r.hset(K.process("live2"), mapping={"busy": 1, "beat": time.time()})
+    # busy counts what live pools hold in progress now (not the beat's stale count).
+    r.hset(K.inprogress("live1"), mapping={jid(6): b"{}", jid(7) + "#2": b"{}"})
+    r.hset(K.inprogress("live2"), mapping={jid(8): b"{}"})
+    r.hset(K.inprogress("gone"), mapping={jid(9): b"{}"})
     s = client.stats()
     assert (s.processed, s.failed, s.processed_today, s.failed_today) == (10, 3, 4, 1)
     assert (s.enqueued, s.scheduled, s.retry, s.dead) == (4, 1, 1, 2)

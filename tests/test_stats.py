@@ -190,7 +190,9 @@ def test_busy_and_processes_add_up_over_several_pools(redis_url, fast_config, po
         s = client.stats()
         assert s.processes == 2 and s.enqueued == 0
         assert sorted(h.concurrency for h in client.worker_pool_heartbeats()) == [2, 3]
-        obs = client.worker_observations()
+        # Observations are written by the beats (busy is live): wait for the next ones.
+        obs = wait_for(lambda: (lambda o: o if sum(x.is_busy for x in o) == 3 else None)(
+            client.worker_observations()), message="observations of the three jobs")
         assert len(obs) == 5 and sorted(o.job_name for o in obs if o.is_busy) == ["slow_a", "slow_a", "slow_b"]
     finally:
         release.set()
