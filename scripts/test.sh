@@ -29,8 +29,9 @@ if (( ${#need[@]} )) && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]
   apt-get update -qq >/dev/null 2>&1 || true
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 || echo "apt-get install failed; tests needing ${need[*]} will say so"
 fi
-# Debian starts a redis-server on 6379 after install; the tests use their own servers.
-if command -v service >/dev/null 2>&1; then service redis-server stop >/dev/null 2>&1 || true; fi
+# The tests start their own redis-server processes on free loopback ports and stop them
+# by pid; a server already running on this machine (the developer's own, or the one
+# Debian starts after installing the package) is never stopped or touched.
 
 if [[ ! -x .venv/bin/python ]]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true

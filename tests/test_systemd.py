@@ -146,7 +146,9 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert stop > shutdown
     # verify insists that ExecStart's binary exists: point it at this machine's forkq.
     unit = tmp_path / "forkq.service"
-    unit.write_text(text.replace("/usr/local/bin/forkq", f"{sys.executable} -m forkq"))
+    binary = exec_start.removeprefix("ExecStart=").split()[0]
+    assert binary.startswith("/") and binary.endswith("/.venv/bin/forkq")  # the venv's forkq
+    unit.write_text(text.replace(binary, f"{sys.executable} -m forkq"))
     res = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [ln for ln in (res.stdout + res.stderr).splitlines()
                 if "forkq.service" in ln or "Unknown" in ln]
