@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from setproctitle import setproctitle
 
 from . import forked, messages, scripts
+from .backoff import capped_exponential
 from .config import Config, pool_hostname
 from .connection import ConnectionSpec, redact
 from .errors import RedisRefused
@@ -228,7 +229,7 @@ class _Child:
         forked.install(rt.executor.job_mark)
         if self._quiet:
             rt.fetcher.set_quiet(True)  # born into a quiet master: never take a job
-        delay = 0.2
+        attempt = 0
         while True:
             if self._stop:
                 return EXIT_OK
@@ -243,8 +244,8 @@ class _Child:
                 # Redis is down: not this child's fault; keep trying until told to stop.
                 self.send(messages.RedisDown(msg=redact(str(exc))))
                 self._title("waiting for Redis")
-                self._sleep(delay)
-                delay = min(5.0, delay * 2)
+                self._sleep(capped_exponential(attempt + 1, base=0.2, cap=5.0, jitter=0))
+                attempt += 1
             except Exception as exc:  # noqa: BLE001 - reported to the master, then exit
                 self.send(messages.BootError(msg=_one_line(exc)))
                 return EXIT_BOOT

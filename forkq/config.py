@@ -81,6 +81,8 @@ class Config:
         for s in SETTINGS:
             if s.field is not None:
                 s.check_value(getattr(self, s.field))
+        # One spelling downstream ("debug" and "DEBUG" are the same level).
+        object.__setattr__(self, "log_level", self.log_level.upper())
 
     @classmethod
     def resolve(cls, base: Config | None = None, *, environ: Mapping[str, str] | None = None,

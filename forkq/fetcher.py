@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from . import job as jobcodec
 from . import scripts
+from .backoff import capped_exponential
 from .config import Config
 from .executor import Done, Taken
 from .keys import Keys
@@ -341,7 +342,7 @@ class Fetcher(threading.Thread):
             # in-progress hash; give back whatever we do not hold once Redis answers.
             self._reconcile = True
         self._errors += 1
-        delay = min(5.0, 0.05 * (2 ** min(self._errors, 7))) * (0.5 + random.random())
+        delay = capped_exponential(self._errors + 1, base=0.05, cap=5.0)
         if self._errors == 1:
             log.warning("Redis round trip failed (%s); retrying with backoff", exc)
         else:

@@ -19,6 +19,7 @@ import redis
 from redis.exceptions import NoPermissionError, RedisError
 
 from . import reaper, scheduler, scripts
+from .backoff import capped_exponential
 from .config import pool_hostname
 from .connection import ConnectionSpec
 from .errors import ConfigError, RedisRefused
@@ -243,7 +244,7 @@ class PoolRuntime:
                 errors += 1
                 if errors == 1:
                     log.warning("wake subscription lost (%s); reconnecting", exc)
-                self._stop.wait(min(5.0, 0.1 * 2 ** min(errors, 6)))
+                self._stop.wait(capped_exponential(errors + 1, base=0.1, cap=5.0, jitter=0))
 
     def _beat_safely(self) -> bool:
         try:

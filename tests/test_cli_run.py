@@ -11,7 +11,7 @@ import pytest
 from procs import FAST_ENV, write_jobs
 from redis_server import free_port
 
-from forkq import cli, exits
+from forkq import exits
 
 
 def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
