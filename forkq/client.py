@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 
 import orjson
 import redis
-from redis.exceptions import WatchError
 
 from . import job as jobcodec
 from . import scripts
@@ -358,21 +357,8 @@ class Client:
 
     def _remove_scheduled(self, member: bytes, jid: str) -> int:
         """ZREM a scheduled member and, atomically with it, DEL its unique guard if ours."""
-        guard = self._guard_of(member)
-        if guard is None:
-            return int(self._conn.zrem(self.keys.schedule, member))
-        with self._conn.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(guard)
-                    owned = pipe.get(guard) == jid.encode()
-                    pipe.multi()
-                    pipe.zrem(self.keys.schedule, member)
-                    if owned:
-                        pipe.delete(guard)
-                    return int(pipe.execute()[0])
-                except WatchError:
-                    continue
+        return int(scripts.run_one(self._conn, scripts.delete_scheduled(
+            self.keys, member=member, jid=jid, guard=self._guard_of(member))))
 
     def _guard_of(self, member: bytes) -> str | None:
         """The unique-guard key a stored job holds, if it is one of this namespace's."""

@@ -69,6 +69,7 @@ ENQUEUE_UNIQUE = _load("enqueue_unique")
 PROMOTE = _load("promote")
 CLAIM_POOL = _load("claim_pool")
 RELEASE_UNIQUE = _load("release_unique")
+DELETE_SCHEDULED = _load("delete_scheduled")
 BEAT = _load("beat")
 BEAT_OOM = _allow_oom(BEAT)
 
@@ -411,6 +412,12 @@ def promote(keys: Keys, *, zset_key: str, moves: Sequence[Promotion]) -> Call:
 def release_unique(guards: Sequence[tuple[str, str]]) -> Call:
     """Release unique guards ``(guard key, jid)`` that still hold the jid."""
     return Call(script=RELEASE_UNIQUE, keys=[g for g, _ in guards], args=[j for _, j in guards])
+
+
+def delete_scheduled(keys: Keys, *, member: bytes, jid: str, guard: str | None) -> Call:
+    """ZREM one scheduled member and release its unique guard if it still holds ``jid``."""
+    return Call(script=DELETE_SCHEDULED, keys=[keys.schedule] + ([guard] if guard else []),
+                args=[member, jid])
 
 
 def beat(keys: Keys, *, identity: str, now: float, allow_oom: bool) -> Call:

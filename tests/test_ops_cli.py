@@ -385,3 +385,9 @@ def test_building_the_package_prints_no_setuptools_warnings(tmp_path: Path) -> N
     (wheel,) = tmp_path.glob("forkq-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "forkq/lua/fetch.lua" in names and "forkq/py.typed" in names
+
+
+def test_client_writes_several_keys_only_through_scripts() -> None:
+    # The WATCH/MULTI retry loop of delete_scheduled_job is the delete_scheduled script now.
+    text = (ROOT / "forkq" / "client.py").read_text()
+    assert ".watch(" not in text and "WatchError" not in text
