@@ -22,10 +22,7 @@ Differences from gocraft/work, on purpose:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -141,7 +138,7 @@ class JobEntry:
             "enqueued_at": _num(data.get("enqueued_at")),
             "created_at": _num(data.get("created_at")),
             "payload": member,
-            "backtrace": tuple(_backtrace_of(data)),
+            "backtrace": tuple(jobcodec.backtrace_of(data) or ()),
         }
 
 
@@ -625,20 +622,6 @@ def _info_queues(info: bytes | None) -> frozenset[str]:
     if not isinstance(queues, list):
         return frozenset()
     return frozenset(q for q in queues if isinstance(q, str))
-
-
-def _backtrace_of(data: dict[str, Any]) -> list[str]:
-    """Sidekiq's ``error_backtrace``: base64 of zlib-deflated JSON lines (6.4+/7), or a raw list."""
-    value = data.get("error_backtrace")
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    if not isinstance(value, str) or not value:
-        return []
-    try:
-        lines = orjson.loads(zlib.decompress(base64.b64decode(value, validate=True)))
-    except (binascii.Error, zlib.error, orjson.JSONDecodeError, ValueError):
-        return [value]
-    return [str(v) for v in lines] if isinstance(lines, list) else [value]
 
 
 def _at(score: float | None) -> str:

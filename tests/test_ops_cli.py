@@ -391,3 +391,24 @@ def test_client_writes_several_keys_only_through_scripts() -> None:
     # The WATCH/MULTI retry loop of delete_scheduled_job is the delete_scheduled script now.
     text = (ROOT / "forkq" / "client.py").read_text()
     assert ".watch(" not in text and "WatchError" not in text
+
+
+def test_a_failed_job_shows_its_traceback_in_retries_show(redis_url: str, r: redis.Redis) -> None:
+    import forkq
+
+    pool = forkq.WorkerPool(NS, config=forkq.Config(heartbeat_interval=0.5, idle_poll_interval=0.2))
+
+    def explode_on_purpose(job: forkq.Job) -> None:
+        raise ValueError("exploded on purpose")
+
+    pool.register("explode", explode_on_purpose)
+    pool.start(redis_url, concurrency=1)
+    try:
+        jid = pool.enqueuer(redis_url).enqueue("explode").id
+        wait_for(lambda: r.zcard(K.retry) == 1, timeout=30, message="the failure in retry")
+    finally:
+        pool.stop(timeout=5)
+    res = forkq_cmd("retries", "show", jid, env=cli_env(redis_url))
+    assert res.returncode == 0, res.stderr
+    assert "ValueError: exploded on purpose" in res.stdout
+    assert "in `explode_on_purpose'" in res.stdout and "test_ops_cli.py" in res.stdout
