@@ -40,7 +40,7 @@ FORKQ_COMMANDS = (
     "+incrby +scan +publish +subscribe +unsubscribe"
 )
 # forkq.Client (admin pages, CLI verbs) reads a little more and uses WATCH/MULTI.
-ADMIN_EXTRA = "+smembers +lindex +hmget +zrevrange +zscan +watch +unwatch +multi +exec +discard"
+ADMIN_EXTRA = "+smembers +sismember +lindex +hmget +hkeys +zrevrange +zscan +multi +exec +discard"
 
 
 def acl_line(user: str, password: str, namespace: str, admin: bool = False) -> list[str]:
