@@ -19,13 +19,15 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import redis
 
+from .command import Parser, UsageError, fail
+from .config import positive_int
 from .connection import ConnectionSpec, redact, validate_url
 from .enqueue import Enqueuer
 from .errors import ConfigError, EnqueueError
+from .exits import EXIT_FAILED, EXIT_OK, EXIT_REDIS, EXIT_USAGE
 from .job import Job
 from .registry import WorkerPool
 
@@ -56,23 +58,15 @@ def flaky(job: Job) -> None:
 
 
 MIX = (("noop", 0.6), ("sleep_10ms", 0.3), ("flaky", 0.1))
-EXIT_OK, EXIT_USAGE, EXIT_REDIS, EXIT_FAILED = 0, 2, 5, 1
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"forkq demo: error: {message} (see forkq demo --help)", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="forkq demo", description=(
+    p = Parser(prog="forkq demo", description=(
         "Run a forkq master on demo jobs (60% no-op, 30% 10 ms sleep, 10% flaky with retries) "
         "and print throughput.  Uses a private embedded Redis unless --redis is given."))
-    p.add_argument("--jobs", type=int, default=20_000, help="how many jobs (default 20000)")
-    p.add_argument("-p", "--processes", type=int, default=min(2, os.cpu_count() or 1),
+    p.add_argument("--jobs", type=positive_int, default=20_000, help="how many jobs (default 20000)")
+    p.add_argument("-p", "--processes", type=positive_int, default=min(2, os.cpu_count() or 1),
                    help="children (default: 2, or 1 on a single CPU)")
-    p.add_argument("-c", "--concurrency", type=int, default=10, help="threads per child (10)")
+    p.add_argument("-c", "--concurrency", type=positive_int, default=10,
+                   help="threads per child (10)")
     p.add_argument("--redis", default=None, metavar="URL",
                    help=f"use this Redis instead (only keys of namespace {NAMESPACE!r} are touched, "
                         "and cleared first)")
@@ -80,10 +74,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.jobs < 1 or args.processes < 1 or args.concurrency < 1:
-        print("forkq demo: error: --jobs, -p and -c must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
+    try:
+        args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except UsageError as exc:
+        return fail("forkq demo", EXIT_USAGE, f"{exc} (see forkq demo --help)")
     embedded = None
     tmpdir: str | None = None
     try:
