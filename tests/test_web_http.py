@@ -291,7 +291,7 @@ def test_cli_mistakes_print_one_line_and_exit_non_zero(redis_server: RedisServer
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and "cannot listen" in res.stderr
     dead_port = free_port()
     res = _cli("--bind", f"127.0.0.1:{free_port()}", "--redis", f"redis://:pw@127.0.0.1:{dead_port}/0")
-    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "cannot reach Redis" in res.stderr
+    assert res.returncode == 5 and res.stderr.count("\n") == 1 and "cannot reach Redis" in res.stderr
     assert "pw" not in res.stderr
     res = _cli("--bind", f"127.0.0.1:{free_port()}", "--redis", redis_server.url, "-n", "bad{ns}")
     assert res.returncode == 2 and res.stderr.count("\n") == 1

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
 from ..connection import DEFAULT_URL, redact
+from ..exits import EXIT_FAILED, EXIT_OK, EXIT_REDIS, EXIT_USAGE
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_BIND = "127.0.0.1:7070"
 _NEEDED = ("starlette", "jinja2", "uvicorn", "prometheus_client", "python_multipart", "itsdangerous")
 
@@ -110,8 +110,14 @@ def run(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     except (ConfigError, ValueError, TypeError) as exc:
         err.write(f"forkq web: error: {_one_line(str(exc))}\n")
         return EXIT_USAGE
-    except redis.RedisError as exc:
+    except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+        err.write(f"forkq web: error: Redis at {where} refused: {_one_line(str(exc))}\n")
+        return EXIT_FAILED
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
         err.write(f"forkq web: error: cannot reach Redis at {where}: {_one_line(str(exc))}\n")
+        return EXIT_REDIS
+    except redis.RedisError as exc:
+        err.write(f"forkq web: error: Redis at {where} refused: {_one_line(str(exc))}\n")
         return EXIT_FAILED
     # Bind here, not inside uvicorn: a port in use is then one line and exit 1.
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
