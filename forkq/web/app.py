@@ -26,7 +26,6 @@ import binascii
 import hmac
 import logging
 import math
-import os
 import secrets
 import threading
 import time
@@ -53,6 +52,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import job as jobcodec
 from ..client import Client
+from ..config import env_value
 from ..connection import ConnectionSpec, redact
 from ..errors import ConfigError, ForkqError, NotDeleted, NotRetried
 from . import metrics, queries
@@ -454,7 +454,7 @@ def create_app(redis: str | redis.Redis | ConnectionSpec | None = None, namespac
     """
     client = Client(redis, namespace)
     dash = Dashboard(client, read_only=read_only, title=title)
-    secret = secret_key or os.environ.get("FORKQ_WEB_SECRET") or secrets.token_urlsafe(32)
+    secret = secret_key or env_value("FORKQ_WEB_SECRET") or secrets.token_urlsafe(32)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

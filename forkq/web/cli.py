@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import socket
 import sys
 from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
+from ..config import env_value
 from ..connection import DEFAULT_URL, redact
 from ..exits import EXIT_FAILED, EXIT_OK, EXIT_REDIS, EXIT_USAGE
 
@@ -50,18 +50,18 @@ def parser() -> _Parser:
     p = _Parser(prog="forkq web", description=(
         "forkq's dashboard: overview with live charts, busy processes, queues, scheduled, "
         "retries, dead and periodic jobs, with actions; Prometheus gauges at /metrics."))
-    p.add_argument("--bind", default=os.environ.get("FORKQ_WEB_BIND", DEFAULT_BIND),
+    p.add_argument("--bind", default=env_value("FORKQ_WEB_BIND", DEFAULT_BIND),
                    metavar="HOST:PORT", help="where to listen (env FORKQ_WEB_BIND; default %(default)s)")
-    p.add_argument("--redis", default=os.environ.get("FORKQ_REDIS_URL", DEFAULT_URL), metavar="URL",
+    p.add_argument("--redis", default=env_value("FORKQ_REDIS_URL", DEFAULT_URL), metavar="URL",
                    help="Redis URL (env FORKQ_REDIS_URL; default %(default)s)")
-    p.add_argument("-n", "--namespace", default=os.environ.get("FORKQ_NAMESPACE", "forkq"),
+    p.add_argument("-n", "--namespace", default=env_value("FORKQ_NAMESPACE", "forkq"),
                    help="key namespace (env FORKQ_NAMESPACE; default %(default)s)")
     p.add_argument("--read-only", action="store_true",
                    help="show everything, allow no action (every POST is refused)")
-    p.add_argument("--password", default=os.environ.get("FORKQ_WEB_PASSWORD"),
+    p.add_argument("--password", default=env_value("FORKQ_WEB_PASSWORD") or None,
                    help="require HTTP basic auth with this password, any user name "
                         "(env FORKQ_WEB_PASSWORD, which keeps it out of the process list)")
-    p.add_argument("--root-path", default=os.environ.get("FORKQ_WEB_ROOT_PATH", ""), metavar="PREFIX",
+    p.add_argument("--root-path", default=env_value("FORKQ_WEB_ROOT_PATH", ""), metavar="PREFIX",
                    help="URL prefix a reverse proxy serves the dashboard under, e.g. /forkq "
                         "(env FORKQ_WEB_ROOT_PATH)")
     p.add_argument("--log-level", default="info", type=str.lower,
