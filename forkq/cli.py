@@ -232,9 +232,11 @@ def effective_config(base: Config, args: argparse.Namespace,
         raise UsageError(str(exc)) from None
 
 
-class StartupLog(logging.Handler):
+class StartupLog(logging.Filter):
     """Holds the master's log records until its children are up (see the module docstring).
 
+    A filter on the stderr handler, not a handler of its own: the root logger keeps a
+    plain ``StreamHandler`` (which ``forkq.forked`` moves off fds 0-2 in children).
     Only in the process that made it: a forked child writes straight through.
     """
 
@@ -245,11 +247,11 @@ class StartupLog(logging.Handler):
         self._held: list[logging.LogRecord] = []
         self._pid = os.getpid()
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
         if self.holding and os.getpid() == self._pid:
             self._held.append(record)
-        else:
-            self.target.handle(record)
+            return False
+        return True
 
     def write_out(self) -> None:
         """Write the held records out and stop holding (a forked child drops its copy)."""
@@ -287,8 +289,10 @@ def setup_logging(level: str, *, hold: bool = False) -> StartupLog | None:
     stream.setFormatter(logging.Formatter(
         "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
     startup = StartupLog(stream) if hold and level.upper() != "DEBUG" else None
+    if startup is not None:
+        stream.addFilter(startup)
     root = logging.getLogger()
-    root.addHandler(startup if startup is not None else stream)
+    root.addHandler(stream)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     # redis-py logs "Failed to enable maintenance notifications" (and more) at DEBUG on
     # every connection: noise in forkq's DEBUG log, never forkq's problem.
