@@ -244,6 +244,8 @@ SETTINGS: tuple[Setting, ...] = (
     # Knobs of the admin verbs, the dashboard and tooling that are not Config fields.
     Setting(field=None, env="FORKQ_NAMESPACE", flag="--namespace", short="-n", parse=text,
             help="key namespace (default forkq)"),
+    Setting(field=None, env="FORKQ_WAIT_REPLICAS", flag=None, parse=non_negative_int,
+            help="replicas an Enqueuer waits for (WAIT) after each enqueue (0)"),
     Setting(field=None, env="FORKQ_REDIS_SERVER", flag=None, parse=text,
             help="redis-server binary for --redis embedded"),
     Setting(field=None, env="FORKQ_WEB_BIND", flag="--bind", parse=text,

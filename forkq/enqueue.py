@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -21,7 +20,7 @@ from redis.exceptions import (
 
 from . import job as jobcodec
 from . import scripts
-from .config import DAY, Config
+from .config import DAY, Config, env_value
 from .connection import ConnectionSpec
 from .errors import ConfigError, EnqueueError, PayloadTooLarge
 from .job import Job
@@ -57,10 +56,7 @@ class Enqueuer:
         self.keys = Keys(namespace)
         self.config = config or Config()
         if wait_replicas is None:
-            env = os.environ.get("FORKQ_WAIT_REPLICAS", "").strip()
-            if env and not env.isdigit():
-                raise ConfigError(f"FORKQ_WAIT_REPLICAS must be a whole number, got {env!r}")
-            wait_replicas = int(env or 0)
+            wait_replicas = int(env_value("FORKQ_WAIT_REPLICAS", "0").strip() or 0)
         if not isinstance(wait_replicas, int) or wait_replicas < 0:
             raise ConfigError(f"wait_replicas must be an int >= 0, got {wait_replicas!r}")
         if not isinstance(wait_timeout, (int, float)) or wait_timeout <= 0:
