@@ -154,7 +154,7 @@ def text(value: str) -> str:
 def hostname_text(text: str) -> str:
     """A pool identity's host part: no ':' (the identity's separator), no spaces ("" = default)."""
     if ":" in text or any(c.isspace() for c in text) or len(text) > 255:
-        raise argparse.ArgumentTypeError(f"expected a host name without ':' or spaces, got {text!r}")
+        raise argparse.ArgumentTypeError(f"hostname {text!r} must be without ':' or spaces")
     return text
 
 

@@ -57,6 +57,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from .backoff import capped_exponential
 from .errors import ConfigError
 
 log = logging.getLogger("forkq.connection")
@@ -581,7 +582,7 @@ class FollowRetry(Retry):
                     fail(error)
                 if redirects > self._redirects:
                     raise
-                time.sleep(min(REDIRECT_BACKOFF_CAP, 0.005 * 2 ** redirects))
+                time.sleep(capped_exponential(redirects + 1, base=0.005, cap=REDIRECT_BACKOFF_CAP, jitter=0))
             except self._supported_errors as error:
                 if is_retryable and not is_retryable(error):
                     raise

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from .backoff import capped_exponential
 from .connection import REDIRECT_BACKOFF_CAP, REDIRECT_RETRIES, Locator, Redirected
 from .keys import Keys
 
@@ -159,7 +160,7 @@ def _execute(c: Any, calls: Sequence[Call], *, wait: tuple[int, int] | None = No
             break
         if any(isinstance(results[i], Redirected) for i in again):
             c.disconnect()  # dial the server the locator names now
-            time.sleep(min(REDIRECT_BACKOFF_CAP, 0.005 * 2 ** attempt))
+            time.sleep(capped_exponential(attempt + 1, base=0.005, cap=REDIRECT_BACKOFF_CAP, jitter=0))
         for script in {calls[i].script.name: calls[i].script
                        for i in again if isinstance(results[i], NoScriptError)}.values():
             c.send_command("SCRIPT", "LOAD", script.text)
