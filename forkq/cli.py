@@ -304,7 +304,10 @@ def effective_config(base: Config, args: argparse.Namespace, environ: dict[str, 
                    "max_memory_per_child_mb": args.max_memory_per_child,
                    "log_level": args.log_level}
     changes.update({k: v for k, v in flag_fields.items() if v is not None})
-    return replace(base, **changes)
+    try:
+        return replace(base, **changes)
+    except ConfigError as exc:  # settings that cannot work together (Config._check_liveness)
+        raise UsageError(str(exc)) from None
 
 
 DEFAULT_REDIS_WAIT = 30.0
