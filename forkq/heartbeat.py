@@ -13,7 +13,9 @@ GIL inside C code for 30 s stops every other thread of its process, the beat
 thread included, and a pool judged by its own beats alone would be reaped while
 its job is still running (and the job would run twice).  The master is a
 separate, single-threaded process that knows by ``waitpid`` that its children
-are alive, so it refreshes their ``pools`` score and leases every beat interval:
+are alive, so every beat interval it has a short-lived helper process
+(``recovery.py``: the master's loop never waits on Redis) refresh their ``pools``
+score and leases:
 a child is presumed dead only when its whole host (master included) stopped
 beating, which is what the staleness reaper is for.  A child that really dies
 is released by its master at once (SIGCHLD), not by staleness.  An in-process

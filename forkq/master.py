@@ -546,16 +546,22 @@ class Master:
 
     # -- Redis work, off the loop (forkq/recovery.py) ----------------------------------------
     def _beat_children(self) -> None:
-        """Every beat interval, have a helper refresh the live children's beats and leases.
+        """Every beat interval, have a helper refresh the beats and leases of live
+        children that went silent.
 
-        A child whose job holds the GIL in C code cannot beat itself; its master
-        knows it is alive (heartbeat.py), so the pool is not reaped as dead.
+        A child whose job holds the GIL in C code cannot beat itself, nor send its
+        status reports (every second); its master knows it is alive (heartbeat.py),
+        so the pool is not reaped as dead.  Children that report beat themselves,
+        so no helper is forked for them.
         """
         now = time.monotonic()
         if now < self.next_beat or self.stopping:
             return
-        self.next_beat = now + self.config.heartbeat_interval
-        ids = [c.identity for c in self.children.values() if c.ready]
+        interval = self.config.heartbeat_interval
+        self.next_beat = now + interval
+        silent_after = 1.5 * childmod.STATUS_EVERY  # a report missed: its threads may be blocked
+        ids = [c.identity for c in self.children.values()
+               if c.ready and c.last_report and now - c.last_report > silent_after]
         if ids:
             self.recovery.beat(ids, sorted(n for n, s in self.pool.jobs.items()
                                            if s.options.max_concurrency > 0))
