@@ -559,9 +559,10 @@ class Master:
             return
         interval = self.config.heartbeat_interval
         self.next_beat = now + interval
-        silent_after = 1.5 * childmod.STATUS_EVERY  # a report missed: its threads may be blocked
+        silent_after = 3 * childmod.STATUS_EVERY  # reports missed: its threads may be blocked
         ids = [c.identity for c in self.children.values()
-               if c.ready and c.last_report and now - c.last_report > silent_after]
+               if c.ready and not c.retiring and c.term_sent_at is None and not c.killed
+               and c.last_report and now - c.last_report > silent_after]
         if ids:
             self.recovery.beat(ids, sorted(n for n, s in self.pool.jobs.items()
                                            if s.options.max_concurrency > 0))

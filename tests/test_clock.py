@@ -201,15 +201,19 @@ def test_a_wall_clock_step_during_running_jobs_changes_no_timeout(tmp_path: Path
 def test_a_job_holding_the_gil_for_longer_than_stale_after_is_not_reaped(tmp_path: Path, redis_url: str,
                                                                         r: redis.Redis,
                                                                         forkqs: list[ForkqProc]) -> None:
-    """The child's own beat thread is frozen; its master beats for it (heartbeat.py)."""
+    """The child's own beat thread is frozen; its master beats for it (heartbeat.py).
+
+    ``stale_after`` 6 s: the master notices a child that sent no status report for
+    3 s; the GIL is held 10 s."""
+    env = {**LIVE_ENV, "FORKQ_STALE_AFTER": "6", "FORKQ_LEASE_TTL": "8"}
     mod = write_jobs(tmp_path, JOBS)
-    a = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"], env=LIVE_ENV, tag="a")
+    a = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"], env=env, tag="a")
     wait_children_ready(a, r, 1)
-    b = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"], env=LIVE_ENV, tag="b")
+    b = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"], env=env, tag="b")
     wait_children_ready(b, r, 1)
     enq = forkq.Enqueuer(redis_url, NS)
     try:
-        jids = [j.id for j in enq.enqueue_many("gil", [{"s": 7}] * 2)]
+        jids = [j.id for j in enq.enqueue_many("gil", [{"s": 10}] * 2)]
     finally:
         enq.close()
     done = wait_all_done(r, jids, a, timeout=40)
