@@ -36,7 +36,7 @@ import redis
 from redis.exceptions import RedisError
 from setproctitle import setproctitle
 
-from . import forked, messages, scripts
+from . import clock, forked, messages, scripts
 from .backoff import capped_exponential
 from .config import Config, pool_hostname
 from .connection import ConnectionSpec, redact
@@ -330,7 +330,7 @@ class _Child:
         fetcher = rt.fetcher
         fetching = (fetcher.quiet or mono - fetcher.last_progress < window
                     or fetcher.inflight >= rt.concurrency)
-        beating = time.time() - rt.heartbeat.last_beat < max(15.0, 3 * cfg.heartbeat_interval)
+        beating = time.monotonic() - rt.heartbeat.last_beat_mono < max(15.0, 3 * cfg.heartbeat_interval)
         return bool(fetching and beating)
 
     # -- hard timeout -------------------------------------------------------------
@@ -362,7 +362,6 @@ class _Child:
         self._title("hard timeout, stopping")
         settles: list[Settle] = []
         names = []
-        now = time.time()
         mono = time.monotonic()
         for _slot, field, qname, payload, timeout in overdue:
             try:
@@ -394,7 +393,7 @@ class _Child:
                 conn = self._control_conn()
                 scripts.run_one(conn, scripts.ack(
                     rt.keys, identity=rt.identity, plain_done=(), settles=settles,
-                    dead_cutoff=now - plan.config.dead_max_age, dead_max=plan.config.dead_max_jobs))
+                    dead_cutoff=clock.now() - plan.config.dead_max_age, dead_max=plan.config.dead_max_jobs))
                 rt.stats.add(len(settles), len(settles))
             except RedisError as exc:
                 # The master requeues whatever is left in our in-progress hash.

@@ -52,8 +52,10 @@ class Config:
 
     # Liveness.
     heartbeat_interval: float = 5.0
-    # A pool whose beat is older than this is presumed dead and reaped.
-    stale_after: float = 60.0
+    # A pool whose beat is older than this (by Redis's clock) is presumed dead and
+    # reaped: a whole host's jobs come back this long + about a second after its last
+    # beat.  Three beats: one lost or late beat never makes a live pool look dead.
+    stale_after: float = 15.0
     # Jobs with max_concurrency hold a lease this long; beats renew it.
     lease_ttl: float = 60.0
     # A job recovered from dead pools more than this many times goes to dead as poison.
@@ -83,6 +85,26 @@ class Config:
                 s.check_value(getattr(self, s.field))
         # One spelling downstream ("debug" and "DEBUG" are the same level).
         object.__setattr__(self, "log_level", self.log_level.upper())
+        self._check_liveness()
+
+    def _check_liveness(self) -> None:
+        """Refuse beat/staleness/lease settings that cannot work, in one line.
+
+        A lease that expires between two beats lets a job with ``max_concurrency``
+        run more times at once than its limit; a pool judged stale within two beats
+        is reaped (its jobs run twice) whenever one beat is late.
+        """
+        beat = self.heartbeat_interval
+        if not beat > 0:
+            raise ConfigError(f"heartbeat_interval must be > 0 seconds, got {beat!r}")
+        if self.lease_ttl < 2 * beat:
+            raise ConfigError(
+                f"lease_ttl ({self.lease_ttl:g}s) must be at least twice heartbeat_interval ({beat:g}s): "
+                "beats renew leases, and a lease that expires between two beats breaks max_concurrency")
+        if self.stale_after < 2 * beat:
+            raise ConfigError(
+                f"stale_after ({self.stale_after:g}s) must be at least twice heartbeat_interval ({beat:g}s): "
+                "a live pool whose beat is one interval late would be reaped and its jobs run twice")
 
     @classmethod
     def resolve(cls, base: Config | None = None, *, environ: Mapping[str, str] | None = None,

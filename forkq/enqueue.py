@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +17,8 @@ from redis.exceptions import (
     ResponseError,
 )
 
+from . import clock, scripts
 from . import job as jobcodec
-from . import scripts
 from .config import DAY, Config, env_value
 from .connection import ConnectionSpec
 from .errors import ConfigError, EnqueueError, PayloadTooLarge
@@ -29,7 +28,7 @@ from .keys import Keys, validate_job_name
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduledJob:
-    """A job put in the ``schedule`` set, and when it is due (epoch seconds)."""
+    """A job put in the ``schedule`` set, and when it is due (epoch seconds, Redis's clock)."""
 
     job: Job
     run_at: float
@@ -83,6 +82,14 @@ class Enqueuer:
                 f"job {data['class']!r}: payload is {len(payload)} bytes, limit is "
                 f"{self.config.max_payload_bytes} (Config.max_payload_bytes)")
         return payload
+
+    def _now(self) -> float:
+        """Redis's time for ``enqueued_at``/``created_at`` (one TIME round trip a minute)."""
+        try:
+            clock.CLOCK.ensure(self._conn)
+        except RedisError as exc:
+            raise self._refused(exc) from exc
+        return clock.now()
 
     def _runner(self) -> scripts.Runner:
         runner: scripts.Runner | None = getattr(self._local, "runner", None)
@@ -142,14 +149,14 @@ class Enqueuer:
     def enqueue(self, name: str, args: Mapping[str, Any] | None = None) -> Job:
         validate_job_name(name)
         self._check_args(args)
-        data = jobcodec.build_payload(name, dict(args) if args else None)
+        data = jobcodec.build_payload(name, dict(args) if args else None, now=self._now())
         self._run(scripts.enqueue(self.keys, name=name, payloads=[self._encode(data)]))
         return Job.from_data(data)
 
     def enqueue_many(self, name: str, args_list: Iterable[Mapping[str, Any] | None]) -> list[Job]:
         """Enqueue a batch of jobs of one name in one round trip, in order."""
         validate_job_name(name)
-        now = time.time()
+        now = self._now()
         datas = []
         payloads = []
         for args in args_list:
@@ -162,24 +169,27 @@ class Enqueuer:
         return [Job.from_data(d) for d in datas]
 
     def enqueue_in(self, name: str, seconds: float, args: Mapping[str, Any] | None = None) -> ScheduledJob:
+        """Run ``seconds`` from now by Redis's clock (the script adds them to TIME)."""
+        return self._schedule(name, args, delay=max(0.0, float(seconds)))
+
+    def enqueue_at(self, name: str, epoch_seconds: float,
+                   args: Mapping[str, Any] | None = None) -> ScheduledJob:
+        """Run at ``epoch_seconds`` (Unix time, judged by Redis's clock: a time already
+        past runs at once)."""
+        return self._schedule(name, args, run_at=float(epoch_seconds))
+
+    def _schedule(self, name: str, args: Mapping[str, Any] | None, *, delay: float | None = None,
+                  run_at: float | None = None) -> ScheduledJob:
         validate_job_name(name)
         self._check_args(args)
-        data = jobcodec.build_payload(name, dict(args) if args else None)
-        run_at = data["created_at"] + max(0.0, float(seconds))
+        now = self._now()
+        data = jobcodec.build_payload(name, dict(args) if args else None, now=now)
+        # The job enters its queue when it is due: promotion moves the bytes unchanged,
+        # so enqueued_at is the due time from the start (queue latency counts from then).
+        data["enqueued_at"] = now + delay if delay is not None else run_at
         payload = self._encode(data)
-        try:
-            if self.wait_replicas:
-                pipe = self._conn.pipeline(transaction=False)
-                pipe.zadd(self.keys.schedule, {payload: run_at})
-                pipe.execute_command("WAIT", self.wait_replicas, max(1, int(self.wait_timeout * 1000)))
-                confirmed = int(pipe.execute()[-1])
-                if confirmed < self.wait_replicas:
-                    raise self._not_replicated(scripts.NotReplicated(self.wait_replicas, confirmed))
-            else:
-                self._conn.zadd(self.keys.schedule, {payload: run_at})
-        except RedisError as exc:
-            raise self._refused(exc) from exc
-        return ScheduledJob(job=Job.from_data(data), run_at=run_at)
+        due = self._run(scripts.schedule(self.keys, payloads=[payload], delay=delay, run_at=run_at))
+        return ScheduledJob(job=Job.from_data(data), run_at=float(due))
 
     def enqueue_unique(self, name: str, args: Mapping[str, Any] | None = None) -> Job | None:
         """Enqueue unless the same name+args is already queued or scheduled; None if it was."""
@@ -190,7 +200,15 @@ class Enqueuer:
         job = self._unique(name, args, None, max(0.0, float(seconds)))
         if job is None:
             return None
-        return ScheduledJob(job=job, run_at=job.data["created_at"] + max(0.0, float(seconds)))
+        return ScheduledJob(job=job, run_at=job.data["enqueued_at"])
+
+    def enqueue_unique_at(self, name: str, epoch_seconds: float,
+                          args: Mapping[str, Any] | None = None) -> ScheduledJob | None:
+        """``enqueue_at`` unless the same name+args is already queued or scheduled."""
+        job = self._unique(name, args, None, 0.0, run_at=float(epoch_seconds))
+        if job is None:
+            return None
+        return ScheduledJob(job=job, run_at=float(epoch_seconds))
 
     def enqueue_unique_by_key(self, name: str, args: Mapping[str, Any] | None,
                               key: Mapping[str, Any] | str) -> Job | None:
@@ -203,16 +221,23 @@ class Enqueuer:
         job = self._unique(name, args, key, delay)
         if job is None:
             return None
-        return ScheduledJob(job=job, run_at=job.data["created_at"] + delay)
+        return ScheduledJob(job=job, run_at=job.data["enqueued_at"])
 
     def _unique(self, name: str, args: Mapping[str, Any] | None,
-                key: Mapping[str, Any] | str | None, delay: float) -> Job | None:
+                key: Mapping[str, Any] | str | None, delay: float,
+                run_at: float | None = None) -> Job | None:
+        """Enqueue now, ``delay`` seconds from now by Redis's TIME, or at epoch ``run_at``."""
         validate_job_name(name)
         self._check_args(args)
         suffix = key if isinstance(key, str) else unique_suffix(key if key is not None else args)
         unique_key = self.keys.unique(name, suffix)
-        data = jobcodec.build_payload(name, dict(args) if args else None, unique_key=unique_key)
-        run_at = data["created_at"] + delay if delay > 0 else None
+        now = self._now()
+        data = jobcodec.build_payload(name, dict(args) if args else None, unique_key=unique_key, now=now)
+        if run_at is None and delay > 0:
+            run_at = now + delay  # Redis's time (the synced clock) + delay
+        if run_at is not None:
+            delay = max(0.0, run_at - now)
+            data["enqueued_at"] = run_at  # the due time, as for enqueue_in
         # The guard outlives the delay by a day (gocraft's flat 24 h expired under
         # long-scheduled jobs: gocraft/work#221).
         ttl = int(delay) + self.config.unique_ttl if delay > 0 else self.config.unique_ttl

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import forked
+from . import clock, forked
 from .errors import JobTimeout, Shutdown
 from .job import Job, MalformedPayload, backtrace_lines, decode
 from .reporters import ReporterHub
@@ -173,7 +173,7 @@ class Executor:
         self._complete((field, Settle(
             op="d", field=field, name=qname if qname in self._leased else None,
             payload=malformed_dead_entry(queue=qname, raw=payload, reason=reason),
-            score=time.time())))
+            score=clock.now())))
 
     def _run(self, slot: Slot, item: Taken) -> None:
         qname, field, payload = item
@@ -263,7 +263,7 @@ class Executor:
                                     backtrace=lines)
         except Exception as exc:  # e.g. a user backoff that raised: the job must still settle
             log.exception("could not compute the retry of %s %s; it goes to dead", job.name, job.id)
-            settle = Settle(op="d", field=field, name=lease_name, score=time.time(),
+            settle = Settle(op="d", field=field, name=lease_name, score=clock.now(),
                             payload=malformed_dead_entry(
                                 queue=qname, raw=payload,
                                 reason=f"{error_class}: {message} (and its retry failed: {describe_error(exc)[1]})"))
@@ -297,7 +297,7 @@ def _short(text: str, limit: int = 200) -> str:
 
 def _fate(settle: Settle) -> str:
     if settle.op == "r":
-        return f"retry in {max(0.0, settle.score - time.time()):.0f}s"
+        return f"retry in {max(0.0, settle.score - clock.now()):.0f}s"
     if settle.op == "d":
         return "moved to dead"
     return "dropped (skip_dead)"

@@ -1,12 +1,20 @@
 """The fetcher: one thread per pool that acks finished jobs and takes new ones.
 
 Each round trip is one pipeline: ``ack`` (everything finished since the last
-round) then ``fetch`` (up to the number of free thread slots).  Completions
+round), ``promote_due`` of schedule and retry when the earliest due time has
+come, then ``fetch`` (up to the number of free thread slots).  Completions
 batch themselves: while a round trip is in flight, more jobs finish and ride
 the next one.  With nothing to take, the fetcher sleeps until a wake message
-(enqueue to an empty queue, a freed lease, a promotion), a completion to ack,
-or ``idle_poll_interval`` (which notices jobs pushed by non-forkq clients and
-due scheduled jobs).  Idle cost: one fetch per interval.
+(enqueue to an empty queue, a freed lease, a promotion, a job scheduled earlier
+than any other: ``DUE_MESSAGE``), a completion to ack, the earliest due time of
+schedule/retry (which every fetch reports by Redis's clock, as a delay, so the
+sleep is on the monotonic clock), or ``idle_poll_interval`` (which notices jobs
+pushed by non-forkq clients).  Idle cost: one fetch per interval.
+
+Due jobs are promoted in batches of ``scheduler.PROMOTE_BATCH`` inside Redis in
+the same round trip as the fetch that takes them; a full batch makes the next
+round trip promote again at once, so a burst of due jobs moves at the rate the
+pools take them (tens of thousands a second), not one batch per poll.
 """
 
 from __future__ import annotations
@@ -21,8 +29,8 @@ from collections.abc import Callable, Sequence
 import redis
 from redis.exceptions import RedisError
 
+from . import clock, scheduler, scripts
 from . import job as jobcodec
-from . import scripts
 from .backoff import capped_exponential
 from .config import Config
 from .executor import Done, Taken
@@ -33,8 +41,12 @@ from .stats import StatsBuffer
 
 log = logging.getLogger("forkq.fetcher")
 
-# Floor of the idle sleep: a due job that another pool is promoting must not make us spin.
+# A due time that came but whose promotion moved nothing (another pool is on it):
+# look again this much later, so we never spin.
 MIN_POLL_GAP = 0.01
+# Wake this long after a due time (Redis's TIME resolution is a microsecond; the
+# delay is converted to the monotonic clock within a round trip).
+DUE_MARGIN = 0.0005
 # Large pools refill in batches: while jobs run, wait until this fraction of the
 # threads is free (or BATCH_DELAY passed) before a round trip.  One round trip per
 # freed thread costs more CPU than the jobs themselves at a hundred threads.
@@ -70,19 +82,23 @@ class Fetcher(threading.Thread):
     def __init__(self, *, conn: redis.Redis, keys: Keys, identity: str, config: Config,
                  targets: Sequence[FetchTarget], priorities: Sequence[int], concurrency: int,
                  submit: Callable[[Taken], None],
-                 stats: StatsBuffer, on_due: Callable[[], None]) -> None:
+                 stats: StatsBuffer) -> None:
         super().__init__(name="forkq-fetcher", daemon=True)
         self._conn = conn
         self._runner = scripts.Runner(conn)
         self._keys = keys
         self._identity = identity
         self._config = config
-        self._plan = scripts.FetchPlan(keys, identity=identity, targets=targets)
+        self._plan = scripts.FetchPlan(keys, identity=identity, targets=targets,
+                                       lease_ttl=config.lease_ttl)
+        self._promote_calls = [scripts.promote_due(keys, zset_key=z, limit=scheduler.PROMOTE_BATCH)
+                               for z in (keys.schedule, keys.retry)]
         self._names = self._plan.names
         self._first = FirstPick([float(p) for p in priorities])
         self._concurrency = concurrency
         self._stats = stats
-        self._on_due = on_due
+        # Monotonic time the earliest scheduled/retry job is due (0: promote at once).
+        self._due_at = 0.0
         self._cv = threading.Condition(threading.Lock())
         self._done: list[Done] = []
         self._inflight = 0
@@ -187,14 +203,16 @@ class Fetcher(threading.Thread):
                 done, self._done = self._done, []
                 self._inflight -= len(done)
                 want = free if can_fetch else 0
+                promote = can_fetch and now >= self._due_at
                 # A fetch made only because the poll timer ran out finds jobs nobody
                 # announced (pushed by a non-forkq client).
-                polled = can_fetch and not self._woken and self._last_empty
+                polled = can_fetch and not self._woken and self._last_empty and not promote
                 if can_fetch:
                     self._woken = False
-            self._round_trip(done, want, polled)
+            self._round_trip(done, want, polled, promote)
 
-    def _round_trip(self, done: list[Done], want: int, polled: bool = False) -> None:
+    def _round_trip(self, done: list[Done], want: int, polled: bool = False,
+                    promote: bool = False) -> None:
         keys = self._keys
         calls: list[scripts.Call] = []
         plain: list[str] = []
@@ -205,17 +223,16 @@ class Fetcher(threading.Thread):
             else:
                 settles.append(settle)
         if done:
-            now_wall = time.time()
             calls.append(scripts.ack(keys, identity=self._identity, plain_done=plain, settles=settles,
-                                     dead_cutoff=now_wall - self._config.dead_max_age,
+                                     dead_cutoff=clock.now() - self._config.dead_max_age,
                                      dead_max=self._config.dead_max_jobs, allow_oom=self.allow_oom))
         start = 0
+        promote = promote and want > 0
+        if promote:
+            calls += self._promote_calls
         if want:
-            now_wall = time.time()
             start = self._first()
-            calls.append(self._plan.call(start=start, want=want, now=now_wall,
-                                         lease_until=now_wall + self._config.lease_ttl,
-                                         may_take_suspect=self._suspect is None,
+            calls.append(self._plan.call(start=start, want=want, may_take_suspect=self._suspect is None,
                                          allow_oom=self.allow_oom))
         try:
             results = self._runner.run(calls)
@@ -249,18 +266,35 @@ class Fetcher(threading.Thread):
             self._reconcile_inprogress()
         if not want:
             return
+        received = time.monotonic()
         fetched = results[-1]
-        next_due = float(fetched[0]) if fetched[0] else None
-        n = (len(fetched) - 1) // 3
+        due_in = float(fetched[0]) if fetched[0] else None
+        moved = more = False
+        if promote:
+            for zset, reply in zip((keys.schedule, keys.retry), results[-3:-1], strict=True):
+                n_moved, full, bad = scheduler.promote_reply(reply)
+                moved = moved or n_moved > 0
+                more = more or full
+                if bad:
+                    self._bury(zset, bad)
+        if due_in is None:
+            self._due_at = float("inf")
+        elif due_in > 0:
+            self._due_at = received + due_in + DUE_MARGIN
+        else:
+            # Due now: promote in the next round trip; at once if this one moved jobs
+            # (a burst drains at fetch speed), a little later if another pool is on it.
+            self._due_at = received if (moved or more) else received + MIN_POLL_GAP
+        n = (len(fetched) - 2) // 3
         if n:
             submit = self._submit
             names = self._names
             guards: list[tuple[str, str]] = []
-            fields = [f.decode() for f in fetched[2::3]]
+            fields = [f.decode() for f in fetched[3::3]]
             with self._cv:
                 self._inflight += n
                 self._held.update(fields)
-            for k, j in enumerate(range(1, len(fetched), 3)):
+            for k, j in enumerate(range(2, len(fetched), 3)):
                 payload = fetched[j + 2]
                 if b'"recovered"' in payload or b'"unique"' in payload:
                     # Rare: only such payloads pay a decode here (the executor decodes anyway).
@@ -269,19 +303,22 @@ class Fetcher(threading.Thread):
             if guards:
                 self._release_unique(guards)
             if polled:
-                self._relay_wake({names[fetched[j] - 1] for j in range(1, len(fetched), 3)})
-        due_in = None if next_due is None else next_due - time.time()
+                self._relay_wake({names[fetched[j] - 1] for j in range(2, len(fetched), 3)})
         with self._cv:
             self._last_empty = n < want
             if self._last_empty:
-                # Sleep until the poll fallback, or until the next scheduled/retry job is due.
-                # Jittered, so the pools of a cluster poll at different moments.
-                wait = self._config.idle_poll_interval * random.uniform(0.75, 1.25)
-                if due_in is not None and due_in > 0:
-                    wait = min(wait, due_in + 0.001)
-                self._next_poll = time.monotonic() + max(wait, MIN_POLL_GAP)
-        if due_in is not None and due_in <= 0:
-            self._on_due()
+                # Sleep until the poll fallback, or exactly until the next scheduled/retry
+                # job is due.  Jittered, so the pools of a cluster poll at different moments.
+                poll_at = received + max(MIN_POLL_GAP, self._config.idle_poll_interval
+                                         * random.uniform(0.75, 1.25))
+                self._next_poll = min(poll_at, self._due_at)
+
+    def _bury(self, zset: str, members: list[bytes]) -> None:
+        """Due entries that are not jobs go to dead (rare: written by hand or a foreign client)."""
+        try:
+            scheduler.bury_bad(self._conn, self._keys, zset, members)
+        except RedisError as exc:
+            log.warning("could not move %d malformed scheduled entries to dead: %s", len(members), exc)
 
     def close(self) -> None:
         self._runner.close()

@@ -1,15 +1,33 @@
 """The beat every pool writes every few seconds (DESIGN.md §3 "Heartbeat").
 
-One pipeline: gocraft's ``pools``/``pool:<id>``, Sidekiq's ``processes``/``<id>``
-and ``<id>:work`` (+ ``:workers``), gocraft's worker observations, lease
-renewal for running jobs with ``max_concurrency``, and the buffered stats.
+One pipeline: the liveness beat (``beat.lua``: the ``pools`` score from Redis's
+TIME and the renewal of the leases of every job the pool holds), gocraft's
+``pool:<id>``, Sidekiq's ``processes``/``<id>`` and ``<id>:work`` (+ ``:workers``),
+gocraft's worker observations, and the buffered stats.  The TIME it returns keeps
+this process's ``clock`` on Redis's time.
+
+Who beats for a prefork child: the child's own housekeeper thread AND its master
+(``beat_for``).  The child's beat carries what only the child knows (running
+jobs, observations, stats).  But a thread can be starved: a job that holds the
+GIL inside C code for 30 s stops every other thread of its process, the beat
+thread included, and a pool judged by its own beats alone would be reaped while
+its job is still running (and the job would run twice).  The master is a
+separate, single-threaded process that knows by ``waitpid`` that its children
+are alive, so every beat interval it has a short-lived helper process
+(``recovery.py``: the master's loop never waits on Redis) refresh their ``pools``
+score and leases:
+a child is presumed dead only when its whole host (master included) stopped
+beating, which is what the staleness reaper is for.  A child that really dies
+is released by its master at once (SIGCHLD), not by staleness.  An in-process
+pool (``pool.start()``) has no master: only its own beats keep it alive, so its
+jobs should not hold the GIL longer than ``stale_after``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -17,7 +35,7 @@ import psutil
 import redis
 from redis.exceptions import NoScriptError
 
-from . import scripts
+from . import clock, scripts
 from .executor import RUNNING, Slot
 from .keys import Keys, worker_id
 from .stats import StatsBuffer
@@ -67,7 +85,9 @@ class Heartbeat:
         self._lease_ttl = lease_ttl
         self._proc = psutil.Process()
         self._sidekiq_info = info.sidekiq_info()
+        # Redis's time of the last successful beat, and the monotonic time it returned.
         self.last_beat = 0.0
+        self.last_beat_mono = float("-inf")
         # Set by the runtime once it knows the server (Redis >= 7 beats at maxmemory).
         self.allow_oom = False
         self._had_work = True
@@ -78,19 +98,18 @@ class Heartbeat:
         # when the slot is idle again (gocraft readers take the hash as "busy").
         self._observed: set[int] = set()
 
-    def beat(self, *, quiet: bool = False, now: float | None = None) -> str | None:
+    def beat(self, *, quiet: bool = False) -> str | None:
         """Write the beat; return a signal the Web UI left for this pool (``TSTP``/``TERM``)."""
-        t = time.time() if now is None else now
+        t = clock.now()
         keys, ident = self._keys, self.info.identity
         running = [s for s in self._slots if s.state == RUNNING and s.job is not None]
         pipe = self._conn.pipeline(transaction=False)
-        # What reapers judge comes first.  At maxmemory only a script flagged
-        # allow-oom may write (Redis >= 7); elsewhere a plain ZADD is the same write.
-        liveness = scripts.beat(keys, identity=ident, now=t, allow_oom=True)
-        if self.allow_oom:
-            scripts.add_to_pipeline(pipe, liveness)
-        else:
-            pipe.zadd(keys.pools, {ident: t})
+        # What reapers judge comes first: the pools score (Redis's TIME) and the leases
+        # of every job this pool holds.  At maxmemory only a script flagged allow-oom
+        # may write (Redis >= 7).
+        liveness = scripts.beat(keys, identities=[ident], leased_names=sorted(self._leased),
+                                lease_ttl=self._lease_ttl, allow_oom=self.allow_oom)
+        scripts.add_to_pipeline(pipe, liveness)
         # Records that change slowly are refreshed every few beats (well inside their
         # TTLs): an idle pool's beat stays at a handful of commands.
         refresh = self._beats % self._refresh_every == 0
@@ -147,13 +166,12 @@ class Heartbeat:
                     "checkin_at": int(job._checkin_at) if job._checkin_at else 0,
                 })
                 pipe.expire(wkey, LIVENESS_TTL)
-                if s.queue in self._leased:
-                    pipe.zadd(keys.lease(s.queue), {f"{ident}:{s.field}": t + self._lease_ttl}, xx=True)
             pipe.hset(work_key, mapping=work)
             pipe.hset(workers_key, mapping=work)
             pipe.expire(work_key, LIVENESS_TTL)
             pipe.expire(workers_key, LIVENESS_TTL)
         taken = self._stats.queue_flush(pipe, keys, t)
+        sent = time.monotonic()
         try:
             results = pipe.execute(raise_on_error=False)
             if isinstance(results[0], NoScriptError):
@@ -165,9 +183,12 @@ class Heartbeat:
             self._stats.give_back(*taken)
             self._had_work = True
             raise
+        received = time.monotonic()
+        self.last_beat = clock.parse_time(results[0])
+        self.last_beat_mono = received
+        clock.CLOCK.observe(self.last_beat, sent, received)
         self._beats += 1
         self._observed = now_observed
-        self.last_beat = t
         sig = results[signal_at]
         return sig.decode("utf-8", "replace") if sig else None
 
@@ -179,10 +200,24 @@ class Heartbeat:
 
     def flush_stats(self) -> None:
         pipe = self._conn.pipeline(transaction=False)
-        taken = self._stats.queue_flush(pipe, self._keys)
+        taken = self._stats.queue_flush(pipe, self._keys, clock.now())
         if taken != (0, 0):
             try:
                 pipe.execute()
             except redis.RedisError:
                 self._stats.give_back(*taken)
                 raise
+
+
+def beat_for(conn: redis.Redis, keys: Keys, identities: Sequence[str], *, leased_names: Iterable[str],
+             lease_ttl: float, allow_oom: bool = False) -> float:
+    """A master's beat for its live children (see the module docstring): refresh their
+    ``pools`` scores and the leases of their jobs; never register a pool.  Returns
+    Redis's time (and keeps this process's clock on it)."""
+    call = scripts.beat(keys, identities=identities, leased_names=leased_names, lease_ttl=lease_ttl,
+                        allow_oom=allow_oom, only_registered=True)
+    sent = time.monotonic()
+    reply = scripts.run_one(conn, call)
+    t = clock.parse_time(reply)
+    clock.CLOCK.observe(t, sent, time.monotonic())
+    return t

@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from . import clock
 from .errors import ArgError
 from .keys import Keys
 
@@ -102,7 +103,7 @@ def encode(data: dict[str, Any]) -> bytes:
 def build_payload(name: str, args: dict[str, Any] | None, *, now: float | None = None,
                   jid: str | None = None, unique_key: str | None = None) -> dict[str, Any]:
     """The JSON object of a new job.  ``jid`` comes first, so ``jid_of`` finds it cheaply."""
-    t = time.time() if now is None else now
+    t = clock.now() if now is None else now  # Redis's time (DESIGN.md §8)
     data: dict[str, Any] = {
         "jid": jid or new_jid(),
         "class": name,

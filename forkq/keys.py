@@ -12,6 +12,11 @@ import time
 
 from .errors import ConfigError
 
+# Published on the wake channel (beside job names) when a job becomes the earliest due
+# in schedule/retry: every fetcher re-arms its sleep.  Braces are forbidden in job
+# names, so it never collides with one.
+DUE_MESSAGE = "{due}"
+
 # Characters that would break the key layout or the hash tag.
 _FORBIDDEN_NAME_CHARS = frozenset("{}\n\r\x00")
 
@@ -76,6 +81,16 @@ class Keys:
 
     def lease(self, name: str) -> str:
         return self.prefix + "lease:" + name
+
+    def queue_prefix(self) -> str:
+        """What a queue key is before its name (for scripts that move jobs of any name)."""
+        return self.prefix + "queue:"
+
+    @staticmethod
+    def lease_member(identity: str, field: str) -> str:
+        """A running job's member in ``lease:<name>``; scripts get ``lease_member(id, "")``
+        as a prefix and append the field, so the format lives here only."""
+        return identity + ":" + field
 
     def unique(self, name: str, suffix: str) -> str:
         return self.prefix + "unique:" + name + ":" + suffix

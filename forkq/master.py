@@ -163,6 +163,7 @@ class Master:
         self._redis_down_logged = 0.0
         self._redis_wait_logged = False
         self.started_at = time.monotonic()
+        self.next_beat = 0.0  # the master beats for its children (_beat_children)
         pool.config = config
 
     # -- entry ------------------------------------------------------------------------
@@ -190,6 +191,7 @@ class Master:
                 self._wait(self._timeout())
                 self._dispatch_signals()
                 self._reap()
+                self._beat_children()
                 self._step_recovery()
                 self._check_frozen()
                 self._step_replacement()
@@ -214,14 +216,16 @@ class Master:
 
     # -- loop parts -------------------------------------------------------------------
     def _timeout(self) -> float:
-        t = 1.0
         now = time.monotonic()
+        t = 1.0
         if self.stopping or self.replacing or self.replace_queue or self.recovery.busy:
             t = 0.25
         if len(self._active()) < self.target and not self.stopping:
             t = min(t, max(0.0, self.next_spawn_at - now))
         if self.notifier.watchdog_interval:
             t = min(t, max(0.0, self.next_watchdog - now))
+        if self.children and not self.stopping:
+            t = min(t, max(0.0, self.next_beat - now))
         return t
 
     def _wait(self, timeout: float) -> None:
@@ -527,6 +531,28 @@ class Master:
         self._begin_stop()
 
     # -- Redis work, off the loop (forkq/recovery.py) ----------------------------------------
+    def _beat_children(self) -> None:
+        """Every beat interval, have a helper refresh the beats and leases of live
+        children that went silent.
+
+        A child whose job holds the GIL in C code cannot beat itself, nor send its
+        status reports (every second); its master knows it is alive (heartbeat.py),
+        so the pool is not reaped as dead.  Children that report beat themselves,
+        so no helper is forked for them.
+        """
+        now = time.monotonic()
+        if now < self.next_beat or self.stopping:
+            return
+        interval = self.config.heartbeat_interval
+        self.next_beat = now + interval
+        silent_after = 3 * childmod.STATUS_EVERY  # reports missed: its threads may be blocked
+        ids = [c.identity for c in self.children.values()
+               if c.ready and not c.retiring and c.term_sent_at is None and not c.killed
+               and c.last_report and now - c.last_report > silent_after]
+        if ids:
+            self.recovery.beat(ids, sorted(n for n, s in self.pool.jobs.items()
+                                           if s.options.max_concurrency > 0))
+
     def _step_recovery(self) -> None:
         self.recovery.reap()
         try:

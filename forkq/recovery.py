@@ -31,7 +31,7 @@ import orjson
 from redis.exceptions import RedisError
 from setproctitle import setproctitle
 
-from . import reaper
+from . import heartbeat, reaper, scripts
 from .backoff import capped_exponential
 from .config import Config
 from .connection import ConnectionSpec
@@ -68,6 +68,11 @@ class Recovery:
     blame: dict[str, reaper.Blame] = field(default_factory=dict)
     reap_wanted: bool = False
     reap_exclude: tuple[str, ...] = ()
+    # The master's beat for its live children (heartbeat.py says why), done here so
+    # the loop never waits on Redis.
+    beat_ids: tuple[str, ...] = ()
+    leased_names: tuple[str, ...] = ()
+    beating: tuple[str, ...] = ()  # what the running helper beats for
     helper: _Helper | None = None
     failures: int = 0
     next_try: float = 0.0
@@ -88,6 +93,11 @@ class Recovery:
         self.reap_exclude = tuple(exclude)
         self.next_try = 0.0
 
+    def beat(self, identities: Sequence[str], leased_names: Sequence[str]) -> None:
+        """Refresh these live children's beats and leases (done by the next helper)."""
+        self.beat_ids = tuple(identities)
+        self.leased_names = tuple(leased_names)
+
     @property
     def busy(self) -> bool:
         return bool(self.pending) or self.reap_wanted or self.helper is not None
@@ -107,11 +117,19 @@ class Recovery:
                 except ProcessLookupError:
                     pass
             return
-        if not (self.pending or self.reap_wanted) or time.monotonic() < self.next_try:
+        if self.beat_ids and not (self.pending or self.reap_wanted):
+            tasks = ["beat"]  # a beat is never held back by the backoff of failed releases
+        elif not (self.pending or self.reap_wanted) or time.monotonic() < self.next_try:
             return
-        tasks = ["release " + i for i in self.pending]
-        if self.reap_wanted:
-            tasks.append("reap")
+        else:
+            tasks = ["release " + i for i in self.pending]
+            if self.reap_wanted:
+                tasks.append("reap")
+            if self.beat_ids:
+                tasks.append("beat")  # after the releases: a released pool is not re-beaten
+        beat_ids = self.beat_ids
+        self.beat_ids = ()
+        self.beating = beat_ids
         self.helper = self._fork(tasks, close_fds)
 
     def read(self) -> None:
@@ -216,7 +234,11 @@ class Recovery:
             for task in tasks:
                 kind, _, identity = task.partition(" ")
                 try:
-                    if kind == "release":
+                    if kind == "beat":
+                        heartbeat.beat_for(conn, self.keys, self.beating, leased_names=self.leased_names,
+                                           lease_ttl=self.config.lease_ttl,
+                                           allow_oom=scripts.supports_script_flags(conn))
+                    elif kind == "release":
                         what = self.pending.get(identity, identity)
                         result = reaper.release_pool(
                             conn, self.keys, identity, self.config, on_poison=self._report_poison,
@@ -231,6 +253,9 @@ class Recovery:
                             log.warning("recovered the jobs of %d dead pools", len(reaped))
                         _emit(out, {"t": "reaped", "n": len(reaped)})
                 except RedisError as exc:
+                    if kind == "beat":
+                        log.warning("could not beat for the children (%s)", exc)
+                        continue
                     code = 2
                     log.warning("could not %s yet (%s); it is retried",
                                 "requeue the jobs of " + self.pending.get(identity, identity)

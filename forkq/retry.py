@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
+from . import clock
 from . import job as jobcodec
 from .scripts import Settle
 from .spec import Backoff
@@ -29,9 +29,9 @@ def failure_settle(*, field: str, name: str | None, data: dict[str, Any], error_
     The one place an outcome becomes an ack record (the executor, the hard timeout
     and the master's poison path all come here or to ``malformed_dead_entry``).
     ``retry_count`` follows Sidekiq: 0 after the first failure, +1 after each later one.
-    ``backtrace`` (innermost first) is stored compressed as Sidekiq's ``error_backtrace``.
+    Times are Redis's (``clock.now()``): the retry is due by the clock every promoter uses.
     """
-    t = time.time() if now is None else now
+    t = clock.now() if now is None else now
     rc = data.get("retry_count")
     if rc is not None:
         data["retry_count"] = rc + 1
@@ -56,8 +56,10 @@ def failure_settle(*, field: str, name: str | None, data: dict[str, Any], error_
             return Settle(op="K", field=field, name=name)
         return Settle(op="d", field=field, name=name, payload=jobcodec.encode(data), score=t)
     delay = (backoff or default_backoff)(job if job is not None else _Fails(fails))
-    return Settle(op="r", field=field, name=name, payload=jobcodec.encode(data),
-                  score=t + max(0.0, float(delay)))
+    due = t + max(0.0, float(delay))
+    # Promotion moves the entry unchanged: it is enqueued when it is due.
+    data["enqueued_at"] = due
+    return Settle(op="r", field=field, name=name, payload=jobcodec.encode(data), score=due)
 
 
 class _Fails:
@@ -69,7 +71,7 @@ class _Fails:
 
 def malformed_dead_entry(*, queue: str, raw: bytes, reason: str, now: float | None = None) -> bytes:
     """A dead-set entry for a queue entry that is not a job, keeping the raw bytes."""
-    t = time.time() if now is None else now
+    t = clock.now() if now is None else now
     return jobcodec.encode({
         "jid": jobcodec.new_jid(),
         "class": queue,

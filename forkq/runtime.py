@@ -18,7 +18,7 @@ from collections.abc import Callable
 import redis
 from redis.exceptions import NoPermissionError, RedisError
 
-from . import reaper, scheduler, scripts
+from . import clock, reaper, scheduler, scripts
 from .backoff import capped_exponential
 from .config import pool_hostname
 from .connection import ConnectionSpec
@@ -26,6 +26,7 @@ from .errors import ConfigError, RedisRefused
 from .executor import Executor
 from .fetcher import Fetcher
 from .heartbeat import Heartbeat, PoolInfo
+from .keys import DUE_MESSAGE
 from .reporters import ReporterHub
 from .scripts import FetchTarget
 from .spec import PoolDefinition
@@ -35,8 +36,6 @@ log = logging.getLogger("forkq.runtime")
 
 PERIODIC_HORIZON = 300.0
 PERIODIC_EVERY = 60.0
-REAP_EVERY = 60.0
-PROMOTE_MIN_GAP = 0.05
 
 
 def new_identity(hostname: str = "") -> str:
@@ -57,11 +56,12 @@ class PoolRuntime:
         self.stats = StatsBuffer()
         specs = pool.jobs
         self._names = sorted(specs)
-        self._name_set = {n.encode() for n in self._names}
+        # Wake messages that concern this pool: its job names, and "a job became the
+        # earliest due" (the fetcher re-reads the due time it sleeps until).
+        self._name_set = {n.encode() for n in self._names} | {DUE_MESSAGE.encode()}
         self._leased = frozenset(n for n, s in specs.items() if s.options.max_concurrency > 0)
         self._stop = threading.Event()
         self._stopped = False
-        self._last_promote = 0.0
         self._beat_failures = 0
         # Connections: one per long-lived thread that talks to Redis.
         self.conn = spec.connect_worker()
@@ -76,7 +76,7 @@ class PoolRuntime:
         self.fetcher = Fetcher(
             conn=self.conn, keys=self.keys, identity=self.identity, config=self.config,
             targets=targets, priorities=[specs[n].options.priority for n in self._names],
-            concurrency=concurrency, stats=self.stats, on_due=self._promote,
+            concurrency=concurrency, stats=self.stats,
             submit=self.executor.submit)
         self.executor.deliver_to(self.fetcher.complete)
         self.info = PoolInfo.create(identity=self.identity, concurrency=concurrency,
@@ -86,9 +86,9 @@ class PoolRuntime:
                                    lease_ttl=self.config.lease_ttl,
                                    interval=self.config.heartbeat_interval)
         self._threads: list[threading.Thread] = []
-        # Under a prefork master, which reaps at start, a child's first reaper pass can
-        # wait a full period; a pool on its own reaps soon after it starts.
-        self._first_reap = REAP_EVERY if master_reaps else REAP_EVERY / 4
+        # Every pool reaps stale pools, scheduled from the oldest beat (under a prefork
+        # master, which also reaps once at start, and beats for its children).
+        self._reaper: reaper.StaleReaper | None = reaper.StaleReaper(self.config)
         # Set by a prefork child: how a Web UI "Stop" reaches the master.
         self.on_remote_stop: Callable[[], None] | None = None
 
@@ -96,6 +96,7 @@ class PoolRuntime:
     def start(self) -> None:
         try:
             self.conn.ping()
+            clock.CLOCK.sync(self.conn)  # Redis's time before anything is written with it
             self.fetcher.allow_oom = self.heartbeat.allow_oom = scripts.supports_script_flags(self.conn)
         except redis.AuthenticationError as exc:
             raise RedisRefused(f"Redis at {self.spec.describe()} refused the credentials: {exc}") from None
@@ -112,6 +113,8 @@ class PoolRuntime:
         # A user without the rights forkq needs is: nothing would ever work.
         try:
             self.heartbeat.beat()
+            if self._reaper is not None:
+                self._reaper.beaten(self.heartbeat.last_beat)
         except NoPermissionError as exc:
             raise RedisRefused(self._no_permission(exc)) from None
         except RedisError as exc:
@@ -214,17 +217,6 @@ class PoolRuntime:
             time.sleep(0.005)
 
     # -- threads ------------------------------------------------------------------------
-    def _promote(self) -> None:
-        """Called on the fetcher thread when a fetch saw due scheduled/retry jobs."""
-        now = time.monotonic()
-        if now - self._last_promote < PROMOTE_MIN_GAP:
-            return
-        self._last_promote = now
-        try:
-            scheduler.promote_due(self.conn, self.keys, batch=self.config.promote_batch)
-        except RedisError as exc:
-            log.warning("promoting due jobs failed (will retry): %s", exc)
-
     def _listen(self) -> None:
         errors = 0
         while not self._stop.is_set():
@@ -249,7 +241,11 @@ class PoolRuntime:
     def _beat_safely(self) -> bool:
         try:
             sig = self.heartbeat.beat(quiet=self.fetcher.quiet)
+            if self._reaper is not None:
+                self._reaper.beaten(self.heartbeat.last_beat)
         except RedisError as exc:
+            if self._reaper is not None:
+                self._reaper.beaten(None)
             # Once per outage: a beat every few seconds would flood the log.
             self._beat_failures += 1
             if self._beat_failures == 1:
@@ -280,32 +276,43 @@ class PoolRuntime:
                 self.fetcher.set_quiet(True)
 
     def _housekeep(self) -> None:
-        """Beat, pre-schedule periodic jobs, reap stale pools.
+        """Beat, pre-schedule periodic jobs, promote due jobs, reap stale pools.
 
-        Every duty is guarded on its own: if one raised out of this thread the
-        beats would stop, and a live pool would be reaped as dead.
+        Each duty has its own next time and the thread sleeps until the earliest
+        (monotonic).  Every duty is guarded on its own: if one raised out of this
+        thread the beats would stop, and a live pool would be reaped as dead.
         """
         interval = self.config.heartbeat_interval
-        next_periodic = 0.0
-        next_reap = time.monotonic() + random.uniform(0, 1.0) * self._first_reap
-        while not self._stop.wait(interval if next_periodic else 0.0):
+        next_beat = time.monotonic()  # at once: start() beat before the threads existed
+        next_periodic = 0.0 if self.pool.periodic else float("inf")
+        while True:
+            now = time.monotonic()
+            wake_at = min(next_beat, next_periodic)
+            if self._reaper is not None:
+                wake_at = min(wake_at, self._reaper.next_at)
+            if self._stop.wait(max(0.0, wake_at - now)):
+                return
             if self.fetcher.fenced:
                 return  # reaped while frozen: beating would make it look alive again
-            self._beat_safely()
             now = time.monotonic()
-            if self.pool.periodic and now >= next_periodic:
+            if now >= next_beat:
+                next_beat = now + interval
+                self._beat_safely()
+                # Due jobs normally move with the fetch that takes them; this covers a
+                # pool whose threads are all busy (so it does not fetch) for a long time.
+                self._duty("promoting due jobs", lambda: scheduler.promote_due(self._hk_conn, self.keys))
+            if now >= next_periodic:
                 if self._duty("periodic scheduling", lambda: scheduler.schedule_periodic(
-                        self._hk_conn, self.keys, self.pool.periodic, now=time.time(),
-                        horizon=PERIODIC_HORIZON)):
+                        self._hk_conn, self.keys, self.pool.periodic, horizon=PERIODIC_HORIZON)):
                     next_periodic = now + PERIODIC_EVERY * random.uniform(0.8, 1.2)
                 else:
                     next_periodic = now + interval
-            elif not next_periodic:
-                next_periodic = now + PERIODIC_EVERY
-            if now >= next_reap:
-                next_reap = now + REAP_EVERY * random.uniform(0.8, 1.2)
-                self._duty("stale-pool reaper", lambda: reaper.reap_stale_pools(
-                    self._hk_conn, self.keys, self.config, exclude=(self.identity,)))
+            if self._reaper is not None and time.monotonic() >= self._reaper.next_at:
+                self._duty("stale-pool reaper", self._reap)
+
+    def _reap(self) -> None:
+        if self._reaper is not None:
+            self._reaper.run(self._hk_conn, self.keys, exclude=(self.identity,))
 
     @staticmethod
     def _duty(what: str, fn: Callable[[], object]) -> bool:

@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .backoff import capped_exponential
 from .connection import REDIRECT_BACKOFF_CAP, REDIRECT_RETRIES, Locator, Redirected
-from .keys import Keys
+from .keys import DUE_MESSAGE, Keys
 
 log = logging.getLogger("forkq.scripts")
 
@@ -68,6 +68,9 @@ ACK_OOM = _allow_oom(ACK)
 ENQUEUE = _load("enqueue")
 ENQUEUE_UNIQUE = _load("enqueue_unique")
 PROMOTE = _load("promote")
+PROMOTE_DUE = _load("promote_due")
+SCHEDULE = _load("schedule")
+RELEASE_LOCK = _load("release_lock")
 CLAIM_POOL = _load("claim_pool")
 RELEASE_UNIQUE = _load("release_unique")
 DELETE_SCHEDULED = _load("delete_scheduled")
@@ -292,39 +295,40 @@ class FetchPlan:
     A pool asks for jobs hundreds of times a second, and its KEYS (a triple per job
     name) and limits never change; with many job names, encoding them per call cost
     more than the script.  So the command is packed once, and a call only adds the
-    five arguments that vary (the script rotates from ``start``).
+    arguments that vary (the script rotates from ``start``).  Times are not
+    arguments: the script reads Redis's TIME.
     """
 
-    def __init__(self, keys: Keys, *, identity: str, targets: Sequence[FetchTarget]) -> None:
+    def __init__(self, keys: Keys, *, identity: str, targets: Sequence[FetchTarget],
+                 lease_ttl: float) -> None:
         self.names = [t.name for t in targets]
         key_list = [keys.inprogress(identity), keys.schedule, keys.retry]
         key_list += [k for t in targets for k in (t.queue_key, t.paused_key, t.lease_key)]
         key_list.append(keys.fence(identity))
         self._keys_packed = b"".join(_bulk(k.encode()) for k in key_list)
         self._limits_packed = b"".join(_bulk(str(t.max_concurrency).encode()) for t in targets)
-        self._identity = _bulk(identity.encode())
-        self._wake = _bulk(keys.wake_channel.encode())
-        self._suspect_after = _bulk(str(SUSPECT_AFTER).encode())
-        argc = 3 + len(key_list) + 8 + len(targets)
+        self._fixed = (_bulk(repr(float(lease_ttl)).encode())
+                       + _bulk(Keys.lease_member(identity, "").encode())
+                       + _bulk(str(SUSPECT_AFTER).encode()))
+        argc = 3 + len(key_list) + 6 + len(targets)
         self._heads = {
             s.sha: b"*%d\r\n" % argc + _bulk(b"EVALSHA") + _bulk(s.sha.encode())
             + _bulk(str(len(key_list)).encode())
             for s in (FETCH, FETCH_OOM)
         }
 
-    def call(self, *, start: int, want: int, now: float, lease_until: float,
-             may_take_suspect: bool = True, allow_oom: bool = False) -> Call:
-        """Fetch up to ``want`` jobs trying name ``start`` first (result indices are 1-based)."""
+    def call(self, *, start: int, want: int, may_take_suspect: bool = True,
+             allow_oom: bool = False) -> Call:
+        """Fetch up to ``want`` jobs trying name ``start`` first (result indices are 1-based).
+
+        Reply: ``[due_in, suspects_left, idx, field, payload, ...]`` (see fetch.lua).
+        """
         script = FETCH_OOM if allow_oom else FETCH
         packed = b"".join((
-            self._heads[script.sha], self._keys_packed, _bulk(str(want).encode()),
-            _bulk(repr(now).encode()), self._identity, _bulk(repr(lease_until).encode()),
-            _bulk(str(start).encode()), _bulk(b"1" if may_take_suspect else b"0"), self._wake,
-            self._suspect_after, self._limits_packed))
+            self._heads[script.sha], self._keys_packed, _bulk(str(want).encode()), self._fixed,
+            _bulk(str(start).encode()), _bulk(b"1" if may_take_suspect else b"0"),
+            self._limits_packed))
         return Call(script=script, keys=(), args=(), packed=packed)
-
-
-
 
 
 
@@ -370,8 +374,8 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
         assert s.guard is not None, "a 'u' settle needs its guard key"
         k.append(s.guard)
         groups[at] = len(k)
-    args: list[Arg] = [identity, keys.wake_channel, repr(dead_cutoff), dead_max, unique_ttl,
-                       len(pair_of), *pair_of, len(plain_done)]
+    args: list[Arg] = [Keys.lease_member(identity, ""), keys.wake_channel, repr(dead_cutoff), dead_max,
+                       unique_ttl, DUE_MESSAGE, len(pair_of), *pair_of, len(plain_done)]
     args += plain_done
     args += groups
     return Call(script=ACK_OOM if allow_oom else ACK, keys=k, args=args)
@@ -383,11 +387,36 @@ def enqueue(keys: Keys, *, name: str, payloads: Sequence[bytes]) -> Call:
 
 
 def enqueue_unique(keys: Keys, *, name: str, payload: bytes, unique_key: str, jid: str,
-                   ttl: int, run_at: float | None) -> Call:
-    target = keys.schedule if run_at is not None else keys.queue(name)
+                   ttl: int, run_at: float | None = None, delay: float | None = None) -> Call:
+    """Now (neither), at epoch ``run_at``, or ``delay`` seconds after Redis's TIME."""
+    when = "" if run_at is None else repr(float(run_at))
+    if delay is not None:
+        when = "+" + repr(max(0.0, float(delay)))
+    target = keys.schedule if when else keys.queue(name)
     return Call(script=ENQUEUE_UNIQUE, keys=[keys.queues, target, unique_key],
-                args=[name, keys.wake_channel, payload, ttl,
-                      "" if run_at is None else repr(run_at), jid])
+                args=[name, keys.wake_channel, payload, ttl, when, jid, DUE_MESSAGE])
+
+
+def schedule(keys: Keys, *, payloads: Sequence[bytes], delay: float | None = None,
+             run_at: float | None = None) -> Call:
+    """Schedule jobs ``delay`` seconds after Redis's TIME, or at epoch ``run_at``.
+
+    The reply is the due time as a string (epoch seconds).
+    """
+    if (delay is None) == (run_at is None):
+        raise ValueError("give exactly one of delay and run_at")
+    mode, seconds = ("in", max(0.0, float(delay))) if delay is not None else ("at", float(run_at or 0.0))
+    return Call(script=SCHEDULE, keys=[keys.schedule, keys.retry],
+                args=[keys.wake_channel, DUE_MESSAGE, mode, repr(seconds), *payloads])
+
+
+def promote_due(keys: Keys, *, zset_key: str, limit: int) -> Call:
+    """Move up to ``limit`` due jobs of ``zset_key`` to their queues (Redis's clock).
+
+    The reply is ``[moved, more, bad members...]`` (see promote_due.lua).
+    """
+    return Call(script=PROMOTE_DUE, keys=[zset_key, keys.queues],
+                args=[keys.queue_prefix(), keys.wake_channel, max(1, int(limit))])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -421,8 +450,22 @@ def delete_scheduled(keys: Keys, *, member: bytes, jid: str, guard: str | None) 
                 args=[member, jid])
 
 
-def beat(keys: Keys, *, identity: str, now: float, allow_oom: bool) -> Call:
-    return Call(script=BEAT_OOM if allow_oom else BEAT, keys=[keys.pools], args=[identity, repr(now)])
+def beat(keys: Keys, *, identities: Sequence[str], leased_names: Iterable[str], lease_ttl: float,
+         allow_oom: bool, only_registered: bool = False) -> Call:
+    """Liveness beat for these pools, with Redis's TIME, renewing their leases.
+
+    The reply is Redis's TIME.  ``only_registered``: refresh pools that are still in
+    ``pools`` and never add one (a master beating for its children).
+    """
+    k = [keys.pools, *(keys.inprogress(i) for i in identities), *(keys.lease(n) for n in leased_names)]
+    args: list[Arg] = [len(identities), repr(float(lease_ttl)), "XX" if only_registered else "",
+                       *identities, *(Keys.lease_member(i, "") for i in identities)]
+    return Call(script=BEAT_OOM if allow_oom else BEAT, keys=k, args=args)
+
+
+def release_lock(key: str, token: str) -> Call:
+    """Delete ``key`` only if it still holds ``token``."""
+    return Call(script=RELEASE_LOCK, keys=[key], args=[token])
 
 
 def add_to_pipeline(pipe: redis.client.Pipeline, call: Call) -> None:

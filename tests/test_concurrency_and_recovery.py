@@ -218,7 +218,8 @@ def test_an_ack_from_a_pool_a_reaper_claimed_reports_it_fenced(r, fast_config) -
     assert reaper.release_pool(r, K, identity, fast_config) == (1, 0)
     ack = scripts.ack(K, identity=identity, plain_done=[jid], settles=(), dead_cutoff=0, dead_max=10)
     assert scripts.run_one(r, ack) == [0, 0, 1]
-    plan = scripts.FetchPlan(K, identity=identity, targets=[scripts.FetchTarget.of(K, "work", 0)])
-    fetch = plan.call(start=0, want=5, now=time.time(), lease_until=time.time() + 60)
+    plan = scripts.FetchPlan(K, identity=identity, targets=[scripts.FetchTarget.of(K, "work", 0)],
+                             lease_ttl=60)
+    fetch = plan.call(start=0, want=5)
     assert scripts.Runner(r).run([fetch]) == [[b"fenced"]]
     assert r.llen(K.queue("work")) == 1          # the requeued job was not taken back

@@ -141,7 +141,7 @@ def test_whole_master_sigkilled_then_next_forkq_recovers_every_inprogress_job(
 def test_child_with_late_heartbeat_keeps_its_jobs(tmp_path: Path, redis_url: str, r: redis.Redis,
                                                    forkqs: list[ForkqProc]) -> None:
     mod = write_jobs(tmp_path)
-    config = forkq.Config(stale_after=4.0)
+    config = forkq.Config(stale_after=4.0, heartbeat_interval=0.5)
     f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "2"],
                     env={"FORKQ_STALE_AFTER": "4"})
     kids = wait_children_ready(f, r, 2)

@@ -36,7 +36,7 @@ FORKQ_COMMANDS = (
     "+hset +hgetall +hdel +hmget +hexists "
     "+sadd +srem "
     "+llen +lpush +rpush +rpop "
-    "+zadd +zrem +zscore +zcard +zrange +zrangebyscore +zremrangebyscore +zremrangebyrank "
+    "+zadd +zrem +zscore +zcard +zrange +zrangebyscore +zremrangebyscore +zremrangebyrank +hkeys +time "
     "+incrby +scan +publish +subscribe +unsubscribe"
 )
 # forkq.Client (admin pages, CLI verbs) reads a little more and uses WATCH/MULTI.

@@ -203,7 +203,8 @@ def calls(r, command: str) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_counters_are_buffered_in_the_pool_and_flushed_at_stop(redis_url, r) -> None:
-    config = forkq.Config(heartbeat_interval=3600, idle_poll_interval=0.2, shutdown_timeout=5)
+    config = forkq.Config(heartbeat_interval=3600, idle_poll_interval=0.2, shutdown_timeout=5,
+                          lease_ttl=7200, stale_after=7200)
     pool = forkq.WorkerPool(NS, config=config)
 
     @pool.job

@@ -11,16 +11,18 @@
 -- KEYS[5]  fence:<identity>        string: present once a reaper claimed this pool
 -- KEYS[6..] pairs per job name referenced by the groups: queue:<name>, lease:<name>;
 --          then the unique-guard keys of 'u' groups (unique:<name>:<suffix>)
--- ARGV[1]  identity owning KEYS[1] (lease members are "<identity>:<field>")
+-- ARGV[1]  lease member prefix of the pool owning KEYS[1] (a member is prefix .. field)
 -- ARGV[2]  wake channel: PUBLISHed when a queue gets work a sleeping fetcher may want
 -- ARGV[3]  dead set: drop entries older than this epoch
 -- ARGV[4]  dead set: keep at most this many entries
 -- ARGV[5]  unique-guard TTL (seconds) for 'u' groups
--- ARGV[6]  p: count of job-name pairs in KEYS
--- ARGV[7 .. 6+p] the job name of each pair (what SADD queues and the wake carry)
--- ARGV[7+p] n: count of plain successes that follow (no lease, nothing to write)
--- ARGV[8+p .. 7+p+n] their in-progress fields
--- ARGV[8+p+n ..] groups of 5: op, field, pair index (0 = none), payload, score
+-- ARGV[6]  due message: PUBLISHed when a retry written here is due before every retry
+--          that was already there (fetchers sleep until the earliest due time they know)
+-- ARGV[7]  p: count of job-name pairs in KEYS
+-- ARGV[8 .. 7+p] the job name of each pair (what SADD queues and the wake carry)
+-- ARGV[8+p] n: count of plain successes that follow (no lease, nothing to write)
+-- ARGV[9+p .. 8+p+n] their in-progress fields
+-- ARGV[9+p+n ..] groups of 5: op, field, pair index (0 = none), payload, score
 --          op 'k' = done (drop lease), 'K' = dropped after failing (skip_dead),
 --          'r' = ZADD retry score payload, 'd' = ZADD dead score payload (both failures),
 --          'q' = RPUSH payload to its queue (runs next; recovery, not an execution),
@@ -34,13 +36,13 @@
 -- stop: its jobs were handed to others).  A batch sent again after a lost reply settles nothing
 -- and counts nothing, so stats built on this stay exact.
 
-local p = tonumber(ARGV[6])
-local n = tonumber(ARGV[7 + p])
-local identity = ARGV[1]
+local p = tonumber(ARGV[7])
+local n = tonumber(ARGV[8 + p])
+local member_prefix = ARGV[1]
 local processed, failed = 0, 0
 if n > 0 then
-  local start = 8 + p
-  local last = 7 + p + n
+  local start = 9 + p
+  local last = 8 + p + n
   while start <= last do
     local stop = math.min(start + 999, last)
     processed = processed + redis.call('HDEL', KEYS[1], unpack(ARGV, start, stop))
@@ -51,7 +53,8 @@ end
 local settled = 0
 local wake = {}
 local dead_written = false
-local i = 8 + p + n
+local earliest_before, earliest_written = nil, nil
+local i = 9 + p + n
 while i + 4 <= #ARGV do
   local op, field, pair, payload, score = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
   if redis.call('HDEL', KEYS[1], field) == 1 then
@@ -62,11 +65,17 @@ while i + 4 <= #ARGV do
     if pair > 0 then
       qkey = KEYS[4 + 2 * pair]
       lkey = KEYS[5 + 2 * pair]
-      if redis.call('ZREM', lkey, identity .. ':' .. field) == 1 then
+      if redis.call('ZREM', lkey, member_prefix .. field) == 1 then
         wake[pair] = true
       end
     end
     if op == 'r' then
+      if earliest_written == nil then
+        local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+        earliest_before = first[2] and tonumber(first[2]) or math.huge
+        earliest_written = math.huge
+      end
+      if tonumber(score) < earliest_written then earliest_written = tonumber(score) end
       redis.call('ZADD', KEYS[2], score, payload)
     elseif op == 'd' then
       redis.call('ZADD', KEYS[3], score, payload)
@@ -83,7 +92,7 @@ while i + 4 <= #ARGV do
       end
       if requeue then
         redis.call('RPUSH', qkey, payload)
-        redis.call('SADD', KEYS[4], ARGV[6 + pair])
+        redis.call('SADD', KEYS[4], ARGV[7 + pair])
         wake[pair] = true
       end
     end
@@ -95,8 +104,12 @@ end
 for pair, _ in pairs(wake) do
   local qkey = KEYS[4 + 2 * pair]
   if redis.call('LLEN', qkey) > 0 then
-    redis.call('PUBLISH', ARGV[2], ARGV[6 + pair])
+    redis.call('PUBLISH', ARGV[2], ARGV[7 + pair])
   end
+end
+
+if earliest_written ~= nil and earliest_written < earliest_before then
+  redis.call('PUBLISH', ARGV[2], ARGV[6])
 end
 
 if dead_written then

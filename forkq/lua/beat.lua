@@ -1,12 +1,41 @@
--- beat: the liveness part of a pool's heartbeat.  Run with allow-oom (Redis >= 7) so a
--- pool that keeps working while Redis is at maxmemory is not taken for dead by
--- reapers; the rest of the heartbeat (observations, stats) is best effort.
+-- beat: the liveness part of a heartbeat, for one pool (its own beat) or for every
+-- child of a master (who knows they are alive: see heartbeat.py).  Scores are Redis's
+-- TIME, so reapers on hosts with other clocks judge them alike.  Run with allow-oom
+-- (Redis >= 7) so a pool that keeps working while Redis is at maxmemory is not taken
+-- for dead by reapers; the rest of the heartbeat (observations, stats) is best effort.
 --
--- KEYS[1]  pools        zset  identity -> last beat (what reapers judge)
--- ARGV[1]  identity
--- ARGV[2]  beat (epoch seconds)
+-- KEYS[1]          pools                    zset  identity -> last beat (what reapers judge)
+-- KEYS[2..1+n]     inprogress:<identity_i>  hash  the jobs each pool holds
+-- KEYS[2+n..]      lease:<name>             zset  one per job name with max_concurrency
+-- ARGV[1]  n: number of pools beaten for
+-- ARGV[2]  lease TTL in seconds: the leases of held jobs are renewed to TIME + this
+-- ARGV[3]  "XX": only refresh pools still registered (a master never re-registers a
+--          pool that stopped or was claimed); "": register
+-- ARGV[4..3+n]     identities
+-- ARGV[4+n..3+2n]  lease member prefixes ("<identity>:"), same order
 --
--- Returns 1.
+-- Returns Redis's TIME {seconds, microseconds} (the caller's clock follows it).
 
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return 1
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local n = tonumber(ARGV[1])
+local beat = string.format('%.6f', now)
+local lease_until = string.format('%.6f', now + tonumber(ARGV[2]))
+local leases = #KEYS - 1 - n
+for i = 1, n do
+  local identity = ARGV[3 + i]
+  local registered = ARGV[3] ~= 'XX' or redis.call('ZSCORE', KEYS[1], identity) ~= false
+  if registered then
+    redis.call('ZADD', KEYS[1], beat, identity)
+  end
+  if registered and leases > 0 then
+    local fields = redis.call('HKEYS', KEYS[1 + i])
+    local prefix = ARGV[3 + n + i]
+    for _, field in ipairs(fields) do
+      for k = 2 + n, #KEYS do
+        redis.call('ZADD', KEYS[k], 'XX', lease_until, prefix .. field)
+      end
+    end
+  end
+end
+return clock

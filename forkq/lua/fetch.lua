@@ -1,7 +1,8 @@
 -- fetch: take up to `want` ready jobs for one pool, across its job names, atomically
 -- recording each taken job in the pool's in-progress hash (reliable fetch) and,
 -- for names with max_concurrency, adding a lease.  Also reports when the next
--- scheduled/retry job is due, so idle pools need no separate poller.
+-- scheduled/retry job is due, so idle pools need no separate poller.  Every time
+-- here is Redis's (TIME): hosts whose clocks disagree agree on lease expiry.
 --
 -- KEYS[1]  inprogress:<identity>   hash  field -> job JSON
 -- KEYS[2]  schedule                zset  read only: earliest score
@@ -12,48 +13,51 @@
 --          nothing is taken and the reply is {"fenced"}: the pool was frozen, not
 --          dead, and must stop instead of running jobs now owned by others
 -- ARGV[1]  want: maximum number of jobs to take
--- ARGV[2]  now (epoch seconds): leases that expired before it are dropped
--- ARGV[3]  identity: lease members are "<identity>:<field>"
--- ARGV[4]  lease expiry (epoch seconds) for leases taken now
+-- ARGV[2]  lease TTL in seconds: leases taken now expire at TIME + this; leases
+--          whose expiry is before TIME are dropped
+-- ARGV[3]  lease member prefix ("<identity>:"): a lease member is prefix .. field
+-- ARGV[4]  suspect threshold: a job whose "recovered" count is at least this is a
+--          suspect (one constant in scripts.py, never repeated here)
 -- ARGV[5]  start: 0-based position of the name to try first (the caller's priority
 --          pick); the others follow in cyclic order.  The KEYS never change for a
 --          pool, so the caller can send them pre-encoded.
 -- ARGV[6]  "1" if the pool may take a suspect job now, "0" if it holds one already.
---          A suspect is a job whose pool died under it twice or more ("recovered"
---          >= ARGV[8]): it may be what kills pools, so a pool runs at most one at a time,
---          and jobs that merely shared a pool with it are not buried with it.
---          Suspects this call may not take go back to the head of their queue.
--- ARGV[7]  wake channel: PUBLISHed when suspects were put back, for other pools
--- ARGV[8]  suspect threshold: "recovered" at or above it makes a suspect (scripts.SUSPECT_AFTER)
--- ARGV[9..] max_concurrency per name, same order as the triples (0 = unlimited)
+--          A suspect is a job whose pool died under it twice or more: it may be what
+--          kills pools, so a pool runs at most one at a time, and jobs that merely
+--          shared a pool with it are not buried with it.  Suspects this call may not
+--          take go back to the head of their queue, without a wake: a pool that may
+--          take them finds them at its next fetch, and pools that may not are not
+--          woken to put them back again (no fetch loop between suspect holders).
+-- ARGV[7..6+n] max_concurrency per name, same order as the triples (0 = unlimited)
 --
--- Returns {next_due, idx1, field1, payload1, idx2, field2, payload2, ...}: next_due is
--- the earliest score in schedule or retry as a string ("" when both are empty), so a
--- caller can promote what is due now and sleep exactly until the next one; idx is the
--- 1-based position of the job's name in the triples; field is the in-progress field: the jid ("<jid>#2"
--- when that jid is already held), or "malformed:<sha1>" for an entry with no jid.
+-- Returns {due_in, suspects_left, idx1, field1, payload1, ...}: due_in is how many
+-- seconds (by Redis's clock, as a string) until the earliest job in schedule or retry
+-- is due ("" when both are empty; <= 0 when one is due now), so a caller can promote
+-- what is due and sleep exactly until the next one; suspects_left is 1 when suspects
+-- were put back; idx is the 1-based position of the job's name in the triples; field
+-- is the in-progress field: the jid ("<jid>#2" when that jid is already held), or
+-- "malformed:<sha1>" for an entry with no jid.
 
 local want = tonumber(ARGV[1])
-local now = ARGV[2]
-local identity = ARGV[3]
-local lease_until = ARGV[4]
-local out = {''}
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local lease_until = now + tonumber(ARGV[2])
+local member_prefix = ARGV[3]
+local suspect_after = tonumber(ARGV[4])
+local out = {'', 0}
 if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'fenced'} end
 local names = (#KEYS - 4) / 3
 local may_take_suspect = ARGV[6] == '1'
-local suspect_after = tonumber(ARGV[8])
--- "{ns}:schedule" minus "schedule" is the namespace prefix; a queue key is
--- prefix .. "queue:" .. name.
-local name_at = #KEYS[2] - #'schedule' + #'queue:' + 1
 
--- Only payloads that mention "recovered" at all pay a decode; the field is read
--- from the decoded top level (never by pattern: args may hold that text too).
+-- A suspect carries a top-level "recovered" count.  The substring test is only a
+-- cheap filter (almost no job has one); the decision is made on the decoded
+-- object, so "recovered" inside the arguments never counts.
 local function is_suspect(payload)
-  if not string.find(payload, '"recovered"', 1, true) then return false end
+  if not string.find(payload, '"recovered":', 1, true) then return false end
   local ok, data = pcall(cjson.decode, payload)
   if not ok or type(data) ~= 'table' then return false end
-  local recovered = data['recovered']
-  return type(recovered) == 'number' and recovered >= suspect_after
+  local n = data['recovered']
+  return type(n) == 'number' and n >= suspect_after
 end
 
 -- The in-progress field of a taken job: its jid when that is plain printable ASCII
@@ -83,9 +87,9 @@ for step = 0, names - 1 do
   -- LLEN first: an idle poll costs one command per empty queue.
   if redis.call('LLEN', KEYS[base]) > 0 and redis.call('EXISTS', KEYS[base + 1]) == 0 then
     local take = want
-    local maxc = tonumber(ARGV[8 + i])
+    local maxc = tonumber(ARGV[6 + i])
     if maxc > 0 then
-      redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', now)
+      redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', '(' .. string.format('%.6f', now))
       local free = maxc - redis.call('ZCARD', KEYS[base + 2])
       if free < take then take = free end
     end
@@ -95,10 +99,11 @@ for step = 0, names - 1 do
         local got = redis.call('RPOP', KEYS[base], take)
         if not got then break end
         for _, payload in ipairs(got) do
-          if is_suspect(payload) and not may_take_suspect then
+          local suspect = is_suspect(payload)
+          if suspect and not may_take_suspect then
             aside[#aside + 1] = payload
           else
-            if is_suspect(payload) then may_take_suspect = false end
+            if suspect then may_take_suspect = false end
             taken[#taken + 1] = {i, jid_of(payload), payload, maxc > 0}
             take = take - 1
             want = want - 1
@@ -108,7 +113,7 @@ for step = 0, names - 1 do
       if #aside > 0 then
         -- Back to the head, in their order, for a pool that holds no suspect.
         for k = #aside, 1, -1 do redis.call('RPUSH', KEYS[base], aside[k]) end
-        redis.call('PUBLISH', ARGV[7], string.sub(KEYS[base], name_at))
+        out[2] = 1
       end
     end
   end
@@ -136,7 +141,7 @@ if #taken > 0 then
     hset[#hset + 1] = field
     hset[#hset + 1] = t[3]
     if t[4] then
-      redis.call('ZADD', KEYS[3 * t[1] + 3], lease_until, identity .. ':' .. field)
+      redis.call('ZADD', KEYS[3 * t[1] + 3], string.format('%.6f', lease_until), member_prefix .. field)
     end
     out[#out + 1] = t[1]
     out[#out + 1] = field
@@ -145,13 +150,13 @@ if #taken > 0 then
   redis.call('HSET', KEYS[1], unpack(hset))
 end
 
--- Scores travel as strings: a Lua number would be truncated to an integer reply.
+-- Delays travel as strings: a Lua number would be truncated to an integer reply.
 local next_due = nil
 for k = 2, 3 do
   local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
-  if first[2] and (next_due == nil or tonumber(first[2]) < tonumber(next_due)) then
-    next_due = first[2]
+  if first[2] and (next_due == nil or tonumber(first[2]) < next_due) then
+    next_due = tonumber(first[2])
   end
 end
-if next_due then out[1] = next_due end
+if next_due then out[1] = string.format('%.6f', next_due - now) end
 return out
