@@ -69,11 +69,11 @@ def test_good_values_pass_and_the_log_level_has_one_spelling() -> None:
 
 
 def test_flags_beat_the_environment_which_beats_the_pools_config() -> None:
-    base = Config(concurrency=3, stale_after=9.0)
-    env = {"FORKQ_CONCURRENCY": "5", "FORKQ_STALE_AFTER": "7.5", "FORKQ_HARD_TIMEOUT_GRACE": "2"}
+    base = Config(concurrency=3, stale_after=19.0)
+    env = {"FORKQ_CONCURRENCY": "5", "FORKQ_STALE_AFTER": "17.5", "FORKQ_HARD_TIMEOUT_GRACE": "2"}
     assert Config.resolve(base, environ={}).concurrency == 3
     got = Config.resolve(base, environ=env)
-    assert (got.concurrency, got.stale_after, got.hard_timeout_grace) == (5, 7.5, 2.0)
+    assert (got.concurrency, got.stale_after, got.hard_timeout_grace) == (5, 17.5, 2.0)
     assert Config.resolve(base, environ=env, flags={"concurrency": 7, "processes": None}).concurrency == 7
 
 
