@@ -87,14 +87,10 @@ class ChildPlan:
     pool: WorkerPool
     spec: ConnectionSpec
     config: Config
-    concurrency: int
     app: str
     master_pid: int
     report_fd: int
     close_fds: tuple[int, ...]
-    max_jobs: int
-    max_memory_mb: int
-    hard_grace: float
     quiet: bool
 
 
@@ -155,8 +151,8 @@ class _Child:
         self._last_title = ""
         self._ctl: redis.Redis | None = None
         self._jobs_limit = 0
-        if plan.max_jobs > 0:
-            self._jobs_limit = plan.max_jobs + random.randint(0, int(plan.max_jobs * JOBS_JITTER))
+        if plan.config.max_jobs_per_child > 0:
+            self._jobs_limit = plan.config.max_jobs_per_child + random.randint(0, int(plan.config.max_jobs_per_child * JOBS_JITTER))
         self._proc = psutil.Process()
 
     # -- process setup ---------------------------------------------------------
@@ -218,7 +214,7 @@ class _Child:
         plan = self.plan
         identity = identity_for(os.getpid(), plan.nonce)
         try:
-            rt = PoolRuntime(plan.pool, plan.spec, concurrency=plan.concurrency, identity=identity,
+            rt = PoolRuntime(plan.pool, plan.spec, concurrency=plan.config.concurrency, identity=identity,
                              tag=plan.app, master_reaps=True)
         except Exception as exc:  # noqa: BLE001 - reported to the master, then exit
             self.send(messages.BootError(msg=_one_line(exc)))
@@ -290,11 +286,11 @@ class _Child:
             if recycle_why is None:
                 if self._jobs_limit and rt.stats.total_processed >= self._jobs_limit:
                     recycle_why = f"{rt.stats.total_processed} jobs done (limit {self._jobs_limit})"
-                elif plan.max_memory_mb and mono >= next_memory:
+                elif plan.config.max_memory_per_child_mb and mono >= next_memory:
                     next_memory = mono + MEMORY_EVERY
                     rss_mb = self._rss_mb()
-                    if rss_mb > plan.max_memory_mb:
-                        recycle_why = f"RSS {rss_mb} MB above {plan.max_memory_mb} MB"
+                    if rss_mb > plan.config.max_memory_per_child_mb:
+                        recycle_why = f"RSS {rss_mb} MB above {plan.config.max_memory_per_child_mb} MB"
             if recycle_why is not None and mono - recycle_asked >= RECYCLE_REPEAT:
                 # The master recycles one child at a time: it starts a replacement,
                 # then sends SIGTERM.  Until then this child keeps working.
@@ -342,7 +338,7 @@ class _Child:
             if s.state != RUNNING or not deadline:
                 continue
             timeout = deadline - s.started_mono
-            if now < deadline + max(self.plan.hard_grace, 0.5 * timeout):
+            if now < deadline + max(self.plan.config.hard_timeout_grace, 0.5 * timeout):
                 continue
             with s.lock:
                 if s.state != RUNNING or s.deadline != deadline:

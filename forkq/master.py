@@ -56,7 +56,7 @@ from setproctitle import setproctitle
 from . import child as childmod
 from . import messages, reaper
 from .backoff import capped_exponential
-from .config import Config
+from .config import SETTINGS, Config
 from .connection import ConnectionSpec, redact
 from .exits import EXIT_CHILD_BOOT, EXIT_OK, EXIT_REDIS
 from .recovery import Recovery
@@ -348,10 +348,8 @@ class Master:
         close = [r, *self._own_fds()]
         plan = childmod.ChildPlan(
             index=index, nonce=nonce, pool=self.pool, spec=self.spec, config=self.config,
-            concurrency=self.config.concurrency, app=self.pool.namespace, master_pid=self.pid,
-            report_fd=w, close_fds=tuple(close), max_jobs=self.config.max_jobs_per_child,
-            max_memory_mb=self.config.max_memory_per_child_mb,
-            hard_grace=self.config.hard_timeout_grace, quiet=self.quiet)
+            app=self.pool.namespace, master_pid=self.pid, report_fd=w, close_fds=tuple(close),
+            quiet=self.quiet)
         # Block signals across fork: the child must not run the master's handlers.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
@@ -760,10 +758,8 @@ def _oom_kills() -> int:
 
 def _process_fields(config: Config) -> dict[str, Any]:
     """The fields the CLI and environment decide (kept when the app is reloaded)."""
-    names = ("concurrency", "processes", "redis_url", "shutdown_timeout", "max_jobs_per_child",
-             "max_memory_per_child_mb", "log_level", "heartbeat_interval", "stale_after",
-             "lease_ttl", "idle_poll_interval", "frozen_after")
-    return {n: getattr(config, n) for n in names}
+    return {s.field: getattr(config, s.field) for s in SETTINGS
+            if s.field is not None and (s.env is not None or s.flag is not None)}
 
 
 def _describe_status(status: int) -> str:
