@@ -201,7 +201,7 @@ def _watch(conn: redis.Redis, total: int, t0: float, master: subprocess.Popen[by
         pipe.zcard(keys.retry)
         res = pipe.execute()
         queued, retrying = sum(res[:-1]), res[-1]
-        running = sum(conn.hlen(k) for k in conn.scan_iter(match=keys.inprogress("") + "*", count=100))
+        running = sum(conn.hlen(k) for k in conn.scan_iter(match=keys.inprogress_glob(), count=100))
         now = time.monotonic()
         left = queued + retrying + running
         if now >= next_print or left == 0:

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import orjson
 import psutil
 import redis
-from redis.exceptions import NoScriptError
 
 from . import clock, scripts
 from .executor import RUNNING, Slot
@@ -173,9 +172,7 @@ class Heartbeat:
         taken = self._stats.queue_flush(pipe, keys, t)
         sent = time.monotonic()
         try:
-            results = pipe.execute(raise_on_error=False)
-            if isinstance(results[0], NoScriptError):
-                results[0] = scripts.run_one(self._conn, liveness)  # loads it, then runs it
+            results = scripts.execute_pipeline(self._conn, pipe, {0: liveness})
             errors = [r for r in results if isinstance(r, Exception)]
             if errors:
                 raise errors[0]

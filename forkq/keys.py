@@ -117,6 +117,11 @@ class Keys:
         """Where Sidekiq's Web UI pushes ``TSTP`` (quiet) and ``TERM`` (stop) for a process."""
         return self.prefix + identity + "-signals"
 
+    def inprogress_glob(self) -> str:
+        """SCAN pattern of every pool's in-progress hash (the namespace's glob
+        characters escaped, so a namespace like ``a*b`` matches only itself)."""
+        return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.inprogress("")) + "*"
+
     def fence(self, identity: str) -> str:
         """Set when a pool is claimed by a reaper: the pool, if it was only frozen and
         resumes, must stop at its next round trip instead of running jobs now owned

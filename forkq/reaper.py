@@ -155,7 +155,7 @@ def reap_stale_pools(conn: redis.Redis, keys: Keys, config: Config, *,
         # that registers during the scan is in the live set by then.
         prefix = keys.inprogress("")
         candidates = [k.decode()[len(prefix):]
-                      for k in conn.scan_iter(match=_glob_escape(prefix) + "*", count=500)]
+                      for k in conn.scan_iter(match=keys.inprogress_glob(), count=500)]
         live = {m.decode() for m in conn.zrange(keys.pools, 0, -1)}
         for identity in candidates:
             if identity in live or identity in exclude:
@@ -254,13 +254,3 @@ class StaleReaper:
         # at the edge must not make us spin.
         self.next_at = time.monotonic() + max(0.1, delay + random.uniform(0.05, self.JITTER))
         return reaped
-
-
-def _glob_escape(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch in "*?[]\\":
-            out.append("\\" + ch)
-        else:
-            out.append(ch)
-    return "".join(out)

@@ -303,7 +303,8 @@ class PoolRuntime:
                 self._duty("promoting due jobs", lambda: scheduler.promote_due(self._hk_conn, self.keys))
             if now >= next_periodic:
                 if self._duty("periodic scheduling", lambda: scheduler.schedule_periodic(
-                        self._hk_conn, self.keys, self.pool.periodic, horizon=PERIODIC_HORIZON)):
+                        self._hk_conn, self.keys, self.pool.periodic, horizon=PERIODIC_HORIZON,
+                        guard_ttl=self.config.unique_ttl)):
                     next_periodic = now + PERIODIC_EVERY * random.uniform(0.8, 1.2)
                 else:
                     next_periodic = now + interval

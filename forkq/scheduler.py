@@ -21,7 +21,7 @@ from .spec import PeriodicSpec
 
 
 def schedule_periodic(conn: redis.Redis, keys: Keys, periodic: Sequence[PeriodicSpec], *,
-                      horizon: float, now: float | None = None) -> int:
+                      horizon: float, now: float | None = None, guard_ttl: int = 86400) -> int:
     """Pre-schedule the occurrences of the next ``horizon`` seconds, each exactly once.
 
     Deterministic jid ``periodic:<name>:<epoch>`` and a SET NX guard per occurrence:
@@ -31,6 +31,7 @@ def schedule_periodic(conn: redis.Redis, keys: Keys, periodic: Sequence[Periodic
     job starts (unlike unique jobs), so an occurrence is never scheduled again after
     it ran.  An occurrence is a scheduled job like any other: fetchers sleep until
     it is due and promote it then (scheduling it re-arms them if it is the earliest).
+    ``guard_ttl`` (``Config.unique_ttl``) is how long a guard outlives its occurrence.
     """
     t_now = clock.CLOCK.sync(conn) if now is None else now
     calls = []
@@ -41,7 +42,7 @@ def schedule_periodic(conn: redis.Redis, keys: Keys, periodic: Sequence[Periodic
             data["enqueued_at"] = float(t)  # it enters its queue when due (see enqueue_at)
             calls.append(scripts.enqueue_unique(
                 keys, name=p.name, payload=jobcodec.encode(data), unique_key=keys.periodic_guard(p.name, t),
-                jid=jid, ttl=int(t - t_now + horizon) + 24 * 3600, run_at=float(t)))
+                jid=jid, ttl=int(t - t_now + horizon) + guard_ttl, run_at=float(t)))
     if not calls:
         return 0
     return sum(int(r) for r in scripts.run(conn, calls))
@@ -99,7 +100,5 @@ def _bury(conn: redis.Redis, keys: Keys, zset: str, member: bytes, reason: str) 
     # Deterministic entry: two promoters burying the same member write it once.
     data = jobcodec.decode(entry)
     data["jid"] = hashlib.sha1(member).hexdigest()[:24]
-    pipe = conn.pipeline(transaction=True)
-    pipe.zrem(zset, member)
-    pipe.zadd(keys.dead, {jobcodec.encode(data): score})
-    pipe.execute()
+    scripts.run_one(conn, scripts.bury(keys, zset_key=zset, member=member,
+                                       entry=jobcodec.encode(data), score=score))

@@ -71,6 +71,7 @@ PROMOTE = _load("promote")
 PROMOTE_DUE = _load("promote_due")
 SCHEDULE = _load("schedule")
 RELEASE_LOCK = _load("release_lock")
+BURY = _load("bury")
 CLAIM_POOL = _load("claim_pool")
 RELEASE_UNIQUE = _load("release_unique")
 DELETE_SCHEDULED = _load("delete_scheduled")
@@ -466,6 +467,23 @@ def beat(keys: Keys, *, identities: Sequence[str], leased_names: Iterable[str], 
 def release_lock(key: str, token: str) -> Call:
     """Delete ``key`` only if it still holds ``token``."""
     return Call(script=RELEASE_LOCK, keys=[key], args=[token])
+
+
+def bury(keys: Keys, *, zset_key: str, member: bytes, entry: bytes, score: float) -> Call:
+    """Move a member of ``schedule``/``retry`` that is not a job to dead as ``entry``."""
+    return Call(script=BURY, keys=[zset_key, keys.dead], args=[member, entry, repr(score)])
+
+
+def execute_pipeline(conn: redis.Redis, pipe: redis.client.Pipeline,
+                     calls: dict[int, Call]) -> list[Any]:
+    """Execute a pipeline whose commands at these positions are script calls
+    (``add_to_pipeline``); one that met NOSCRIPT had no effect, so it is loaded and
+    run again here.  Errors come back as results, as ``raise_on_error=False`` does."""
+    results = pipe.execute(raise_on_error=False)
+    for i, call in calls.items():
+        if isinstance(results[i], NoScriptError):
+            results[i] = run_one(conn, call)
+    return results
 
 
 def add_to_pipeline(pipe: redis.client.Pipeline, call: Call) -> None:
