@@ -44,10 +44,11 @@ _SCAN_CHUNK = 500
 # retried job holds no unique guard (it was released when the job first started), so
 # it must not release, when taken, a guard that a newer job with its arguments holds.
 _RESET_ON_RETRY = ("retry_count", "error_message", "error_class", "error_backtrace", "failed_at",
-                   "retried_at", "recovered", "unique", "unique_key")
+                   "retried_at", "recovered", "killed", "unique", "unique_key")
 
 
-def _s(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply (bytes, str, None) as text, for display."""
     if value is None:
         return ""
     if isinstance(value, bytes):
@@ -131,9 +132,9 @@ class JobEntry:
             "name": job.name, "id": job.id,
             "queue": queue if isinstance(queue, str) and queue else job.name,
             "args": dict(job.args), "positional_args": tuple(job.positional_args),
-            "fails": job.fails, "last_err": _s(data.get("error_message")),
-            "error_class": _s(data.get("error_class")),
-            "error_message": _s(data.get("error_message")),
+            "fails": job.fails, "last_err": as_text(data.get("error_message")),
+            "error_class": as_text(data.get("error_class")),
+            "error_message": as_text(data.get("error_message")),
             "failed_at": _num(failed_at) if failed_at is not None else None,
             "enqueued_at": _num(data.get("enqueued_at")),
             "created_at": _num(data.get("created_at")),
@@ -437,7 +438,7 @@ class Client:
     # -- queues and pausing -------------------------------------------------------------------
     def queues(self) -> list[Queue]:
         """Every queue named in ``queues``, sorted by name, with length and latency."""
-        names = sorted(_s(n) for n in self._conn.smembers(self.keys.queues))
+        names = sorted(as_text(n) for n in self._conn.smembers(self.keys.queues))
         if not names:
             return []
         served = self.served_names()
@@ -493,7 +494,7 @@ class Client:
     # -- pools, workers, stats ------------------------------------------------------------------
     def worker_pool_heartbeats(self) -> list[WorkerPoolHeartbeat]:
         """Every pool in ``pools`` (current heartbeat or not), sorted by id."""
-        beats = {_s(m): score for m, score in self._conn.zrange(self.keys.pools, 0, -1, withscores=True)}
+        beats = {as_text(m): score for m, score in self._conn.zrange(self.keys.pools, 0, -1, withscores=True)}
         ids = sorted(beats)
         if not ids:
             return []
@@ -502,7 +503,7 @@ class Client:
             pipe.hgetall(self.keys.pool(ident))
         out = []
         for ident, raw in zip(ids, pipe.execute(), strict=True):
-            h = {_s(k): _s(v) for k, v in raw.items()}
+            h = {as_text(k): as_text(v) for k, v in raw.items()}
             out.append(WorkerPoolHeartbeat(
                 worker_pool_id=ident,
                 started_at=_int(h.get("started_at")),
@@ -525,7 +526,7 @@ class Client:
         every few seconds.
         """
         k = self.keys
-        idents = sorted(_s(p) for p in self._conn.smembers(k.processes))
+        idents = sorted(as_text(p) for p in self._conn.smembers(k.processes))
         if not idents:
             return {}
         pipe = self._conn.pipeline(transaction=False)
@@ -539,7 +540,7 @@ class Client:
             if beat is None:
                 continue
             out[ident] = _LiveProcess(queues=_info_queues(info),
-                                      in_flight=frozenset(_s(f) for f in fields))
+                                      in_flight=frozenset(as_text(f) for f in fields))
         return out
 
     def worker_observations(self) -> list[WorkerObservation]:
@@ -561,7 +562,7 @@ class Client:
         for hb in hbs:
             held = live[hb.worker_pool_id].in_flight
             for wid in hb.worker_ids:
-                h = {_s(k): _s(v) for k, v in next(res).items()}
+                h = {as_text(k): as_text(v) for k, v in next(res).items()}
                 job_id = h.get("job_id", "")
                 if job_id and any(field_holds_jid(f, job_id) for f in held):
                     out.append(WorkerObservation(
@@ -588,7 +589,7 @@ class Client:
         pipe.zcard(k.dead)
         pipe.smembers(k.queues)
         processed, failed, p_day, f_day, scheduled, retry, dead, queues = pipe.execute()
-        queues = sorted(_s(q) for q in queues)
+        queues = sorted(as_text(q) for q in queues)
         live = self._live_processes()
         pipe = self._conn.pipeline(transaction=False)
         for q in queues:

@@ -26,7 +26,7 @@ from redis.exceptions import WatchError
 
 from .. import job as jobcodec
 from .. import scripts
-from ..client import Client, JobEntry, Queue, Stats
+from ..client import Client, JobEntry, Queue, Stats, as_text
 from ..errors import ConfigError, NotDeleted, NotRetried
 from ..keys import Keys, validate_job_name
 
@@ -43,14 +43,6 @@ SEARCH_MAX_RESULTS = 500
 LOCATE_QUEUE_LIMIT = 200_000
 
 SETS = ("scheduled", "retries", "dead")
-
-
-def _s(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
 
 
 def _f(value: Any, default: float = 0.0) -> float:
@@ -115,7 +107,7 @@ class Process:
 
 def processes(conn: redis.Redis, keys: Keys) -> list[Process]:
     """Every live process (its hash still exists), with its running jobs, by host then pid."""
-    idents = sorted(_s(i) for i in conn.smembers(keys.processes))
+    idents = sorted(as_text(i) for i in conn.smembers(keys.processes))
     if not idents:
         return []
     pipe = conn.pipeline(transaction=False)
@@ -135,15 +127,15 @@ def processes(conn: redis.Redis, keys: Keys) -> list[Process]:
         if not isinstance(info, dict):
             info = {}
         running = []
-        for tid, raw in sorted(work.items(), key=lambda kv: _thread_order(_s(kv[0]))):
-            running.append(_running(ident, _s(tid), raw))
+        for tid, raw in sorted(work.items(), key=lambda kv: _thread_order(as_text(kv[0]))):
+            running.append(_running(ident, as_text(tid), raw))
         queues = info.get("queues")
         out.append(Process(
-            identity=ident, hostname=_s(info.get("hostname")) or ident.split(":")[0],
-            pid=int(_f(info.get("pid"))), tag=_s(info.get("tag")),
+            identity=ident, hostname=as_text(info.get("hostname")) or ident.split(":")[0],
+            pid=int(_f(info.get("pid"))), tag=as_text(info.get("tag")),
             started_at=_f(info.get("started_at")), concurrency=int(_f(info.get("concurrency"))),
-            queues=tuple(sorted(_s(q) for q in queues)) if isinstance(queues, list) else (),
-            busy=int(_f(busy)), beat=_f(beat), quiet=_s(quiet) == "true", rss_kb=int(_f(rss)),
+            queues=tuple(sorted(as_text(q) for q in queues)) if isinstance(queues, list) else (),
+            busy=int(_f(busy)), beat=_f(beat), quiet=as_text(quiet) == "true", rss_kb=int(_f(rss)),
             running=tuple(running)))
     out.sort(key=lambda p: (p.hostname, p.pid, p.identity))
     return out
@@ -164,7 +156,7 @@ def _running(ident: str, tid: str, raw: bytes) -> Running:
     except orjson.JSONDecodeError:
         entry = {}
     if isinstance(entry, dict):
-        queue = _s(entry.get("queue"))
+        queue = as_text(entry.get("queue"))
         run_at = _f(entry.get("run_at"))
         p = entry.get("payload")
         payload = p if isinstance(p, str) else orjson.dumps(p).decode() if isinstance(p, dict) else ""
@@ -506,8 +498,8 @@ def locate(conn: redis.Redis, keys: Keys, jid: str, *, deadline: float = 6.0) ->
     if not jid or len(jid) > 200:
         return []
     out: list[Location] = []
-    idents = sorted({_s(i) for i in conn.smembers(keys.processes)}
-                    | {_s(i) for i in conn.zrange(keys.pools, 0, -1)})
+    idents = sorted({as_text(i) for i in conn.smembers(keys.processes)}
+                    | {as_text(i) for i in conn.zrange(keys.pools, 0, -1)})
     if idents:
         pipe = conn.pipeline(transaction=False)
         for ident in idents:
@@ -524,7 +516,7 @@ def locate(conn: redis.Redis, keys: Keys, jid: str, *, deadline: float = 6.0) ->
         for e in res.entries:
             if e.jid == jid:
                 out.append(Location(state=state, where=which, score=e.score, payload=e.member))
-    for q in sorted(_s(n) for n in conn.smembers(keys.queues)):
+    for q in sorted(as_text(n) for n in conn.smembers(keys.queues)):
         key = keys.queue(q)
         start = 0
         while start < LOCATE_QUEUE_LIMIT and time.monotonic() < end:
