@@ -43,6 +43,7 @@ from .connection import ConnectionSpec, redact
 from .errors import RedisRefused
 from .executor import RUNNING, Slot
 from .job import Job, MalformedPayload, decode
+from .metrics import JobMetrics
 from .registry import WorkerPool
 from .retry import failure_settle
 from .runtime import PoolRuntime
@@ -226,6 +227,8 @@ class _Child:
         if self._quiet:
             rt.fetcher.set_quiet(True)  # born into a quiet master: never take a job
         attempt = 0
+        if plan.config.metrics:  # forkq --metrics: per-job rows, sent with the status line
+            rt.executor.metrics = JobMetrics(len(rt.executor.slots))
         while True:
             if self._stop:
                 return EXIT_OK
@@ -303,9 +306,17 @@ class _Child:
                 self.send(messages.Status(busy=busy, conc=total, done=rt.stats.total_processed,
                                           ok=self._shows_progress(rt, mono),
                                           quiet=self._quiet_applied))
+                self._send_metrics(rt)
         self._title("stopping")
         rt.stop(plan.config.shutdown_timeout)
+        self._send_metrics(rt)  # a graceful stop (recycling, HUP) loses no count
         return EXIT_OK
+
+    def _send_metrics(self, rt: PoolRuntime) -> None:
+        metrics = rt.executor.metrics
+        if metrics is not None:
+            for rows in metrics.changed_rows():
+                self.send(messages.JobRows(rows=rows))
 
     def _rss_mb(self) -> int:
         try:

@@ -48,7 +48,7 @@ from .systemd import Notifier
 
 # The Config fields the worker command takes as flags, in --help order.
 WORKER_FLAGS = ("concurrency", "processes", "redis_url", "shutdown_timeout", "redis_wait",
-                "max_jobs_per_child", "max_memory_per_child_mb", "hostname", "log_level")
+                "max_jobs_per_child", "max_memory_per_child_mb", "hostname", "metrics", "log_level")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,8 @@ class Config:
     hard_timeout_grace: float = 5.0
     # Where ``--redis embedded`` keeps its data ("" = forkq.embedded's default).
     embedded_dir: str = ""
+    # ``--metrics HOST:PORT``: the master serves Prometheus text at /metrics ("" = off).
+    metrics: str = ""
 
     # Liveness.
     heartbeat_interval: float = 5.0
@@ -173,6 +175,18 @@ def text(value: str) -> str:
     return value
 
 
+def bind_text(text: str) -> str:
+    """``--metrics HOST:PORT`` ("" = off), checked here so a bad value is a usage error."""
+    if text:
+        from .metrics import parse_bind
+
+        try:
+            parse_bind(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def hostname_text(text: str) -> str:
     """A pool identity's host part: no ':' (the identity's separator), no spaces ("" = default)."""
     if ":" in text or any(c.isspace() for c in text) or len(text) > 255:
@@ -200,7 +214,7 @@ class Setting:
 
     def check_value(self, value: Any) -> None:
         """A value given in Python must pass the same check as its text form."""
-        textual = self.parse in (text, hostname_text, log_level)
+        textual = self.parse in (text, hostname_text, log_level, bind_text)
         if isinstance(value, bool) or textual != isinstance(value, str):
             raise ConfigError(f"Config.{self.field}: invalid value {value!r}")
         try:
@@ -236,6 +250,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(field="hostname", env="FORKQ_HOSTNAME", flag="--hostname", parse=hostname_text,
             metavar="NAME", help="host part of every pool identity, for containers sharing a "
                                  "hostname (default the machine's hostname)"),
+    Setting(field="metrics", env="FORKQ_METRICS", flag="--metrics", parse=bind_text,
+            metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics, the "
+                                      "children's counts summed by the master (needs forkq[metrics])"),
     Setting(field="heartbeat_interval", env="FORKQ_HEARTBEAT_INTERVAL", flag=None,
             parse=positive_seconds, help="seconds between a pool's beats (5)"),
     Setting(field="stale_after", env="FORKQ_STALE_AFTER", flag=None, parse=positive_seconds,

@@ -22,6 +22,7 @@ from typing import Any
 from . import clock, forked
 from .errors import JobTimeout, Shutdown
 from .job import Job, MalformedPayload, backtrace_lines, decode
+from .metrics import OTHER, JobMetrics
 from .reporters import ReporterHub
 from .retry import failure_settle, malformed_dead_entry
 from .scripts import Settle
@@ -82,6 +83,8 @@ class Executor:
         self._threads = [threading.Thread(target=self._loop, args=(s,), daemon=True,
                                           name=f"{thread_prefix}-{s.index}") for s in self.slots]
         self.has_timeouts = any(s.options.timeout for s in specs.values())
+        # Per-job-name counts for ``forkq --metrics`` (set by the child when enabled).
+        self.metrics: JobMetrics | None = None
 
     def deliver_to(self, complete: Callable[[Done], None]) -> None:
         """Where finished jobs go (the fetcher's ack batch); set before ``start``."""
@@ -235,6 +238,10 @@ class Executor:
         # A process the job forked must not go on into forkq's code (see forked.py).
         forked.leave_if_forked(error is None)
         aborted = slot.aborted
+        metrics = self.metrics
+        if metrics is not None and aborted != "shutdown":
+            metrics.record(slot.index, job.name if spec is not None else OTHER,
+                           time.monotonic() - mono, error is not None or aborted is not None)
         if error is None and aborted is None:
             slot.settled = True
             self._complete((field, Settle(op="k", field=field, name=lease_name) if lease_name else None))

@@ -58,13 +58,15 @@ from . import messages, reaper
 from .backoff import capped_exponential
 from .config import SETTINGS, Config
 from .connection import ConnectionSpec, redact
-from .exits import EXIT_CHILD_BOOT, EXIT_OK, EXIT_REDIS
+from .exits import EXIT_CHILD_BOOT, EXIT_FAILED, EXIT_OK, EXIT_REDIS
+from .metrics import Gauges, MasterMetrics, MetricsError, MetricsServer
 from .recovery import Recovery
 from .registry import WorkerPool
 from .systemd import Notifier
 
 log = logging.getLogger("forkq.master")
 
+EXIT_METRICS = EXIT_FAILED  # --metrics cannot be served (port in use, extra missing)
 
 # After this many children in a row die before reporting ready, the master gives up.
 MAX_BOOT_FAILURES = 5
@@ -165,10 +167,15 @@ class Master:
         self.started_at = time.monotonic()
         self.next_beat = 0.0  # the master beats for its children (_beat_children)
         pool.config = config
+        # forkq --metrics (forkq/metrics.py): sums of the children's rows, served from this loop.
+        self.metrics: MasterMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
 
     # -- entry ------------------------------------------------------------------------
     def run(self) -> int:
         """Run until stopped; return the process exit code."""
+        if self.config.metrics and not self._start_metrics():
+            return self.exit_code
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for sig in SIGNALS:
@@ -205,9 +212,33 @@ class Master:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self.notifier.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
         if self.error is None:
             log.info("forkq master %d: stopped", self.pid)
         return self.exit_code
+
+    def _start_metrics(self) -> bool:
+        """Bind ``--metrics`` before the first fork; False (with the error set) if it cannot."""
+        from .metrics import check_available, exposition, parse_bind
+
+        metrics = MasterMetrics(lambda: self.pool.jobs)
+        try:
+            check_available()
+            host, port = parse_bind(self.config.metrics)
+            self.metrics_server = MetricsServer(host, port, lambda: exposition(metrics, self._gauges))
+        except (MetricsError, ValueError) as exc:
+            self.error = str(exc)
+            self.exit_code = EXIT_METRICS
+            return False
+        self.metrics = metrics
+        log.info("metrics at http://%s:%d/metrics", *self.metrics_server.address)
+        return True
+
+    def _gauges(self) -> Gauges:
+        live = [c for c in self.children.values() if c.ready]
+        return Gauges(children=len(self.children), busy_threads=sum(c.busy for c in live),
+                      threads=sum(c.conc for c in live))
 
     def _on_signal(self, signum: int, frame: object) -> None:
         # Only record it: everything happens in the main loop (set_wakeup_fd wakes select).
@@ -232,16 +263,27 @@ class Master:
         fds = [self._wake_r] + [c.fd for c in self.children.values() if c.fd >= 0]
         if self.recovery.fileno() >= 0:
             fds.append(self.recovery.fileno())
+        server = self.metrics_server
+        wfds: list[int] = []
+        if server is not None:
+            server.expire()
+            fds += server.read_fds()
+            wfds = server.write_fds()
         try:
-            readable, _, _ = select.select(fds, [], [], timeout)
+            readable, writable, _ = select.select(fds, wfds, [], timeout)
         except InterruptedError:
             return
         except OSError as exc:
             if exc.errno == errno.EBADF:
                 return
             raise
+        for fd in writable:
+            if server is not None:
+                server.on_writable(fd)
         for fd in readable:
-            if fd == self.recovery.fileno():
+            if server is not None and server.owns(fd):
+                server.on_readable(fd)
+            elif fd == self.recovery.fileno():
                 self.recovery.read()
             elif fd == self._wake_r:
                 try:
@@ -377,6 +419,8 @@ class Master:
         for fd in (self.notifier.fileno(), self.recovery.fileno()):
             if fd >= 0:
                 fds.append(fd)
+        if self.metrics_server is not None:
+            fds += self.metrics_server.fds()
         return fds
 
     def _kill(self, c: ChildProc, sig: int) -> None:
@@ -412,6 +456,9 @@ class Master:
         if isinstance(msg, messages.Status):
             c.busy, c.conc, c.done, c.ok = msg.busy, msg.conc, msg.done, msg.ok
             c.last_report = now
+        elif isinstance(msg, messages.JobRows):
+            if self.metrics is not None:
+                self.metrics.on_report(c.pid, msg.rows)
         elif isinstance(msg, messages.Ready):
             c.ready = True
             c.redis_down = None
@@ -464,6 +511,8 @@ class Master:
             if c.fd >= 0:
                 os.close(c.fd)
                 c.fd = -1
+        if self.metrics is not None:
+            self.metrics.on_exit(c.pid)  # its counts stay in the sums
         how = _describe_status(status)
         expected = c.retiring or self.stopping
         if expected:

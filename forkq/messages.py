@@ -89,13 +89,24 @@ class HardTimeout(Message):
     jobs: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, kw_only=True)
+class JobRows(Message):
+    """``forkq --metrics``: per-job-name rows, cumulative since the child started
+    (forkq/metrics.py); only the names that changed, split to stay below PIPE_BUF."""
+
+    kind: ClassVar[str] = "m"
+    rows: dict[str, Any] = field(default_factory=dict)
+
+
 KINDS: dict[str, type[Message]] = {m.kind: m for m in (
-    Starting, Ready, Status, RedisRefused, RedisDown, BootError, Recycle, RemoteStop, HardTimeout)}
+    Starting, Ready, Status, RedisRefused, RedisDown, BootError, Recycle, RemoteStop, HardTimeout,
+    JobRows)}
 
 # The type each field must have on the wire.
 _TYPES: dict[str, tuple[type, ...]] = {
     "identity": (str,), "busy": (int,), "conc": (int,), "done": (int,), "ok": (bool,),
     "quiet": (bool,), "msg": (str,), "why": (str,), "jobs": (list,), "extra": (dict,),
+    "rows": (dict,),
 }
 
 
