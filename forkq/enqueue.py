@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from . import clock, scripts
+from . import clock, otel, scripts
 from . import job as jobcodec
 from .config import DAY, Config, env_value
 from .connection import ConnectionSpec
@@ -141,6 +141,16 @@ class Enqueuer:
         return EnqueueError(f"could not reach Redis at {where}: {exc}")
 
     @staticmethod
+    def _send(name: str, datas: list[dict[str, Any]], call: Callable[[], Any]) -> Any:
+        """Run one enqueue call; with forkq.otel on, inside its PRODUCER span (which
+        writes ``traceparent`` into the payloads before ``call`` encodes them)."""
+        tracing = otel.tracing
+        if tracing is None:
+            return call()
+        with tracing.send(name, datas):
+            return call()
+
+    @staticmethod
     def _check_args(args: Mapping[str, Any] | None) -> None:
         if args is not None and not isinstance(args, Mapping):
             raise TypeError(f"job args must be a mapping of keyword arguments, got {type(args).__name__}")
@@ -150,7 +160,8 @@ class Enqueuer:
         validate_job_name(name)
         self._check_args(args)
         data = jobcodec.build_payload(name, dict(args) if args else None, now=self._now())
-        self._run(scripts.enqueue(self.keys, name=name, payloads=[self._encode(data)]))
+        self._send(name, [data], lambda: self._run(
+            scripts.enqueue(self.keys, name=name, payloads=[self._encode(data)])))
         return Job.from_data(data)
 
     def enqueue_many(self, name: str, args_list: Iterable[Mapping[str, Any] | None]) -> list[Job]:
@@ -158,14 +169,16 @@ class Enqueuer:
         validate_job_name(name)
         now = self._now()
         datas = []
-        payloads = []
         for args in args_list:
             self._check_args(args)
-            data = jobcodec.build_payload(name, dict(args) if args else None, now=now)
-            datas.append(data)
-            payloads.append(self._encode(data))
-        if payloads:
-            self._run(scripts.enqueue(self.keys, name=name, payloads=payloads))
+            datas.append(jobcodec.build_payload(name, dict(args) if args else None, now=now))
+        if otel.tracing is None:
+            payloads = [self._encode(d) for d in datas]  # every payload checked before the call
+            if payloads:
+                self._run(scripts.enqueue(self.keys, name=name, payloads=payloads))
+        elif datas:
+            self._send(name, datas, lambda: self._run(scripts.enqueue(
+                self.keys, name=name, payloads=[self._encode(d) for d in datas])))
         return [Job.from_data(d) for d in datas]
 
     def enqueue_in(self, name: str, seconds: float, args: Mapping[str, Any] | None = None) -> ScheduledJob:
@@ -187,8 +200,8 @@ class Enqueuer:
         # The job enters its queue when it is due: promotion moves the bytes unchanged,
         # so enqueued_at is the due time from the start (queue latency counts from then).
         data["enqueued_at"] = now + delay if delay is not None else run_at
-        payload = self._encode(data)
-        due = self._run(scripts.schedule(self.keys, payloads=[payload], delay=delay, run_at=run_at))
+        due = self._send(name, [data], lambda: self._run(scripts.schedule(
+            self.keys, payloads=[self._encode(data)], delay=delay, run_at=run_at)))
         return ScheduledJob(job=Job.from_data(data), run_at=float(due))
 
     def enqueue_unique(self, name: str, args: Mapping[str, Any] | None = None) -> Job | None:
@@ -241,9 +254,9 @@ class Enqueuer:
         # The guard outlives the delay by a day (gocraft's flat 24 h expired under
         # long-scheduled jobs: gocraft/work#221).
         ttl = int(delay) + self.config.unique_ttl if delay > 0 else self.config.unique_ttl
-        done = self._run(scripts.enqueue_unique(
+        done = self._send(name, [data], lambda: self._run(scripts.enqueue_unique(
             self.keys, name=name, payload=self._encode(data), unique_key=unique_key,
-            jid=data["jid"], ttl=max(1, ttl), run_at=run_at))
+            jid=data["jid"], ttl=max(1, ttl), run_at=run_at)))
         return Job.from_data(data) if done else None
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import clock, forked
+from . import clock, forked, otel
 from .errors import JobTimeout, Shutdown
 from .job import Job, MalformedPayload, backtrace_lines, decode
 from .metrics import OTHER, JobMetrics
@@ -205,6 +205,9 @@ class Executor:
         slot.state = RUNNING
         if reporters is not None:
             reporters.emit("started", job)
+        # forkq.otel: the CONSUMER span, current while the handler runs (None when off).
+        tracing = otel.tracing
+        span_end = tracing.process(qname, job) if tracing is not None else None
         error: BaseException | None = None
         tb = ""
         try:
@@ -238,6 +241,8 @@ class Executor:
         # A process the job forked must not go on into forkq's code (see forked.py).
         forked.leave_if_forked(error is None)
         aborted = slot.aborted
+        if span_end is not None:
+            span_end(error, aborted)
         metrics = self.metrics
         if metrics is not None and aborted != "shutdown":
             metrics.record(slot.index, job.name if spec is not None else OTHER,

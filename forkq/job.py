@@ -226,6 +226,11 @@ def queue_of(data: dict[str, Any]) -> str:
     return data.get("queue") or data["class"]
 
 
+def traceparent_of(data: dict[str, Any]) -> str | None:
+    """The W3C ``traceparent`` the producer put in a (validated) job, for OpenTelemetry."""
+    return data.get("traceparent") or None
+
+
 def recovery_count(data: dict[str, Any]) -> int:
     """How many times a pool died while running this (validated) job."""
     return data.get("recovered") or 0
