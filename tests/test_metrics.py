@@ -89,8 +89,8 @@ def recorded(r: redis.Redis) -> tuple[int, int]:
 
 def run_batch(redis_url: str, r: redis.Redis, n: int, start: int) -> None:
     """Enqueue ``n`` jobs (every 5th fails) and wait until each one has run."""
-    enqueue(redis_url, "work", [{"i": i, "fail": i % 5 == 0} for i in range(start, start + n)])
     before = recorded(r)
+    enqueue(redis_url, "work", [{"i": i, "fail": i % 5 == 0} for i in range(start, start + n)])
     wait_for(lambda: sum(recorded(r)) >= sum(before) + n and r.llen(KEYS.queue("work")) == 0,
              timeout=60, interval=0.05, message=f"{n} jobs run")
 
