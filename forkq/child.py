@@ -43,7 +43,7 @@ from .connection import ConnectionSpec, redact
 from .errors import RedisRefused
 from .executor import RUNNING, Slot
 from .job import Job, MalformedPayload, decode
-from .metrics import JobMetrics
+from .metrics import OTHER, JobMetrics
 from .registry import WorkerPool
 from .retry import failure_settle
 from .runtime import PoolRuntime
@@ -379,6 +379,9 @@ class _Child:
             spec = plan.pool.jobs.get(job.name)
             opts = spec.options if spec is not None else JobOptions()
             names.append(f"{job.name} {job.id}")
+            if rt.executor.metrics is not None:  # its own thread is stuck and will never count it
+                rt.executor.metrics.record(_slot.index, job.name if spec is not None else OTHER,
+                                           mono - _slot.started_mono, True)
             settles.append(failure_settle(
                 field=field, name=qname if opts.max_concurrency > 0 else None, data=data,
                 error_class="JobTimeout",
@@ -410,6 +413,7 @@ class _Child:
         while rt.fetcher.inflight > stuck and time.monotonic() < deadline and not self._stop:
             self._sleep(0.05)
         rt.stop(0)
+        self._send_metrics(rt)
         return EXIT_HARD_TIMEOUT
 
     def _control_conn(self) -> redis.Redis:

@@ -165,6 +165,31 @@ def test_graceful_stop_of_a_child_loses_no_count(tmp_path: Path, redis_url: str,
     assert f.stop() == 0
 
 
+STUCK = '''
+@pool.job(timeout=1, max_fails=1, skip_dead=True)
+def stuck(job):
+    time.sleep(120)  # in C: only the hard timeout (the child is replaced) ends it
+'''
+
+
+def test_a_job_failed_by_the_hard_timeout_is_counted_before_its_child_exits(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path, EXTRA + STUCK)
+    port = free_port()
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2", "--shutdown-timeout",
+                                                       "0.5", "--metrics", f"127.0.0.1:{port}"],
+                    env={"FORKQ_HARD_TIMEOUT_GRACE": "1"})
+    (pid,) = wait_children_ready(f, r, 1)
+    enqueue(redis_url, "stuck", [{}])
+    wait_for(lambda: f.child_pids() and pid not in f.child_pids(), timeout=30,
+             message="child replaced after the hard timeout")
+    s = scrape(port)
+    assert s["forkq_jobs_failed_total"][(("job", "stuck"),)] == 1
+    assert s["forkq_jobs_processed_total"][(("job", "stuck"),)] == 1
+    assert s["forkq_job_duration_seconds_sum"][(("job", "stuck"),)] >= 1
+    assert f.stop() == 0
+
+
 def test_the_endpoint_answers_only_get_metrics(tmp_path: Path, redis_url: str, r: redis.Redis,
                                                forkqs: list[ForkqProc]) -> None:
     mod = write_jobs(tmp_path, EXTRA)
