@@ -29,6 +29,8 @@ What it does in its loop:
 * rolls replacements one at a time (HUP, recycling): start the new child, wait
   until every active child is up, then SIGTERM the old one and wait for it;
 * talks to systemd (READY, STATUS, STOPPING, RELOADING, WATCHDOG).
+* with ``--metrics``, serves ``GET /metrics`` from a non-blocking socket in the same
+  ``select`` (forkq/metrics.py): the children's per-job rows, summed; no thread.
 
 Signals: TERM/INT/QUIT graceful stop (a second one: kill now, requeue, exit);
 TSTP quiet; HUP reload the app's code and roll the children; TTIN/TTOU one

@@ -196,7 +196,11 @@ def test_the_endpoint_answers_only_get_metrics(tmp_path: Path, redis_url: str, r
     port = free_port()
     f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2", "--metrics",
                                                        f"127.0.0.1:{port}"])
-    wait_children_ready(f, r, 1)
+    (pid,) = wait_children_ready(f, r, 1)
+    # Only the master holds the listening socket (children close it after fork).
+    assert [c.laddr.port for c in psutil.Process(f.pid).net_connections()
+            if c.status == "LISTEN"] == [port]
+    assert all(c.laddr.port != port for c in psutil.Process(pid).net_connections(kind="tcp4"))
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/nope")
     assert conn.getresponse().status == 404
