@@ -285,6 +285,8 @@ SETTINGS: tuple[Setting, ...] = (
             help="key namespace (default forkq)"),
     Setting(field=None, env="FORKQ_WAIT_REPLICAS", flag=None, parse=non_negative_int,
             help="replicas an Enqueuer waits for (WAIT) after each enqueue (0)"),
+    Setting(field=None, env="FORKQ_OTEL", flag=None, parse=text,
+            help="1 turns on forkq.otel's spans at import (needs forkq[otel])"),
     Setting(field=None, env="FORKQ_REDIS_SERVER", flag=None, parse=text,
             help="redis-server binary for --redis embedded"),
     Setting(field=None, env="FORKQ_WEB_BIND", flag="--bind", parse=text,

@@ -27,11 +27,11 @@ BatchSpanProcessor restarts its thread in children).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from .config import env_value
 from .job import traceparent_of
 
 log = logging.getLogger("forkq.otel")
@@ -152,7 +152,7 @@ def uninstrument() -> None:
 
 
 def _from_environment() -> None:
-    if os.environ.get("FORKQ_OTEL", "").strip().lower() not in ("1", "true", "yes", "on"):
+    if env_value("FORKQ_OTEL").strip().lower() not in ("1", "true", "yes", "on"):
         return
     try:
         instrument()
