@@ -65,6 +65,15 @@ def _num(value: Any, default: float = 0.0) -> float:
         return default
 
 
+def _ts(value: Any) -> float:
+    """Epoch seconds of a timestamp field, float seconds (forkq, Sidekiq <= 7) or integer
+    milliseconds (Sidekiq 8); 0.0 when absent or not a number."""
+    try:
+        return jobcodec.timestamp(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _int(value: Any, default: int = 0) -> int:
     return int(_num(value, float(default)))
 
@@ -135,9 +144,9 @@ class JobEntry:
             "fails": job.fails, "last_err": as_text(data.get("error_message")),
             "error_class": as_text(data.get("error_class")),
             "error_message": as_text(data.get("error_message")),
-            "failed_at": _num(failed_at) if failed_at is not None else None,
-            "enqueued_at": _num(data.get("enqueued_at")),
-            "created_at": _num(data.get("created_at")),
+            "failed_at": _ts(failed_at) if failed_at is not None else None,
+            "enqueued_at": _ts(data.get("enqueued_at")),
+            "created_at": _ts(data.get("created_at")),
             "payload": member,
             "backtrace": tuple(jobcodec.backtrace_of(data) or ()),
         }
@@ -456,7 +465,7 @@ class Client:
             if oldest is not None:
                 try:
                     data = orjson.loads(oldest)
-                    enq = _num(data.get("enqueued_at")) if isinstance(data, dict) else 0.0
+                    enq = _ts(data.get("enqueued_at")) if isinstance(data, dict) else 0.0
                 except orjson.JSONDecodeError:
                     enq = 0.0
                 if enq > 0:

@@ -22,6 +22,7 @@ from typing import Any
 from . import clock, forked, otel
 from .errors import JobTimeout, Shutdown
 from .job import Job, MalformedPayload, backtrace_lines, decode
+from .job_metrics import JobMetrics as SidekiqMetrics
 from .metrics import OTHER, JobMetrics
 from .reporters import ReporterHub
 from .retry import failure_settle, malformed_dead_entry
@@ -72,8 +73,11 @@ def _raise_in_thread(ident: int, exc: type[BaseException]) -> None:
 class Executor:
     def __init__(self, *, specs: dict[str, JobSpec], middleware: Sequence[Middleware],
                  concurrency: int, reporters: ReporterHub | None,
-                 thread_prefix: str = "forkq-worker") -> None:
+                 thread_prefix: str = "forkq-worker",
+                 sidekiq_metrics: SidekiqMetrics | None = None) -> None:
         self._specs = specs
+        # Sidekiq 7's per-minute job metrics (an in-memory add per job; flushed by the beat).
+        self._sk_metrics = sidekiq_metrics
         self._middleware = tuple(middleware)
         self._complete: Callable[[Done], None] = _not_wired
         self._reporters = reporters
@@ -250,6 +254,8 @@ class Executor:
         if error is None and aborted is None:
             slot.settled = True
             self._complete((field, Settle(op="k", field=field, name=lease_name) if lease_name else None))
+            if self._sk_metrics is not None:
+                self._sk_metrics.record(job.name, time.monotonic() - mono, False)
             if reporters is not None:
                 reporters.emit("success", job, time.monotonic() - mono)
                 reporters.emit("stopped", job)
@@ -281,6 +287,8 @@ class Executor:
                                 reason=f"{error_class}: {message} (and its retry failed: {describe_error(exc)[1]})"))
         slot.settled = True
         self._complete((field, settle))
+        if self._sk_metrics is not None:
+            self._sk_metrics.record(job.name, time.monotonic() - mono, True)
         # Failures are never silent: one WARNING per failed execution (not per success).
         log.warning("job %s %s failed: %s: %s%s; %s", job.name, job.id, error_class,
                     _short(message), f" (at {lines[0]})" if lines else "", _fate(settle))

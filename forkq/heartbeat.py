@@ -25,6 +25,7 @@ jobs should not hold the GIL longer than ``stale_after``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -36,8 +37,11 @@ import redis
 
 from . import clock, scripts
 from .executor import RUNNING, Slot
+from .job_metrics import JobCounts, JobMetrics
 from .keys import Keys, worker_id
 from .stats import StatsBuffer
+
+log = logging.getLogger("forkq.heartbeat")
 
 LIVENESS_TTL = 60
 # Slow-changing records are refreshed every third of their TTL, not every beat: the
@@ -64,17 +68,25 @@ class PoolInfo:
                    job_names=tuple(sorted(job_names)), tag=tag)
 
     def sidekiq_info(self) -> bytes:
+        from . import __version__  # the package is fully imported by the time a pool beats
+
         return orjson.dumps({
             "hostname": self.hostname, "started_at": self.started_at, "pid": self.pid,
             "tag": self.tag, "concurrency": self.concurrency, "queues": list(self.job_names),
             "labels": ["forkq"], "identity": self.identity,
+            # Sidekiq 7+'s Busy page: the version it shows, and one "capsule" whose
+            # weights are the queues (0 = no weighted random pick, as Sidekiq's strict order).
+            "version": f"forkq {__version__}", "weights": [dict.fromkeys(self.job_names, 0)],
+            "embedded": False,
         })
 
 
 class Heartbeat:
     def __init__(self, *, conn: redis.Redis, keys: Keys, info: PoolInfo, slots: Sequence[Slot],
                  stats: StatsBuffer, leased: frozenset[str], lease_ttl: float,
-                 interval: float = 5.0) -> None:
+                 interval: float = 5.0, metrics: JobMetrics | None = None) -> None:
+        self._metrics = metrics
+        self._metrics_refused = False
         self._conn = conn
         self._keys = keys
         self.info = info
@@ -170,14 +182,21 @@ class Heartbeat:
             pipe.expire(work_key, LIVENESS_TTL)
             pipe.expire(workers_key, LIVENESS_TTL)
         taken = self._stats.queue_flush(pipe, keys, t)
+        # Sidekiq 7's job metrics go last: a refusal of theirs (an older ACL line without
+        # HINCRBY/BITFIELD) must not fail the beat that keeps this pool alive.
+        metrics_at = len(pipe)
+        mtaken = self._queue_metrics(pipe, t)
         sent = time.monotonic()
         try:
             results = scripts.execute_pipeline(self._conn, pipe, {0: liveness})
-            errors = [r for r in results if isinstance(r, Exception)]
+            errors = [r for r in results[:metrics_at] if isinstance(r, Exception)]
             if errors:
                 raise errors[0]
+            self._metrics_written(results[metrics_at:])
         except redis.RedisError:
             self._stats.give_back(*taken)
+            if self._metrics is not None and mtaken:
+                self._metrics.give_back(mtaken)
             self._had_work = True
             raise
         received = time.monotonic()
@@ -197,14 +216,35 @@ class Heartbeat:
 
     def flush_stats(self) -> None:
         pipe = self._conn.pipeline(transaction=False)
-        taken = self._stats.queue_flush(pipe, self._keys, clock.now())
-        if taken != (0, 0):
+        t = clock.now()
+        taken = self._stats.queue_flush(pipe, self._keys, t)
+        metrics_at = len(pipe)
+        mtaken = self._queue_metrics(pipe, t)
+        if taken != (0, 0) or mtaken:
             try:
-                pipe.execute()
+                results = pipe.execute(raise_on_error=False)
+                errors = [r for r in results[:metrics_at] if isinstance(r, Exception)]
+                if errors:
+                    raise errors[0]
+                self._metrics_written(results[metrics_at:])
             except redis.RedisError:
                 self._stats.give_back(*taken)
+                if self._metrics is not None and mtaken:
+                    self._metrics.give_back(mtaken)
                 raise
 
+    def _queue_metrics(self, pipe: redis.client.Pipeline, t: float) -> dict[str, JobCounts]:
+        if self._metrics is None or self._metrics_refused:
+            return {}
+        return self._metrics.queue_flush(pipe, self._keys, t)
+
+    def _metrics_written(self, results: list[object]) -> None:
+        """Sidekiq 7's metrics refused (e.g. ACL): say so once and stop writing them."""
+        err = next((r for r in results if isinstance(r, Exception)), None)
+        if err is not None and not self._metrics_refused:
+            self._metrics_refused = True
+            log.warning("Sidekiq job metrics are not written any more: Redis refused them (%s); "
+                        "the ACL line in docs/RELIABILITY.md lists +hincrby +bitfield", err)
 
 def beat_for(conn: redis.Redis, keys: Keys, identities: Sequence[str], *, leased_names: Iterable[str],
              lease_ttl: float, allow_oom: bool = False) -> float:

@@ -4,6 +4,11 @@ Every key of a namespace starts with ``{ns}:`` so that all of them hash to one
 Redis Cluster slot and every Lua script is cluster-safe.  The job-facing keys
 follow Sidekiq's layout, so Sidekiq (configured with redis-namespace ``{ns}``)
 reads and writes the same data.
+
+The empty namespace ``""`` means no prefix at all: Sidekiq 7 and 8's own plain
+layout (``queue:NAME``, ``processes``, ``stat:processed``...), since they dropped
+redis-namespace.  Its keys share no hash tag, so it is refused on Redis Cluster
+(``ConnectionSpec.for_namespace``).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ def _check_utf8(what: str, text: str) -> None:
 
 
 def validate_namespace(namespace: str) -> str:
-    if not isinstance(namespace, str) or not namespace:
-        raise ConfigError("namespace must be a non-empty string")
+    """A namespace is any text without braces/newlines/NUL; "" is Sidekiq 7+'s plain layout."""
+    if not isinstance(namespace, str):
+        raise ConfigError(f"namespace must be a string, got {namespace!r}")
     _check_utf8("namespace", namespace)
     bad = _FORBIDDEN_NAME_CHARS.intersection(namespace)
     if bad:
@@ -54,12 +60,13 @@ class Keys:
 
     __slots__ = (
         "namespace", "prefix", "queues", "schedule", "retry", "dead", "processes",
-        "pools", "stat_processed", "stat_failed", "wake_channel", "reaper_lock",
+        "pools", "stat_processed", "stat_failed", "wake_channel", "reaper_lock", "waker_lock",
     )
 
     def __init__(self, namespace: str) -> None:
         self.namespace = validate_namespace(namespace)
-        self.prefix = "{" + namespace + "}:"
+        # "" = Sidekiq 7+'s plain layout, with no prefix (and no hash tag).
+        self.prefix = "{" + namespace + "}:" if namespace else ""
         p = self.prefix
         self.queues = p + "queues"
         self.schedule = p + "schedule"
@@ -71,6 +78,12 @@ class Keys:
         self.stat_failed = p + "stat:failed"
         self.wake_channel = p + "wake"
         self.reaper_lock = p + "reaper:lock"
+        self.waker_lock = p + "waker:lock"
+
+    @property
+    def plain(self) -> bool:
+        """True for the empty namespace: keys carry no prefix and no Cluster hash tag."""
+        return not self.prefix
 
     # Per job name ---------------------------------------------------------
     def queue(self, name: str) -> str:
@@ -140,6 +153,18 @@ class Keys:
 
     def stat_failed_day(self, day: str) -> str:
         return self.prefix + "stat:failed:" + day
+
+    def job_metrics(self, now: float) -> str:
+        """Sidekiq 7's per-minute hash ``j|YYYYMMDD|H:M`` (UTC; fields ``<class>|p``/``|f``/``|ms``),
+        read by its Metrics page (sidekiq/metrics/query.rb)."""
+        t = time.gmtime(now)
+        return f"{self.prefix}j|{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}|{t.tm_hour}:{t.tm_min}"
+
+    def job_histogram(self, name: str, now: float) -> str:
+        """Sidekiq 7's per-minute histogram of one job class, ``<class>-DD-HH:M`` (UTC):
+        26 u16 BITFIELD counters (sidekiq/metrics/shared.rb)."""
+        t = time.gmtime(now)
+        return f"{self.prefix}{name}-{t.tm_mday:02d}-{t.tm_hour:02d}:{t.tm_min}"
 
     def web_history(self) -> str:
         """Hash minute-epoch -> JSON sample of the dashboard's per-minute series (forkq.web)."""

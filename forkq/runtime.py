@@ -26,11 +26,13 @@ from .errors import ConfigError, RedisRefused
 from .executor import Executor
 from .fetcher import Fetcher
 from .heartbeat import Heartbeat, PoolInfo
+from .job_metrics import JobMetrics
 from .keys import DUE_MESSAGE
 from .reporters import ReporterHub
 from .scripts import FetchTarget
 from .spec import PoolDefinition
 from .stats import StatsBuffer
+from .waker import Waker
 
 log = logging.getLogger("forkq.runtime")
 
@@ -54,6 +56,7 @@ class PoolRuntime:
         self.concurrency = concurrency
         self.identity = identity or new_identity(self.config.hostname)
         self.stats = StatsBuffer()
+        self.job_metrics = JobMetrics()
         specs = pool.jobs
         self._names = sorted(specs)
         # Wake messages that concern this pool: its job names, and "a job became the
@@ -72,7 +75,7 @@ class PoolRuntime:
         # Side by side: the fetcher hands taken jobs to the executor, the executor hands
         # finished ones back to the fetcher's ack batch.
         self.executor = Executor(specs=specs, middleware=pool.middlewares, concurrency=concurrency,
-                                 reporters=self.reporters)
+                                 reporters=self.reporters, sidekiq_metrics=self.job_metrics)
         self.fetcher = Fetcher(
             conn=self.conn, keys=self.keys, identity=self.identity, config=self.config,
             targets=targets, priorities=[specs[n].options.priority for n in self._names],
@@ -84,11 +87,15 @@ class PoolRuntime:
         self.heartbeat = Heartbeat(conn=self._hk_conn, keys=self.keys, info=self.info,
                                    slots=self.executor.slots, stats=self.stats, leased=self._leased,
                                    lease_ttl=self.config.lease_ttl,
-                                   interval=self.config.heartbeat_interval)
+                                   interval=self.config.heartbeat_interval,
+                                   metrics=self.job_metrics)
         self._threads: list[threading.Thread] = []
         # Every pool reaps stale pools, scheduled from the oldest beat (under a prefork
         # master, which also reaps once at start, and beats for its children).
         self._reaper: reaper.StaleReaper | None = reaper.StaleReaper(self.config)
+        # One pool per namespace wakes the others for jobs pushed by non-forkq clients.
+        self.waker = Waker(spec=spec, keys=self.keys, identity=self.identity, names=self._names,
+                           stop=self._stop)
         # Set by a prefork child: how a Web UI "Stop" reaches the master.
         self.on_remote_stop: Callable[[], None] | None = None
 
@@ -126,6 +133,7 @@ class PoolRuntime:
         self.fetcher.start()
         self._spawn(self._listen, "forkq-wake")
         self._spawn(self._housekeep, "forkq-housekeeper")
+        self._spawn(self.waker.run, "forkq-waker")
         if self.executor.has_timeouts:
             self._spawn(self._watchdog, "forkq-watchdog")
 
@@ -179,6 +187,7 @@ class PoolRuntime:
                         len(leftover), timeout, len(aborted))
         self.executor.close()
         self._stop.set()
+        self.waker.release()
         # A beat still in flight would race the last flush and could re-add this pool
         # to `processes` after it is removed: wait for the threads that beat.
         for t in self._threads:

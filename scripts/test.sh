@@ -20,6 +20,8 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [[ -d /usr/share/rubygems-integration/all/gems ]] && ls /usr/share/rubygems-integration/all/gems 2>/dev/null | grep -q '^sidekiq-' || need+=(ruby-sidekiq ruby-redis-namespace)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# Sidekiq 7.3's Web UI (../shared/sidekiq7/web.sh) runs on Debian's rackup + WEBrick.
+{ command -v rackup >/dev/null 2>&1 && ruby -e 'require "webrick"' >/dev/null 2>&1; } || need+=(ruby ruby-rack ruby-webrick)
 # Headless Chromium and its driver for the dashboard's Selenium tests.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)

@@ -161,12 +161,12 @@ def test_braces_in_a_job_name_are_rejected_by_every_enqueue_call(redis_url, r, c
     assert r.dbsize() == 0
 
 
-@pytest.mark.parametrize("namespace", ["", "a{b", "x}y", "line\nbreak"])
-def test_bad_namespace_is_rejected_before_any_connection(namespace: str) -> None:
+@pytest.mark.parametrize("namespace", [None, 7, "a{b", "x}y", "line\nbreak"])
+def test_bad_namespace_is_rejected_before_any_connection(namespace: object) -> None:
     with pytest.raises(forkq.ConfigError, match="namespace"):
-        forkq.WorkerPool(namespace)
+        forkq.WorkerPool(namespace)  # type: ignore[arg-type]
     with pytest.raises(forkq.ConfigError, match="namespace"):
-        forkq.Enqueuer("redis://127.0.0.1:1/0", namespace)
+        forkq.Enqueuer("redis://127.0.0.1:1/0", namespace)  # type: ignore[arg-type]
 
 
 def test_non_string_job_name_is_rejected(redis_url) -> None:

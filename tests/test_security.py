@@ -37,7 +37,9 @@ FORKQ_COMMANDS = (
     "+sadd +srem "
     "+llen +lpush +rpush +rpop "
     "+zadd +zrem +zscore +zcard +zrange +zrangebyscore +zremrangebyscore +zremrangebyrank +hkeys +time "
-    "+incrby +scan +publish +subscribe +unsubscribe"
+    "+incrby +scan +publish +subscribe +unsubscribe "
+    # Sidekiq 7's job metrics (heartbeat) and the waker's CLIENT TRACKING (forkq/waker.py).
+    "+hincrby +bitfield +client|id +client|tracking"
 )
 # forkq.Client (admin pages, CLI verbs) reads a little more and uses WATCH/MULTI.
 ADMIN_EXTRA = "+smembers +sismember +lindex +hmget +hkeys +zrevrange +zscan +multi +exec +discard"
@@ -46,7 +48,7 @@ ADMIN_EXTRA = "+smembers +sismember +lindex +hmget +hkeys +zrevrange +zscan +mul
 def acl_line(user: str, password: str, namespace: str, admin: bool = False) -> list[str]:
     commands = FORKQ_COMMANDS.split() + (ADMIN_EXTRA.split() if admin else [])
     return [user, "reset", "on", f">{password}", f"~{{{namespace}}}:*", "resetchannels",
-            f"&{{{namespace}}}:*", "-@all", *commands]
+            f"&{{{namespace}}}:*", "&__redis__:invalidate", "-@all", *commands]
 
 
 # -- queue data never executes code ----------------------------------------------------

@@ -1,0 +1,224 @@
+"""Wakes idle pools for jobs pushed by clients that publish no wake.
+
+forkq's own enqueue PUBLISHes a wake; Sidekiq's Ruby client (a plain ``LPUSH``), its
+Web UI's "Retry Now" / "Add to queue", or any other writer do not, so without this
+their jobs would wait for a pool's idle poll (10 s).
+
+One pool per namespace (elected by a short lock, ``waker:lock``) asks Redis to
+tell it about every write to a queue key: ``CLIENT TRACKING ON BCAST PREFIX
+<prefix>queue:``, redirected to its own connection subscribed to
+``__redis__:invalidate``.  That costs no command at all while idle (Redis pushes
+the key names; core Redis >= 6, unlike keyspace notifications, which managed
+Redis often disables).  On a write it checks which of those queues hold jobs
+(one EXISTS per queue) and PUBLISHes their names on the wake channel, so idle
+pools fetch at once.  Jobs taken within the coalescing window publish nothing.
+Where tracking is refused (Redis < 6, an ACL), the elected pool polls EXISTS
+every ``POLL_EVERY`` seconds instead: still one pool per namespace, not per child.
+
+Idle cost: the holder renews its lock every ``RENEW_EVERY`` (GET + SET XX), the
+others try to take it every ``TRY_EVERY``.  Jobs are never touched here: losing
+this component only brings back the idle-poll delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable
+
+import redis
+from redis.exceptions import RedisError, ResponseError
+
+from .connection import ConnectionSpec
+from .keys import Keys
+
+log = logging.getLogger("forkq.waker")
+
+# Slow on purpose: a missing waker only brings back the idle poll (10 s), so failover
+# may take a while, and the lock's traffic is most of the waker's idle cost.
+LOCK_TTL_MS = 30_000
+RENEW_EVERY = 10.0
+TRY_EVERY = 20.0
+POLL_EVERY = 0.5
+# Writes seen within this window are checked and announced together.
+COALESCE = 0.02
+INVALIDATE_CHANNEL = b"__redis__:invalidate"
+
+
+class Waker:
+    """A thread body (:meth:`run`) that is the namespace's waker while it holds the lock."""
+
+    def __init__(self, *, spec: ConnectionSpec, keys: Keys, identity: str,
+                 names: Iterable[str], stop: threading.Event) -> None:
+        self._spec = spec
+        self._keys = keys
+        self._identity = identity.encode()
+        self._stop = stop
+        self._qprefix = keys.queue("")
+        # Queues this pool polls in the fallback (its own names; tracking sees all).
+        self._names = sorted(names)
+        self._conn: redis.Redis | None = None
+        self._track_pool: redis.ConnectionPool | None = None
+        self.holding = False
+        self.mode = ""  # "tracking" or "polling" while holding
+
+    # -- election -----------------------------------------------------------------------
+    def _client(self) -> redis.Redis:
+        if self._conn is None:
+            self._conn = self._spec.connect_worker()
+        return self._conn
+
+    def _acquire(self) -> bool:
+        return bool(self._client().set(self._keys.waker_lock, self._identity, nx=True, px=LOCK_TTL_MS))
+
+    def _renew(self) -> bool:
+        c = self._client()
+        if c.get(self._keys.waker_lock) != self._identity:
+            return False
+        # SET XX, not PEXPIRE: one command fewer in the ACL line forkq needs.
+        return bool(c.set(self._keys.waker_lock, self._identity, xx=True, px=LOCK_TTL_MS))
+
+    def release(self) -> None:
+        """Give the lock up (at stop, from any thread), so another pool takes over at once."""
+        try:
+            c = self._client()
+            if c.get(self._keys.waker_lock) == self._identity:
+                c.delete(self._keys.waker_lock)
+        except RedisError:
+            pass  # it expires on its own
+
+    def run(self) -> None:
+        # Jittered first try: the children of one master start together.
+        self._stop.wait(random.uniform(0.0, 1.0))
+        errors = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._acquire():
+                        self.holding = True
+                        self._serve()
+                    errors = 0
+                except RedisError as exc:
+                    errors += 1
+                    if errors == 1:
+                        log.debug("waker: %s", exc)  # the pool's own loops report outages
+                except Exception:  # noqa: BLE001 - the waker must never die: retry later
+                    errors += 1
+                    log.exception("waker failed; retrying")
+                finally:
+                    self.holding = False
+                    self.mode = ""
+                self._stop.wait(TRY_EVERY * random.uniform(0.75, 1.25) if errors == 0
+                                else min(TRY_EVERY, 0.5 * 2 ** min(errors, 5)))
+        finally:
+            self.release()
+            if self._conn is not None:
+                self._conn.close()
+            if self._track_pool is not None:
+                self._track_pool.disconnect()
+
+    # -- serving ------------------------------------------------------------------------
+    def _serve(self) -> None:
+        try:
+            conn = self._track()
+        except ResponseError as exc:
+            log.info("waker: Redis refused CLIENT TRACKING (%s); polling queues every %.1fs", exc, POLL_EVERY)
+            self._poll()
+            return
+        try:
+            self.mode = "tracking"
+            self._listen(conn)
+        finally:
+            conn.disconnect()
+
+    def _track(self) -> redis.Connection:
+        """A raw connection that hears, as pub/sub messages, the names of written queue keys."""
+        if self._track_pool is None:
+            self._track_pool = self._spec.connect_worker(socket_timeout=None).connection_pool
+        conn = self._track_pool.make_connection()
+        conn.connect()
+        # hiredis turns an invalidation into a push notification that redis-py drops
+        # unless a handler takes it: hand it back as the reply.
+        set_handler = getattr(getattr(conn, "_parser", None), "set_invalidation_push_handler", None)
+        if set_handler is not None:
+            set_handler(lambda response: response)
+        try:
+            conn.send_command("CLIENT", "ID")
+            cid = conn.read_response()
+            conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST", "PREFIX", self._qprefix)
+            conn.read_response()
+            conn.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
+            # push_request: hiredis hands pub/sub messages over as push notifications.
+            conn.read_response(push_request=True)
+        except BaseException:
+            conn.disconnect()
+            raise
+        return conn
+
+    def _listen(self, conn: redis.Connection) -> None:
+        renew_at = time.monotonic() + RENEW_EVERY
+        # Anything pushed before we listened is found by one check.
+        self._announce(self._names)
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= renew_at:
+                if not self._renew():
+                    return
+                renew_at = now + RENEW_EVERY
+            if not conn.can_read(timeout=min(1.0, max(0.0, renew_at - now))):
+                continue
+            self._stop.wait(COALESCE)
+            names: set[str] = set()
+            while conn.can_read(timeout=0):
+                msg = conn.read_response(push_request=True)
+                names.update(self._names_in(msg))
+            if names:
+                self._announce(sorted(names))
+
+    def _names_in(self, msg: object) -> list[str]:
+        # [b"message", b"__redis__:invalidate", [key, ...]] (RESP2 parser) or
+        # [b"invalidate", [key, ...]] (hiredis); keys is None after a FLUSHDB.
+        if not isinstance(msg, list) or not msg or msg[0] not in (b"message", b"invalidate"):
+            return []
+        keys = msg[-1]
+        if not isinstance(keys, list):
+            return []
+        out = []
+        for k in keys:
+            text = k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)
+            if text.startswith(self._qprefix) and len(text) > len(self._qprefix):
+                out.append(text[len(self._qprefix):])
+        return out
+
+    def _announce(self, names: Iterable[str]) -> None:
+        """PUBLISH a wake for each of ``names`` whose queue holds jobs now."""
+        names = list(names)
+        if not names:
+            return
+        c = self._client()
+        pipe = c.pipeline(transaction=False)
+        for n in names:
+            pipe.exists(self._keys.queue(n))
+        found = [n for n, e in zip(names, pipe.execute(), strict=True) if e]
+        if found:
+            pipe = c.pipeline(transaction=False)
+            for n in found:
+                pipe.publish(self._keys.wake_channel, n)
+            pipe.execute()
+
+    def _poll(self) -> None:
+        """Fallback without tracking: one EXISTS over this pool's queues every POLL_EVERY."""
+        self.mode = "polling"
+        c = self._client()
+        qkeys = [self._keys.queue(n) for n in self._names]
+        renew_at = time.monotonic() + RENEW_EVERY
+        while not self._stop.wait(POLL_EVERY):
+            now = time.monotonic()
+            if now >= renew_at:
+                if not self._renew():
+                    return
+                renew_at = now + RENEW_EVERY
+            if qkeys and c.exists(*qkeys):
+                self._announce(self._names)
