@@ -363,11 +363,12 @@ def test_admin_cli_and_forkq_web_read_the_plain_layout(scene: Scene, redis_url: 
         web.stop()
 
 
-# What a worker needed before this module's features (the ACL line of forkq <= 0.1.0):
+# What a worker needed before these features (the ACL line before Sidekiq 7 support):
 # no HINCRBY/BITFIELD (job metrics), no CLIENT (tracking), no __redis__:invalidate channel.
 OLD_ACL = ("+ping +hello +info +select +evalsha +script|load +get +set +del +exists +expire "
            "+hset +hgetall +hdel +hmget +hexists +sadd +srem +llen +lpush +rpush +rpop +zadd +zrem "
-           "+zscore +zcard +zrange +zrangebyscore +zremrangebyscore +zremrangebyrank +incrby +scan "
+           "+zscore +zcard +zrange +zrangebyscore +zremrangebyscore +zremrangebyrank +hkeys +time "
+           "+incrby +scan "
            "+publish +subscribe +unsubscribe").split()
 
 
