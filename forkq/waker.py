@@ -31,6 +31,7 @@ from collections.abc import Iterable
 import redis
 from redis.exceptions import RedisError, ResponseError
 
+from .backoff import capped_exponential
 from .connection import ConnectionSpec
 from .keys import Keys
 
@@ -111,7 +112,7 @@ class Waker:
                     self.holding = False
                     self.mode = ""
                 self._stop.wait(TRY_EVERY * random.uniform(0.75, 1.25) if errors == 0
-                                else min(TRY_EVERY, 0.5 * 2 ** min(errors, 5)))
+                                else capped_exponential(errors, base=0.5, cap=TRY_EVERY))
         finally:
             self.release()
             if self._conn is not None:
