@@ -10,8 +10,8 @@ tell it about every write to a queue key: ``CLIENT TRACKING ON BCAST PREFIX
 ``__redis__:invalidate``.  That costs no command at all while idle (Redis pushes
 the key names; core Redis >= 6, unlike keyspace notifications, which managed
 Redis often disables).  On a write it checks which of those queues hold jobs
-(one EXISTS per queue) and PUBLISHes their names on the wake channel, so idle
-pools fetch at once.  Jobs taken within the coalescing window publish nothing.
+(one LINDEX per queue: a new next job) and PUBLISHes their names on the wake
+channel, so idle pools fetch at once.  Jobs taken within the coalescing window publish nothing.
 Where tracking is refused (Redis < 6, an ACL), the elected pool polls EXISTS
 every ``POLL_EVERY`` seconds instead: still one pool per namespace, not per child.
 
@@ -22,6 +22,7 @@ this component only brings back the idle-poll delay.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
@@ -29,7 +30,7 @@ import time
 from collections.abc import Iterable
 
 import redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from .backoff import capped_exponential
 from .connection import ConnectionSpec
@@ -62,6 +63,8 @@ class Waker:
         self._names = sorted(names)
         self._conn: redis.Redis | None = None
         self._track_pool: redis.ConnectionPool | None = None
+        # name -> digest of the next job last announced (see _announce)
+        self._announced: dict[str, bytes] = {}
         self.holding = False
         self.mode = ""  # "tracking" or "polling" while holding
 
@@ -194,15 +197,35 @@ class Waker:
         return out
 
     def _announce(self, names: Iterable[str]) -> None:
-        """PUBLISH a wake for each of ``names`` whose queue holds jobs now."""
+        """PUBLISH a wake for each of ``names`` whose next job (the list's tail) is new.
+
+        A job that stays next in line (a suspect a pool may not take yet, a name at its
+        max_concurrency) was announced already: waking the pools again would only make
+        them fetch, put it back, and so write the queue again - a loop.
+        """
         names = list(names)
         if not names:
             return
         c = self._client()
         pipe = c.pipeline(transaction=False)
         for n in names:
-            pipe.exists(self._keys.queue(n))
-        found = [n for n, e in zip(names, pipe.execute(), strict=True) if e]
+            pipe.lindex(self._keys.queue(n), -1)
+        try:
+            heads = pipe.execute()
+        except NoPermissionError:  # an ACL line without LINDEX: announce every queue with jobs
+            pipe = c.pipeline(transaction=False)
+            for n in names:
+                pipe.exists(self._keys.queue(n))
+            heads = [str(time.monotonic()).encode() if e else None for e in pipe.execute()]
+        found = []
+        for n, head in zip(names, heads, strict=True):
+            if head is None:
+                self._announced.pop(n, None)
+                continue
+            digest = hashlib.blake2b(head, digest_size=8).digest()
+            if self._announced.get(n) != digest:
+                self._announced[n] = digest
+                found.append(n)
         if found:
             pipe = c.pipeline(transaction=False)
             for n in found:
