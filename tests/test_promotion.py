@@ -230,7 +230,9 @@ def test_a_pool_holding_a_suspect_does_not_spin_on_the_next_one(redis_url, r, po
         publish = int(stats.get("cmdstat_publish", {}).get("calls", 0))
         # A few polls and beats in 2 s, not a fetch loop (issue 10: 35,682 calls for 40 suspects).
         assert evalsha < 40, evalsha
-        assert publish == 0, publish
+        # The suspect put back is a new head of its queue: the waker (forkq/waker.py)
+        # may announce it once; a loop would be dozens.
+        assert publish <= 1, publish
         assert r.llen(K.queue("hold")) == 1
     finally:
         release.set()
