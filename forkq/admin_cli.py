@@ -11,6 +11,8 @@ Redis refused it), 2 bad usage or input, 5 Redis unreachable.
 
 A verb is one ``Verb`` row in ``_TABLE`` (name, description, its arguments, its
 handler); ``VERBS`` and the dispatch follow from the table.
+
+(Over 400 lines on purpose: the table of admin verbs and their small handlers; each verb is a few lines, split by verb it would be scattered.)
 """
 
 from __future__ import annotations

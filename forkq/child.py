@@ -16,6 +16,8 @@ child exits if the master dies (``PR_SET_PDEATHSIG`` plus a ``getppid`` check).
 Report lines are JSON, one ``os.write`` each (atomic below PIPE_BUF); the
 write end is non-blocking, so a master that stopped reading costs reports, never
 a stuck child.
+
+(Over 400 lines on purpose: a child's whole life (setup, boot, its loop, hard timeouts, fencing) is one sequence, easier to follow in one file.)
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ Differences from gocraft/work, on purpose:
   full ``max_fails`` again (Sidekiq's Web UI instead decrements ``retry_count``
   by one, a single extra attempt).  Its ``recovered`` (poison) count is cleared too,
   and so are its unique-job fields: it holds no guard, so it must not release one.
+
+(Over 400 lines on purpose: gocraft's whole admin Client API surface (dead/retry/scheduled pages, deletes, retries, queues, heartbeats, observations, stats).)
 """
 
 from __future__ import annotations

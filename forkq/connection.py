@@ -28,6 +28,8 @@ before it writes to the old server again:
   TRYAGAIN, CLUSTERDOWN, READONLY) never ran, so it is re-sent after a short
   backoff: the ``Redirected`` error, which the connections' retry policy
   retries (worker connections retry nothing else).
+
+(Over 400 lines on purpose: URL parsing and validation plus the per-process locators that follow a Sentinel master or a Cluster slot owner: one concern, the address of Redis.)
 """
 
 from __future__ import annotations

