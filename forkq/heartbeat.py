@@ -30,6 +30,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import psutil
@@ -188,15 +189,8 @@ class Heartbeat:
         mtaken = self._queue_metrics(pipe, t)
         sent = time.monotonic()
         try:
-            results = scripts.execute_pipeline(self._conn, pipe, {0: liveness})
-            errors = [r for r in results[:metrics_at] if isinstance(r, Exception)]
-            if errors:
-                raise errors[0]
-            self._metrics_written(results[metrics_at:])
+            results = self._send(pipe, {0: liveness}, taken, mtaken, metrics_at)
         except redis.RedisError:
-            self._stats.give_back(*taken)
-            if self._metrics is not None and mtaken:
-                self._metrics.give_back(mtaken)
             self._had_work = True
             raise
         received = time.monotonic()
@@ -221,17 +215,26 @@ class Heartbeat:
         metrics_at = len(pipe)
         mtaken = self._queue_metrics(pipe, t)
         if taken != (0, 0) or mtaken:
-            try:
-                results = pipe.execute(raise_on_error=False)
-                errors = [r for r in results[:metrics_at] if isinstance(r, Exception)]
-                if errors:
-                    raise errors[0]
-                self._metrics_written(results[metrics_at:])
-            except redis.RedisError:
-                self._stats.give_back(*taken)
-                if self._metrics is not None and mtaken:
-                    self._metrics.give_back(mtaken)
-                raise
+            self._send(pipe, {}, taken, mtaken, metrics_at)
+
+    def _send(self, pipe: redis.client.Pipeline, calls: dict[int, scripts.Call],
+              taken: tuple[int, int], mtaken: dict[str, JobCounts],
+              metrics_at: int) -> list[Any]:
+        """Execute a beat or flush pipeline; on failure the counts it carried go back
+        to their buffers (sent with the next one).  Job metrics come after
+        ``metrics_at`` and may be refused alone (see ``_metrics_written``)."""
+        try:
+            results = scripts.execute_pipeline(self._conn, pipe, calls)
+            errors = [r for r in results[:metrics_at] if isinstance(r, Exception)]
+            if errors:
+                raise errors[0]
+            self._metrics_written(results[metrics_at:])
+            return results
+        except redis.RedisError:
+            self._stats.give_back(*taken)
+            if self._metrics is not None and mtaken:
+                self._metrics.give_back(mtaken)
+            raise
 
     def _queue_metrics(self, pipe: redis.client.Pipeline, t: float) -> dict[str, JobCounts]:
         if self._metrics is None or self._metrics_refused:
