@@ -133,6 +133,14 @@ class Fetcher(threading.Thread):
             if self._waiting and len(self._done) >= self._notify_at:
                 self._cv.notify()
 
+    def request_reconcile(self) -> None:
+        """Give back, at the next round trip, in-progress entries this pool does not hold
+        (what a fetch whose reply was lost leaves behind; also after a failover)."""
+        with self._cv:
+            self._reconcile = True
+            self._woken = True
+            self._cv.notify()
+
     def wake(self) -> None:
         with self._cv:
             self._woken = True

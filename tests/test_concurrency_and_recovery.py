@@ -193,8 +193,7 @@ def test_lost_fetch_reply_is_reconciled(redis_url, fast_config, pools, r) -> Non
     wait_for(lambda: seen == [job.id], 5, message="first run")
     # Simulate a fetch whose reply was lost: the job sits in our hash, unknown to us.
     r.hset(K.inprogress(identity), job.id, orjson.dumps(job.data))
-    pool.runtime.fetcher._reconcile = True
-    pool.runtime.fetcher.wake()
+    pool.runtime.fetcher.request_reconcile()
     wait_for(lambda: seen == [job.id, job.id], 5, message="job given back and run again")
     wait_for(lambda: r.hlen(K.inprogress(identity)) == 0, 5, message="in-progress empty")
 
