@@ -335,8 +335,15 @@ def test_cli_with_an_acl_user_runs_jobs_and_hides_the_password_from_titles_and_l
                     env={"TEST_REDIS_URL": rec_url})
     kids = wait_children_ready(f, admin, 2)
     jids = enqueue(url, "record", [{"i": i} for i in range(200)])
-    wait_for(lambda: set(jids) <= set(runs(admin)), 30,
-             message="jobs run by an ACL-limited CLI")
+    try:
+        # 60 s: a job whose own Redis call times out (redis-py 8's default socket
+        # timeout is 5 s) runs again after its backoff (~16-26 s); it must not be lost.
+        wait_for(lambda: set(jids) <= set(runs(admin)), 60,
+                 message="jobs run by an ACL-limited CLI")
+    except AssertionError as exc:
+        missing = len(set(jids) - set(runs(admin)))
+        raise AssertionError(f"{exc}; {missing} missing; ACL LOG: "
+                             f"{admin.execute_command('ACL', 'LOG')[:3]}; log:\n{f.log()[-3000:]}") from None
     titles = []
     for pid in [f.pid, *f.child_pids()]:
         try:
