@@ -36,6 +36,21 @@ def test_demo_runs_every_job_and_prints_a_summary(tmp_path: Path, redis_url: str
     assert int(r.get(keys.stat_failed) or 0) == failed_first
     assert r.zcard(keys.dead) == 0 and r.zcard(keys.retry) == 0
     assert f"executions {2000 + failed_first}, failed {failed_first}" in res.stdout
+    # The planned first-try failures are counted in the summary, not logged one by one.
+    assert demo.PLANNED not in res.stdout + res.stderr
+
+
+def test_demo_filter_hides_only_the_planned_failures() -> None:
+    import logging
+
+    def record(*args: object) -> logging.LogRecord:
+        return logging.LogRecord("forkq.executor", logging.WARNING, __file__, 1,
+                                 "job %s %s failed: %s: %s%s; %s", args, None)
+
+    f = demo._HidePlannedFailures()
+    assert not f.filter(record("flaky", "jid1", "RuntimeError", demo.PLANNED, "", "retry in 0.5 s"))
+    assert f.filter(record("flaky", "jid2", "RuntimeError", "something else broke", "", "retry"))
+    assert f.filter(record("noop", "jid3", "RuntimeError", demo.PLANNED, "", "retry"))
 
 
 def test_demo_with_embedded_redis_exits_zero(tmp_path: Path) -> None:
