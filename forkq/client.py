@@ -34,7 +34,7 @@ import redis
 
 from . import job as jobcodec
 from . import scripts
-from .connection import ConnectionSpec
+from .connection import ConnectionSpec, publish, sharded_pubsub
 from .errors import ConfigError, NotDeleted, NotRetried
 from .keys import Keys, field_holds_jid, validate_job_name, worker_sort_key
 
@@ -495,7 +495,7 @@ class Client:
         validate_job_name(name)
         pipe = self._conn.pipeline(transaction=True)
         pipe.delete(self.keys.paused(name))
-        pipe.publish(self.keys.wake_channel, name)
+        publish(pipe, sharded_pubsub(self._conn), self.keys.wake_channel, name)
         pipe.execute()
 
     def is_paused(self, name: str) -> bool:

@@ -474,6 +474,24 @@ class ClusterLocator(Locator):
         return super().redirect(exc)
 
 
+def sharded_pubsub(conn: redis.Redis | Any) -> bool:
+    """Whether wakes go over sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``): on Redis Cluster.
+
+    A classic ``PUBLISH`` in a cluster is copied to every node over the cluster bus;
+    a sharded one stays on the shard that owns the channel's slot (the namespace's,
+    ``{ns}:wake``).  ``conn`` is a client or one of its connections.
+    """
+    pool = getattr(conn, "connection_pool", None)
+    if pool is not None:
+        return isinstance(pool.connection_kwargs.get("locator"), ClusterLocator)
+    return isinstance(getattr(conn, "locator", None), ClusterLocator)
+
+
+def publish(pipe: Any, sharded: bool, channel: str, message: str) -> None:
+    """Queue a wake on ``pipe`` (a pipeline or client): ``SPUBLISH`` on a cluster."""
+    pipe.execute_command("SPUBLISH" if sharded else "PUBLISH", channel, message)
+
+
 _NO_SETINFO: dict[str, Any] = (
     {"driver_info": None} if importlib.util.find_spec("redis.driver_info") is not None
     else {"lib_name": None, "lib_version": None})

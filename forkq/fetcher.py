@@ -33,6 +33,7 @@ from . import clock, scheduler, scripts
 from . import job as jobcodec
 from .backoff import capped_exponential
 from .config import Config
+from .connection import publish, sharded_pubsub
 from .executor import Done, Taken
 from .keys import Keys
 from .reaper import recover_inprogress
@@ -370,8 +371,9 @@ class Fetcher(threading.Thread):
         wake the other pools too, so a burst of them is not left to one pool."""
         try:
             pipe = self._conn.pipeline(transaction=False)
+            sharded = sharded_pubsub(self._conn)
             for name in names:
-                pipe.publish(self._keys.wake_channel, name)
+                publish(pipe, sharded, self._keys.wake_channel, name)
             pipe.execute()
         except RedisError as exc:
             log.debug("could not relay a wake: %s", exc)

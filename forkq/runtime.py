@@ -21,7 +21,7 @@ from redis.exceptions import NoPermissionError, RedisError
 from . import clock, reaper, scheduler, scripts
 from .backoff import capped_exponential
 from .config import pool_hostname
-from .connection import ConnectionSpec
+from .connection import ConnectionSpec, sharded_pubsub
 from .errors import ConfigError, RedisRefused
 from .executor import Executor
 from .fetcher import Fetcher
@@ -227,17 +227,32 @@ class PoolRuntime:
 
     # -- threads ------------------------------------------------------------------------
     def _listen(self) -> None:
+        """Wake the fetcher on each wake message naming one of our job names, forever.
+
+        On Redis Cluster the channel is a shard channel (``SSUBSCRIBE``): when the
+        namespace's slot moves, the old owner ends the subscription
+        (``sunsubscribe``) and we subscribe again at the new owner.
+        """
+        sharded = sharded_pubsub(self._listen_conn)
         errors = 0
         while not self._stop.is_set():
+            ps = self._listen_conn.pubsub(ignore_subscribe_messages=not sharded)
             try:
-                ps = self._listen_conn.pubsub(ignore_subscribe_messages=True)
-                ps.subscribe(self.keys.wake_channel)
+                if sharded:
+                    ps.ssubscribe(self.keys.wake_channel)
+                else:
+                    ps.subscribe(self.keys.wake_channel)
                 # Anything pushed while we were not subscribed is found by one fetch.
                 self.fetcher.wake()
                 errors = 0
                 while not self._stop.is_set():
                     msg = ps.get_message(timeout=1.0)
-                    if msg is not None and msg.get("data") in self._name_set:
+                    if msg is None:
+                        continue
+                    if msg.get("type") == "sunsubscribe":
+                        self._listen_conn.connection_pool.connection_kwargs["locator"].invalidate()
+                        raise redis.ConnectionError(f"{self.keys.wake_channel}: the slot moved")
+                    if msg.get("data") in self._name_set:
                         self.fetcher.wake()
             except Exception as exc:  # noqa: BLE001 - the listener must never die
                 if self._stop.is_set():
@@ -246,6 +261,11 @@ class PoolRuntime:
                 if errors == 1:
                     log.warning("wake subscription lost (%s); reconnecting", exc)
                 self._stop.wait(capped_exponential(errors + 1, base=0.1, cap=5.0, jitter=0))
+            finally:
+                try:
+                    ps.close()  # its socket: the next subscription dials where the locator says
+                except Exception:  # noqa: BLE001, S110 - already broken
+                    pass
 
     def _beat_safely(self) -> bool:
         try:

@@ -24,7 +24,7 @@ import redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from .backoff import capped_exponential
-from .connection import REDIRECT_BACKOFF_CAP, REDIRECT_RETRIES, Locator, Redirected
+from .connection import REDIRECT_BACKOFF_CAP, REDIRECT_RETRIES, Locator, Redirected, sharded_pubsub
 from .keys import DUE_MESSAGE, Keys
 
 log = logging.getLogger("forkq.scripts")
@@ -63,6 +63,14 @@ def _allow_oom(script: Script) -> Script:
     return Script(name=script.name + "+oom", text=text, sha=hashlib.sha1(text.encode()).hexdigest())
 
 
+def _sharded(script: Script) -> Script:
+    """The same script announcing wakes with ``SPUBLISH`` (Redis Cluster; see
+    ``connection.sharded_pubsub``).  The wake channel is ``{ns}:wake``, in the
+    slot of every key the script touches, as a shard channel must be."""
+    text = script.text.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+    return Script(name=script.name + "+sharded", text=text, sha=hashlib.sha1(text.encode()).hexdigest())
+
+
 FETCH = _load("fetch")
 ACK = _load("ack")
 FETCH_OOM = _allow_oom(FETCH)
@@ -79,6 +87,22 @@ RELEASE_UNIQUE = _load("release_unique")
 DELETE_SCHEDULED = _load("delete_scheduled")
 BEAT = _load("beat")
 BEAT_OOM = _allow_oom(BEAT)
+
+
+# Scripts that announce wakes, and their sharded twins (picked per connection).
+_SHARDED = {s.sha: _sharded(s) for s in (ACK, ACK_OOM, ENQUEUE, ENQUEUE_UNIQUE, PROMOTE, PROMOTE_DUE,
+                                         SCHEDULE, FETCH, FETCH_OOM, RELEASE_LOCK, BURY, CLAIM_POOL,
+                                         RELEASE_UNIQUE, DELETE_SCHEDULED, BEAT, BEAT_OOM)
+            if "redis.call('PUBLISH'" in s.text}
+# FetchPlan pre-packs its EVALSHA (no per-connection choice): fetch must not publish.
+assert FETCH.sha not in _SHARDED and FETCH_OOM.sha not in _SHARDED
+
+
+def script_for(c: Any, script: Script) -> Script:
+    """``script``, or its sharded twin on a Redis Cluster connection ``c``."""
+    if script.sha in _SHARDED and sharded_pubsub(c):
+        return _SHARDED[script.sha]
+    return script
 
 
 def supports_script_flags(conn: redis.Redis) -> bool:
@@ -121,7 +145,7 @@ _ACKS = frozenset({"ack", "ack+oom"})
 def _packed(c: Any, x: Call) -> list[bytes]:
     if x.packed is not None:
         return [x.packed]
-    cmd = ("EVALSHA", x.script.sha, len(x.keys), *x.keys, *x.args)
+    cmd = ("EVALSHA", script_for(c, x.script).sha, len(x.keys), *x.keys, *x.args)
     # hiredis packs in C; redis-py's packer walks every argument in Python.
     return [_pack(cmd)] if _pack is not None else list(c.pack_commands([cmd]))
 
@@ -167,7 +191,7 @@ def _execute(c: Any, calls: Sequence[Call], *, wait: tuple[int, int] | None = No
         if any(isinstance(results[i], Redirected) for i in again):
             c.disconnect()  # dial the server the locator names now
             time.sleep(capped_exponential(attempt + 1, base=0.005, cap=REDIRECT_BACKOFF_CAP, jitter=0))
-        for script in {calls[i].script.name: calls[i].script
+        for script in {calls[i].script.name: script_for(c, calls[i].script)
                        for i in again if isinstance(results[i], NoScriptError)}.values():
             c.send_command("SCRIPT", "LOAD", script.text)
             try:

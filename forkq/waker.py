@@ -33,7 +33,7 @@ import redis
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from .backoff import capped_exponential
-from .connection import ConnectionSpec
+from .connection import ConnectionSpec, publish, sharded_pubsub
 from .keys import Keys
 
 log = logging.getLogger("forkq.waker")
@@ -228,8 +228,9 @@ class Waker:
                 found.append(n)
         if found:
             pipe = c.pipeline(transaction=False)
+            sharded = sharded_pubsub(c)
             for n in found:
-                pipe.publish(self._keys.wake_channel, n)
+                publish(pipe, sharded, self._keys.wake_channel, n)
             pipe.execute()
 
     def _poll(self) -> None:

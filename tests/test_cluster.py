@@ -149,6 +149,67 @@ def test_a_redis_cluster_client_is_accepted(cluster: ClusterSet) -> None:
         rc.close()
 
 
+# -- wakes: sharded pub/sub on the slot's owner ------------------------------------------
+
+def _shard_subscribers(node: object, channel: str) -> int:
+    reply = node.client().execute_command("PUBSUB", "SHARDNUMSUB", channel)  # type: ignore[attr-defined]
+    return int(reply[1])
+
+
+def _classic_subscribers(node: object, channel: str) -> int:
+    reply = node.client().execute_command("PUBSUB", "NUMSUB", channel)  # type: ignore[attr-defined]
+    return int(reply[1])
+
+
+def _runs_soon(pool: forkq.WorkerPool, url: str, ran: threading.Event, within: float) -> float:
+    """Enqueue one ``ping`` into the idle pool; seconds until it ran (fails past ``within``)."""
+    ran.clear()
+    e = forkq.Enqueuer(url, pool.keys.namespace)
+    try:
+        t0 = time.monotonic()
+        e.enqueue("ping")
+    finally:
+        e.close()
+    assert ran.wait(within), f"an idle pool was not woken within {within} s (its poll is 60 s)"
+    return time.monotonic() - t0
+
+
+def test_wakes_go_over_sharded_pubsub_and_follow_a_slot_migration(cluster: ClusterSet) -> None:
+    src, dest = cluster.nodes[1], cluster.nodes[2]
+    ns = namespace_on(cluster, src, "shw")
+    channel = Keys(ns).wake_channel
+    ran = threading.Event()
+    # A 60 s idle poll: a job that runs within seconds was woken by a wake message.
+    pool = forkq.WorkerPool(namespace=ns, config=forkq.Config(idle_poll_interval=60.0))
+
+    @pool.job
+    def ping(job: forkq.Job) -> None:
+        ran.set()
+
+    before = [int(n.client().info("commandstats").get("cmdstat_spublish", {}).get("calls", 0))
+              for n in cluster.nodes]
+    url = cluster.url_of(cluster.nodes[0])
+    pool.start(url, concurrency=2)
+    try:
+        wait_for(lambda: _shard_subscribers(src, channel) == 1, timeout=10, message="SSUBSCRIBE at the owner")
+        assert all(_classic_subscribers(n, channel) == 0 for n in cluster.nodes)
+        _runs_soon(pool, url, ran, within=5.0)
+        after = [int(n.client().info("commandstats").get("cmdstat_spublish", {}).get("calls", 0))
+                 for n in cluster.nodes]
+        assert after[1] > before[1], "the enqueue's wake was not an SPUBLISH on the owner"
+
+        # The slot moves: the old owner ends the shard subscription, the pool subscribes
+        # again at the new owner, and wakes reach it there.
+        cluster.migrate_slot(slot_of(ns), dest)
+        wait_for(lambda: _shard_subscribers(dest, channel) == 1, timeout=15,
+                 message="SSUBSCRIBE again at the new owner")
+        assert _shard_subscribers(src, channel) == 0
+        _runs_soon(pool, url, ran, within=5.0)
+    finally:
+        pool.stop(timeout=5)
+        cluster.migrate_slot(slot_of(ns), src)  # leave the layout as the other tests expect
+
+
 # -- slot migration with work flowing ------------------------------------------------------
 
 JOBS = '''
