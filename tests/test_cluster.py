@@ -149,6 +149,27 @@ def test_a_redis_cluster_client_is_accepted(cluster: ClusterSet) -> None:
         rc.close()
 
 
+CLUSTER_ACL_EXTRA = "+cluster|slots +spublish +ssubscribe +sunsubscribe"
+
+
+def test_the_documented_acl_line_plus_the_cluster_commands_runs_everything(cluster: ClusterSet) -> None:
+    from test_security import acl_line
+
+    ns = namespace_on(cluster, cluster.nodes[1], "acl")
+    for n in cluster.nodes:  # ACL users are per node in a cluster
+        admin = n.client()
+        admin.execute_command("ACL", "SETUSER", *acl_line("clworker", "cl-pw", ns), *CLUSTER_ACL_EXTRA.split())
+        admin.execute_command("ACL", "LOG", "RESET")
+    try:
+        url = f"redis+cluster://clworker:cl-pw@127.0.0.1:{cluster.nodes[0].port}"
+        _run_pool(url, ns, 50)
+        denied = {n.port: n.client().execute_command("ACL", "LOG") for n in cluster.nodes}
+        assert all(v == [] for v in denied.values()), denied
+    finally:
+        for n in cluster.nodes:
+            n.client().execute_command("ACL", "DELUSER", "clworker")
+
+
 # -- wakes: sharded pub/sub on the slot's owner ------------------------------------------
 
 def _shard_subscribers(node: object, channel: str) -> int:
