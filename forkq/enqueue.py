@@ -191,18 +191,43 @@ class Enqueuer:
         past runs at once)."""
         return self._schedule(name, args, run_at=float(epoch_seconds))
 
+    def enqueue_in_many(self, name: str, seconds: float,
+                        args_list: Iterable[Mapping[str, Any] | None]) -> list[ScheduledJob]:
+        """Schedule a batch of jobs of one name, all due ``seconds`` from now by Redis's
+        clock, in one round trip (one script: a multi-member ZADD)."""
+        return self._schedule_many(name, args_list, delay=max(0.0, float(seconds)))
+
+    def enqueue_at_many(self, name: str, epoch_seconds: float,
+                        args_list: Iterable[Mapping[str, Any] | None]) -> list[ScheduledJob]:
+        """Schedule a batch of jobs of one name, all due at ``epoch_seconds``, in one round trip."""
+        return self._schedule_many(name, args_list, run_at=float(epoch_seconds))
+
     def _schedule(self, name: str, args: Mapping[str, Any] | None, *, delay: float | None = None,
                   run_at: float | None = None) -> ScheduledJob:
+        return self._schedule_many(name, [args], delay=delay, run_at=run_at)[0]
+
+    def _schedule_many(self, name: str, args_list: Iterable[Mapping[str, Any] | None], *,
+                       delay: float | None = None, run_at: float | None = None) -> list[ScheduledJob]:
         validate_job_name(name)
-        self._check_args(args)
         now = self._now()
-        data = jobcodec.build_payload(name, dict(args) if args else None, now=now)
         # The job enters its queue when it is due: promotion moves the bytes unchanged,
         # so enqueued_at is the due time from the start (queue latency counts from then).
-        data["enqueued_at"] = now + delay if delay is not None else run_at
-        due = self._send(name, [data], lambda: self._run(scripts.schedule(
-            self.keys, payloads=[self._encode(data)], delay=delay, run_at=run_at)))
-        return ScheduledJob(job=Job.from_data(data), run_at=float(due))
+        enqueued_at = now + delay if delay is not None else run_at
+        datas = []
+        for args in args_list:
+            self._check_args(args)
+            data = jobcodec.build_payload(name, dict(args) if args else None, now=now)
+            data["enqueued_at"] = enqueued_at
+            datas.append(data)
+        if not datas:
+            return []
+        if otel.tracing is None:
+            payloads = [self._encode(d) for d in datas]  # every payload checked before the call
+            due = float(self._run(scripts.schedule(self.keys, payloads=payloads, delay=delay, run_at=run_at)))
+        else:  # the PRODUCER span writes traceparent into the payloads: encode inside it
+            due = float(self._send(name, datas, lambda: self._run(scripts.schedule(
+                self.keys, payloads=[self._encode(d) for d in datas], delay=delay, run_at=run_at))))
+        return [ScheduledJob(job=Job.from_data(d), run_at=due) for d in datas]
 
     def enqueue_unique(self, name: str, args: Mapping[str, Any] | None = None) -> Job | None:
         """Enqueue unless the same name+args is already queued or scheduled; None if it was."""

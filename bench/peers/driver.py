@@ -2,6 +2,7 @@
 
     python -m bench.peers.driver fill SYSTEM KIND N [--names K] [--schedule S]
     python -m bench.peers.driver rate SYSTEM single|bulk N
+    python -m bench.peers.driver schedule-rate SYSTEM single|bulk N
     python -m bench.peers.driver latency SYSTEM idle|load --probes K [--load-rate R]
 
 Each prints one JSON object on stdout.  The harness (bench/run.py) runs it with
@@ -52,6 +53,24 @@ def cmd_rate(a: argparse.Namespace) -> dict[str, object]:
             send("noop")
     else:
         p.send_many("noop", a.n)
+    dt = time.perf_counter() - t0
+    p.close()
+    return {"rate": a.n / dt, "n": a.n, "seconds": dt}
+
+
+def cmd_schedule_rate(a: argparse.Namespace) -> dict[str, object]:
+    """Scheduled enqueues per second (each job due in an hour: nothing runs)."""
+    p = producers.make(a.system, _url())
+    if a.mode == "bulk" and not p.has_bulk_schedule:
+        p.close()
+        return {"rate": None, "note": "no bulk scheduled-enqueue API"}
+    p.send_in(3600.0)  # warm up connections and script caches outside the timed part
+    t0 = time.perf_counter()
+    if a.mode == "single":
+        for _ in range(a.n):
+            p.send_in(3600.0)
+    else:
+        p.send_in_many(3600.0, a.n)
     dt = time.perf_counter() - t0
     p.close()
     return {"rate": a.n / dt, "n": a.n, "seconds": dt}
@@ -113,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("system")
     r.add_argument("mode", choices=("single", "bulk"))
     r.add_argument("n", type=int)
+    sr = sub.add_parser("schedule-rate")
+    sr.add_argument("system")
+    sr.add_argument("mode", choices=("single", "bulk"))
+    sr.add_argument("n", type=int)
     lt = sub.add_parser("latency")
     lt.add_argument("system")
     lt.add_argument("mode", choices=("idle", "load"))
@@ -120,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     lt.add_argument("--load-rate", type=float, default=400.0)
     lt.add_argument("--timeout", type=float, default=3.0)
     a = ap.parse_args(argv)
-    out = {"fill": cmd_fill, "rate": cmd_rate, "latency": cmd_latency}[a.cmd](a)
+    out = {"fill": cmd_fill, "rate": cmd_rate, "schedule-rate": cmd_schedule_rate,
+           "latency": cmd_latency}[a.cmd](a)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
     return 0

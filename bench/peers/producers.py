@@ -38,6 +38,15 @@ class Producer:
         for _ in range(n):
             self.send(kind)
 
+    # Scheduled enqueue (bench/enqueue_bulk.py): a no-op due ``seconds`` from now.
+    has_bulk_schedule = False
+
+    def send_in(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def send_in_many(self, seconds: float, n: int) -> None:
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -86,6 +95,15 @@ class ForkqProducer(Producer):
                 members[jobcodec.encode(jobcodec.build_payload("noop", None))] = run_at
             conn.zadd(keys.schedule, members)
 
+    has_bulk_schedule = True
+
+    def send_in(self, seconds: float) -> None:
+        self.enq.enqueue_in("noop", seconds)
+
+    def send_in_many(self, seconds: float, n: int) -> None:
+        for start in range(0, n, CHUNK):
+            self.enq.enqueue_in_many("noop", seconds, [None] * min(CHUNK, n - start))
+
     def close(self) -> None:
         self.enq.close()
 
@@ -123,6 +141,11 @@ class RQProducer(Producer):
     def fill(self, kind: str, n: int, names: int = 0) -> None:
         self.send_many(kind, n)
 
+    def send_in(self, seconds: float) -> None:
+        from datetime import timedelta
+
+        self.q.enqueue_in(timedelta(seconds=seconds), self.tasks.noop)
+
 
 class DramatiqProducer(Producer):
     def __init__(self, url: str) -> None:
@@ -136,6 +159,9 @@ class DramatiqProducer(Producer):
             actor.send(time.time())
         else:
             actor.send()
+
+    def send_in(self, seconds: float) -> None:
+        self.tasks.noop.send_with_options(delay=int(seconds * 1000))
 
 
 class CeleryProducer(Producer):
@@ -157,6 +183,9 @@ class CeleryProducer(Producer):
             for _ in range(n):
                 task.apply_async(producer=producer)
 
+    def send_in(self, seconds: float) -> None:
+        self.tasks.noop.apply_async(countdown=seconds)
+
 
 class HueyProducer(Producer):
     def __init__(self, url: str) -> None:
@@ -170,6 +199,9 @@ class HueyProducer(Producer):
             task(time.time())
         else:
             task()
+
+    def send_in(self, seconds: float) -> None:
+        self.tasks.noop.schedule(delay=seconds)
 
 
 class ArqProducer(Producer):
@@ -194,6 +226,9 @@ class ArqProducer(Producer):
                                        for _ in range(min(CHUNK, n - start))])
 
         self.loop.run_until_complete(go())
+
+    def send_in(self, seconds: float) -> None:
+        self.loop.run_until_complete(self.pool.enqueue_job("noop", _defer_by=seconds))
 
     def close(self) -> None:
         self.loop.run_until_complete(self.pool.aclose())

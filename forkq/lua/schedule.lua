@@ -25,9 +25,17 @@ for k = 1, 2 do
     earliest = tonumber(first[2])
   end
 end
+-- One ZADD per 1000 jobs (enqueue_in_many / enqueue_at_many send thousands).
+local pairs_ = {}
 for i = 5, #ARGV do
-  redis.call('ZADD', KEYS[1], s, ARGV[i])
+  pairs_[#pairs_ + 1] = s
+  pairs_[#pairs_ + 1] = ARGV[i]
+  if #pairs_ >= 2000 then
+    redis.call('ZADD', KEYS[1], unpack(pairs_))
+    pairs_ = {}
+  end
 end
+if #pairs_ > 0 then redis.call('ZADD', KEYS[1], unpack(pairs_)) end
 if earliest == nil or score < earliest then
   redis.call('PUBLISH', ARGV[1], ARGV[2])
 end
