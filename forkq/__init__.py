@@ -5,6 +5,7 @@ Public names (DESIGN.md §1) are re-exported here; everything else is internal.
 
 from __future__ import annotations
 
+from .batch import Batch, BatchStatus
 from .config import Config
 from .enqueue import Enqueuer, ScheduledJob
 from .errors import (
@@ -26,7 +27,7 @@ from .retry import default_backoff
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArgError", "Config", "ConfigError", "EnqueueError", "Enqueuer", "ForkqError", "Job",
+    "ArgError", "Batch", "BatchStatus", "Config", "ConfigError", "EnqueueError", "Enqueuer", "ForkqError", "Job",
     "JobOptions", "JobTimeout", "NotDeleted", "NotRetried", "PayloadTooLarge", "Reporter",
     "ScheduledJob", "Shutdown", "WorkerPool", "default_backoff", "__version__",
 ]

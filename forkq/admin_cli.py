@@ -28,6 +28,7 @@ import orjson
 import redis
 
 from . import config as settings
+from .batch import BatchStatus
 from .client import Client, JobEntry
 from .command import Parser, UsageError, add_version, one_line
 from .connection import DEFAULT_URL
@@ -113,6 +114,38 @@ def _queues(c: Client, a: argparse.Namespace, out: TextIO) -> None:
     table(("queue", "count", "latency", "paused", "served"),
           [(q.job_name, q.count, _ago(q.latency) if q.count else "-", "yes" if q.paused else "no",
             "yes" if q.served else "NO (no live pool)") for q in qs], out)
+
+
+def _batches_args(p: Parser) -> None:
+    p.add_argument("bid", nargs="?", help="one batch's counts (default: the newest batches)")
+    p.add_argument("--limit", type=int, default=20, help="how many of the newest batches (20)")
+
+
+def _batches(c: Client, a: argparse.Namespace, out: TextIO) -> None:
+    if a.bid:
+        one = c.batch(a.bid)
+        if one is None:
+            raise Failed(f"no batch {a.bid!r} (unknown, or finished more than 7 days ago)")
+        found = [one]
+    else:
+        found = c.batches(max(1, a.limit))
+    if a.json:
+        _json([asdict(b) for b in found], out)
+        return
+    if not found:
+        out.write("no batches\n")
+        return
+    table(("bid", "created", "total", "pending", "succeeded", "failures", "dead", "callbacks", "description"),
+          [(b.bid, _ago(time.time() - b.created_at), b.total, b.pending, b.succeeded, b.failures, b.dead,
+            _callbacks(b), b.description) for b in found], out)
+
+
+def _callbacks(b: BatchStatus) -> str:
+    parts = []
+    for name, at in ((b.on_success, b.success_at), (b.on_complete, b.complete_at)):
+        if name:
+            parts.append(f"{name} ({'enqueued' if at else 'waiting'})")
+    return ", ".join(parts) or "-"
 
 
 def _check_known(c: Client, a: argparse.Namespace, what: str) -> None:
@@ -415,6 +448,9 @@ _TABLE: tuple[Verb, ...] = (
          description="Let workers take jobs of NAME again."),
     Verb(name="workers", run=_workers, arguments=_workers_args,
          description="What every worker thread of every live pool is doing."),
+    Verb(name="batches", run=_batches, arguments=_batches_args,
+         description="Batches (Enqueuer.batch): forkq batches [BID] [--limit N]: counts of "
+                     "pending, succeeded, failed and dead jobs, and their callbacks."),
     Verb(name="pools", run=_pools,
          description="Live worker pools (one per child process) and their last heartbeat."),
     Verb(name="web", command=_web, description="The web dashboard (the 'web' extra)."),

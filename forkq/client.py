@@ -34,6 +34,7 @@ import redis
 
 from . import job as jobcodec
 from . import scripts
+from .batch import BatchStatus
 from .connection import ConnectionSpec, publish, sharded_pubsub
 from .errors import ConfigError, NotDeleted, NotRetried
 from .keys import Keys, field_holds_jid, validate_job_name, worker_sort_key
@@ -447,6 +448,25 @@ class Client:
         return int(scripts.run_one(self._conn, scripts.promote(self.keys, zset_key=zset_key, moves=moves)))
 
     # -- queues and pausing -------------------------------------------------------------------
+    # -- batches (Enqueuer.batch) ---------------------------------------------------
+    def batch(self, bid: str) -> BatchStatus | None:
+        """A batch's counts and callbacks, or None if unknown (or expired: a finished
+        batch is kept for ``scripts.BATCH_TTL``)."""
+        if not jobcodec.valid_bid(bid):
+            return None
+        h = self._conn.hgetall(self.keys.batch(bid))
+        return BatchStatus.from_hash(bid, h) if h else None
+
+    def batches(self, limit: int = 50) -> list[BatchStatus]:
+        """The newest batches, newest first (those whose hash has not expired)."""
+        bids = [b.decode() for b in self._conn.zrevrange(self.keys.batches, 0, max(0, limit - 1))]
+        if not bids:
+            return []
+        pipe = self._conn.pipeline(transaction=False)
+        for bid in bids:
+            pipe.hgetall(self.keys.batch(bid))
+        return [BatchStatus.from_hash(bid, h) for bid, h in zip(bids, pipe.execute(), strict=True) if h]
+
     def queues(self) -> list[Queue]:
         """Every queue named in ``queues``, sorted by name, with length and latency."""
         names = sorted(as_text(n) for n in self._conn.smembers(self.keys.queues))

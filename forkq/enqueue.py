@@ -19,6 +19,7 @@ from redis.exceptions import (
 
 from . import clock, otel, scripts
 from . import job as jobcodec
+from .batch import Batch
 from .config import DAY, Config, env_value
 from .connection import ConnectionSpec
 from .errors import ConfigError, EnqueueError, PayloadTooLarge
@@ -51,8 +52,11 @@ class Enqueuer:
 
     def __init__(self, redis: str | redis.Redis | ConnectionSpec | None, namespace: str, *,
                  config: Config | None = None, wait_replicas: int | None = None,
-                 wait_timeout: float = 1.0) -> None:
+                 wait_timeout: float = 1.0, known_jobs: Iterable[str] | None = None) -> None:
         self.keys = Keys(namespace)
+        # The job names a pool registered (``pool.enqueuer()``): a batch callback naming
+        # another is refused at once.  A bare Enqueuer cannot know them.
+        self._known = frozenset(known_jobs) if known_jobs is not None else None
         self.config = config or Config()
         if wait_replicas is None:
             wait_replicas = int(env_value("FORKQ_WAIT_REPLICAS", "0").strip() or 0)
@@ -283,6 +287,26 @@ class Enqueuer:
             self.keys, name=name, payload=self._encode(data), unique_key=unique_key,
             jid=data["jid"], ttl=max(1, ttl), run_at=run_at)))
         return Job.from_data(data) if done else None
+
+    # -- batches ----------------------------------------------------------------
+    def batch(self, *, on_success: str | None = None, on_complete: str | None = None,
+              args: Mapping[str, Any] | None = None, description: str = "",
+              bid: str | None = None) -> Batch:
+        """A batch: ``with enq.batch(on_success="report") as b: b.enqueue("work", {...})``.
+
+        The jobs are pushed with the batch in one script call when the block ends
+        (nothing if it raised).  ``on_success`` is enqueued once every job succeeded,
+        ``on_complete`` once every job ended either way; each gets ``args`` plus
+        ``batch_id``.  ``bid=job.batch_id`` adds jobs to an open batch from one of its
+        own jobs.  See forkq/batch.py.
+        """
+        return Batch(self, bid=bid, on_success=on_success, on_complete=on_complete, args=args,
+                     description=description)
+
+    def _check_known(self, name: str) -> None:
+        if self._known is not None and name not in self._known:
+            raise ConfigError(f"unknown job {name!r}: no handler is registered under that name "
+                              f"(known: {', '.join(sorted(self._known)) or 'none'})")
 
     def close(self) -> None:
         with self._runners_lock:

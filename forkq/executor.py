@@ -253,7 +253,9 @@ class Executor:
                            time.monotonic() - mono, error is not None or aborted is not None)
         if error is None and aborted is None:
             slot.settled = True
-            self._complete((field, Settle(op="k", field=field, name=lease_name) if lease_name else None))
+            bid = job.batch_id
+            self._complete((field, Settle(op="k", field=field, name=lease_name, batch=bid)
+                            if lease_name or bid else None))
             if self._sk_metrics is not None:
                 self._sk_metrics.record(job.name, time.monotonic() - mono, False)
             if reporters is not None:
@@ -281,7 +283,7 @@ class Executor:
                                     backtrace=lines)
         except Exception as exc:  # e.g. a user backoff that raised: the job must still settle
             log.exception("could not compute the retry of %s %s; it goes to dead", job.name, job.id)
-            settle = Settle(op="d", field=field, name=lease_name, score=clock.now(),
+            settle = Settle(op="d", field=field, name=lease_name, score=clock.now(), batch=job.batch_id,
                             payload=malformed_dead_entry(
                                 queue=qname, raw=payload,
                                 reason=f"{error_class}: {message} (and its retry failed: {describe_error(exc)[1]})"))

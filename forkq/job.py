@@ -203,6 +203,9 @@ def validate(data: dict[str, Any]) -> None:
         raise _bad("unique", unique, "true, false or null")
     if unique and not get("unique_key"):
         raise MalformedPayload("field 'unique' is true but 'unique_key' is missing")
+    bid = get("bid")
+    if bid is not None and not valid_bid(bid):
+        raise _bad("bid", bid, f"a batch id of 1 to {MAX_BID_CHARS} letters, digits, '-' or '_'")
 
 
 # -- what other modules read from a payload -----------------------------------------
@@ -221,6 +224,20 @@ def jid_of(payload: bytes) -> str | None:
         return None
     jid = data.get("jid") if isinstance(data, dict) else None
     return jid if isinstance(jid, str) and jid else None
+
+
+MAX_BID_CHARS = 64
+_BID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def valid_bid(bid: Any) -> bool:
+    """A batch id forkq will build a key from (Sidekiq Pro's ``bid`` field): short, plain."""
+    return isinstance(bid, str) and 0 < len(bid) <= MAX_BID_CHARS and _BID_CHARS.issuperset(bid)
+
+
+def bid_of(data: dict[str, Any]) -> str | None:
+    """The batch a (validated) job belongs to, if any (``bid``, as Sidekiq Pro writes it)."""
+    return data.get("bid") or None
 
 
 def queue_of(data: dict[str, Any]) -> str:
@@ -368,6 +385,12 @@ class Job:
         # Lone surrogates would make every heartbeat that carries it fail to encode.
         self._checkin = str(message).encode("utf-8", "backslashreplace").decode("utf-8")
         self._checkin_at = time.time()
+
+    @property
+    def batch_id(self) -> str | None:
+        """The batch this job belongs to (``Enqueuer.batch``), or None.  A job may add
+        jobs to its own batch before it finishes: ``enq.batch(bid=job.batch_id)``."""
+        return bid_of(self.data)
 
     def __repr__(self) -> str:
         # Bounded: a 600 KiB job must not print 1.2 MB on a terminal or in a log line.

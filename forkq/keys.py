@@ -61,6 +61,7 @@ class Keys:
     __slots__ = (
         "namespace", "prefix", "queues", "schedule", "retry", "dead", "processes",
         "pools", "stat_processed", "stat_failed", "wake_channel", "reaper_lock", "waker_lock",
+        "batches",
     )
 
     def __init__(self, namespace: str) -> None:
@@ -79,6 +80,8 @@ class Keys:
         self.wake_channel = p + "wake"
         self.reaper_lock = p + "reaper:lock"
         self.waker_lock = p + "waker:lock"
+        # Batches (Enqueuer.batch): bid -> created-at, newest last.
+        self.batches = p + "batches"
 
     @property
     def plain(self) -> bool:
@@ -107,6 +110,11 @@ class Keys:
 
     def unique(self, name: str, suffix: str) -> str:
         return self.prefix + "unique:" + name + ":" + suffix
+
+    def batch(self, bid: str) -> str:
+        """A batch's hash: counts (total, pending, succeeded, failures, dead), its
+        callbacks' payloads and whether each has fired (see lua/batch_push.lua)."""
+        return self.prefix + "batch:" + bid
 
     def periodic_guard(self, name: str, epoch: int) -> str:
         return self.prefix + "periodic:" + name + ":" + str(epoch)

@@ -89,7 +89,8 @@ def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Con
             data["error_message"] = why
             data["failed_at"] = now
             settles.append(scripts.Settle(op="d", field=field, name=name,
-                                          payload=jobcodec.encode(data), score=now))
+                                          payload=jobcodec.encode(data), score=now,
+                                          batch=jobcodec.bid_of(data)))
             poisoned.append(data)
             dead += 1
         else:

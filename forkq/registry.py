@@ -128,7 +128,7 @@ class WorkerPool:
 
     def enqueuer(self, redis: str | redis_lib.Redis | ConnectionSpec | None = None) -> Enqueuer:
         return Enqueuer(redis if redis is not None else self.config.redis_url, self.namespace,
-                        config=self.config)
+                        config=self.config, known_jobs=self._reg.jobs)
 
     # -- running in-process -----------------------------------------------------
     def start(self, redis: str | redis_lib.Redis | ConnectionSpec | None = None, *,

@@ -49,17 +49,18 @@ def failure_settle(*, field: str, name: str | None, data: dict[str, Any], error_
     else:
         data.pop("error_backtrace", None)
     fails = data["retry_count"] + 1
+    bid = jobcodec.bid_of(data)  # a batch member's failure counts in its batch (ack.lua)
     if job is not None:
         job.fails = fails
     if fails >= max_fails:
         if skip_dead:
-            return Settle(op="K", field=field, name=name)
-        return Settle(op="d", field=field, name=name, payload=jobcodec.encode(data), score=t)
+            return Settle(op="K", field=field, name=name, batch=bid)
+        return Settle(op="d", field=field, name=name, payload=jobcodec.encode(data), score=t, batch=bid)
     delay = (backoff or default_backoff)(job if job is not None else _Fails(fails))
     due = t + max(0.0, float(delay))
     # Promotion moves the entry unchanged: it is enqueued when it is due.
     data["enqueued_at"] = due
-    return Settle(op="r", field=field, name=name, payload=jobcodec.encode(data), score=due)
+    return Settle(op="r", field=field, name=name, payload=jobcodec.encode(data), score=due, batch=bid)
 
 
 class _Fails:

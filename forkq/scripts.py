@@ -86,13 +86,14 @@ CLAIM_POOL = _load("claim_pool")
 RELEASE_UNIQUE = _load("release_unique")
 DELETE_SCHEDULED = _load("delete_scheduled")
 BEAT = _load("beat")
+BATCH_PUSH = _load("batch_push")
 BEAT_OOM = _allow_oom(BEAT)
 
 
 # Scripts that announce wakes, and their sharded twins (picked per connection).
 _SHARDED = {s.sha: _sharded(s) for s in (ACK, ACK_OOM, ENQUEUE, ENQUEUE_UNIQUE, PROMOTE, PROMOTE_DUE,
                                          SCHEDULE, FETCH, FETCH_OOM, RELEASE_LOCK, BURY, CLAIM_POOL,
-                                         RELEASE_UNIQUE, DELETE_SCHEDULED, BEAT, BEAT_OOM)
+                                         RELEASE_UNIQUE, DELETE_SCHEDULED, BEAT, BEAT_OOM, BATCH_PUSH)
             if "redis.call('PUBLISH'" in s.text}
 # FetchPlan pre-packs its EVALSHA (no per-connection choice): fetch must not publish.
 assert FETCH.sha not in _SHARDED and FETCH_OOM.sha not in _SHARDED
@@ -375,6 +376,8 @@ class Settle:
     payload: bytes | str = b""
     score: float = 0.0
     guard: str | None = None
+    # The batch the job belongs to (``bid``): settling it counts in ``batch:<bid>``.
+    batch: str | None = None
 
 
 def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterable[Settle],
@@ -384,6 +387,7 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
     pair_of: dict[str, int] = {}
     groups: list[Arg] = []
     guarded: list[tuple[Settle, int]] = []
+    batched: list[tuple[str, int]] = []
     for s in settles:
         pair = 0
         if s.name is not None:
@@ -391,21 +395,60 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
             if not pair:
                 k += (keys.queue(s.name), keys.lease(s.name))
                 pair = pair_of[s.name] = len(pair_of) + 1
+        if s.batch is not None:
+            batched.append((s.batch, len(groups) + 5))
         if s.op == "u":
             guarded.append((s, len(groups) + 4))
-            groups += (s.op, s.field, pair, s.payload, "")
+            groups += (s.op, s.field, pair, s.payload, "", 0)
         else:
-            groups += (s.op, s.field, pair, s.payload, repr(s.score))
+            groups += (s.op, s.field, pair, s.payload, repr(s.score), 0)
     for s, at in guarded:
         # Guard keys follow the pairs; the group's score slot names the guard's KEYS index.
         assert s.guard is not None, "a 'u' settle needs its guard key"
         k.append(s.guard)
         groups[at] = len(k)
+    batch_at: dict[str, int] = {}
+    for bid, at in batched:
+        # Batch hashes follow the guards; the group's last slot names its KEYS index.
+        if bid not in batch_at:
+            k.append(keys.batch(bid))
+            batch_at[bid] = len(k)
+        groups[at] = batch_at[bid]
     args: list[Arg] = [Keys.lease_member(identity, ""), keys.wake_channel, repr(dead_cutoff), dead_max,
                        unique_ttl, DUE_MESSAGE, len(pair_of), *pair_of, len(plain_done)]
     args += plain_done
     args += groups
+    args += (keys.queue_prefix(), BATCH_TTL)
     return Call(script=ACK_OOM if allow_oom else ACK, keys=k, args=args)
+
+
+# A finished batch stays readable (Client.batch) this long after its callbacks fired.
+BATCH_TTL = 7 * 86400
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchCallback:
+    """A callback job of a batch, built by the client (job.py owns the format)."""
+
+    queue: str
+    payload: bytes
+
+
+def batch_push(keys: Keys, *, bid: str, add: bool, jobs: Sequence[tuple[str, Sequence[bytes]]],
+               on_success: BatchCallback | None = None, on_complete: BatchCallback | None = None,
+               description: str = "") -> Call:
+    """Create batch ``bid`` (or, with ``add``, add to it) and push ``jobs``
+    (``[(name, payloads), ...]``) in one script call; the reply is the pending count."""
+    names = [name for name, _ in jobs]
+    groups: list[Arg] = []
+    for name, payloads in jobs:
+        groups += (name, len(payloads), *payloads)
+    return Call(script=BATCH_PUSH, keys=[keys.queues, keys.batch(bid), keys.batches,
+                                         *(keys.queue(n) for n in names)],
+                args=[keys.wake_channel, bid, "add" if add else "new",
+                      on_success.queue if on_success else "", on_success.payload if on_success else b"",
+                      on_complete.queue if on_complete else "", on_complete.payload if on_complete else b"",
+                      description, BATCH_TTL, keys.queue_prefix(), len(jobs), *groups])
 
 
 def enqueue(keys: Keys, *, name: str, payloads: Sequence[bytes]) -> Call:

@@ -10,7 +10,8 @@
 -- KEYS[4]  queues                  set   (names of queues, Sidekiq's)
 -- KEYS[5]  fence:<identity>        string: present once a reaper claimed this pool
 -- KEYS[6..] pairs per job name referenced by the groups: queue:<name>, lease:<name>;
---          then the unique-guard keys of 'u' groups (unique:<name>:<suffix>)
+--          then the unique-guard keys of 'u' groups (unique:<name>:<suffix>), then the
+--          batch hashes of the groups' batch members (batch:<bid>)
 -- ARGV[1]  lease member prefix of the pool owning KEYS[1] (a member is prefix .. field)
 -- ARGV[2]  wake channel: PUBLISHed when a queue gets work a sleeping fetcher may want
 -- ARGV[3]  dead set: drop entries older than this epoch
@@ -22,7 +23,8 @@
 -- ARGV[8 .. 7+p] the job name of each pair (what SADD queues and the wake carry)
 -- ARGV[8+p] n: count of plain successes that follow (no lease, nothing to write)
 -- ARGV[9+p .. 8+p+n] their in-progress fields
--- ARGV[9+p+n ..] groups of 5: op, field, pair index (0 = none), payload, score
+-- ARGV[9+p+n .. #ARGV-2] groups of 6: op, field, pair index (0 = none), payload, score,
+--          batch (KEYS index of the job's batch hash, 0 = not in a batch)
 --          op 'k' = done (drop lease), 'K' = dropped after failing (skip_dead),
 --          'r' = ZADD retry score payload, 'd' = ZADD dead score payload (both failures),
 --          'q' = RPUSH payload to its queue (runs next; recovery, not an execution),
@@ -30,6 +32,11 @@
 --                index in KEYS).  If another copy holds the guard, that copy is queued
 --                or scheduled already and this one is dropped: recovery never makes a
 --                second copy of a unique job.
+--          A batch member that is settled counts in its batch: 'k' succeeded, 'r' a
+--          failure (still pending), 'd'/'K' a failure and dead; when nothing of the
+--          batch is pending its callbacks are pushed, each once (see batch_push.lua).
+-- ARGV[#ARGV-1] queue key prefix ("<prefix>queue:"), where batch callbacks are pushed
+-- ARGV[#ARGV]   seconds a finished batch is kept (its hash's TTL)
 --
 -- Returns {processed, failed, fenced}: executions really settled by this call (fields
 -- that were still in progress), and 1 if this pool was claimed by a reaper (it must
@@ -50,15 +57,58 @@ if n > 0 then
   end
 end
 
+local qprefix, batch_ttl = ARGV[#ARGV - 1], ARGV[#ARGV]
+local clock = nil
+local function stamp()
+  if not clock then
+    local t = redis.call('TIME')
+    clock = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
+  end
+  return clock
+end
+-- A finished batch (pending 0) fires its callbacks once; duplicated in batch_push.lua.
+local function push(queue, payload)
+  redis.call('SADD', KEYS[4], queue)
+  if redis.call('LPUSH', qprefix .. queue, payload) == 1 then
+    redis.call('PUBLISH', ARGV[2], queue)
+  end
+end
+local function count_in_batch(bkey, op)
+  local pending = tonumber(redis.call('HGET', bkey, 'pending'))
+  if not pending or pending <= 0 then return end  -- unknown, expired or finished already
+  if op == 'k' then
+    redis.call('HINCRBY', bkey, 'succeeded', 1)
+  else
+    redis.call('HINCRBY', bkey, 'failures', 1)
+    if op == 'r' then return end
+    redis.call('HINCRBY', bkey, 'dead', 1)
+  end
+  if redis.call('HINCRBY', bkey, 'pending', -1) > 0 then return end
+  local st = redis.call('HMGET', bkey, 'dead', 'success_queue', 'success_job',
+                        'complete_queue', 'complete_job', 'success_at', 'complete_at')
+  if st[4] and st[4] ~= '' and not st[7] then
+    redis.call('HSET', bkey, 'complete_at', stamp())
+    push(st[4], st[5])
+  end
+  if st[2] and st[2] ~= '' and tonumber(st[1]) == 0 and not st[6] then
+    redis.call('HSET', bkey, 'success_at', stamp())
+    push(st[2], st[3])
+  end
+  redis.call('EXPIRE', bkey, batch_ttl)
+end
+
 local settled = 0
 local wake = {}
 local dead_written = false
 local earliest_before, earliest_written = nil, nil
 local i = 9 + p + n
-while i + 4 <= #ARGV do
+local groups_end = #ARGV - 2
+while i + 5 <= groups_end do
   local op, field, pair, payload, score = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+  local batch = tonumber(ARGV[i + 5])
   if redis.call('HDEL', KEYS[1], field) == 1 then
     settled = settled + 1
+    if batch > 0 and op ~= 'q' and op ~= 'u' then count_in_batch(KEYS[batch], op) end
     if op ~= 'q' and op ~= 'u' then processed = processed + 1 end
     if op == 'K' or op == 'r' or op == 'd' then failed = failed + 1 end
     local qkey, lkey
@@ -97,7 +147,7 @@ while i + 4 <= #ARGV do
       end
     end
   end
-  i = i + 5
+  i = i + 6
 end
 
 -- A freed lease or a requeued job can unblock a fetcher that found nothing to take.
