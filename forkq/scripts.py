@@ -388,7 +388,12 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
     groups: list[Arg] = []
     guarded: list[tuple[Settle, int]] = []
     batched: list[tuple[str, int]] = []
+    # Plain successes of batch members: one HDEL per batch counts them (ack.lua).
+    batch_plain: dict[str, list[str | bytes]] = {}
     for s in settles:
+        if s.batch is not None and s.op == "k" and s.name is None:
+            batch_plain.setdefault(s.batch, []).append(s.field)
+            continue
         pair = 0
         if s.name is not None:
             pair = pair_of.get(s.name, 0)
@@ -408,15 +413,24 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
         k.append(s.guard)
         groups[at] = len(k)
     batch_at: dict[str, int] = {}
-    for bid, at in batched:
-        # Batch hashes follow the guards; the group's last slot names its KEYS index.
+
+    def batch_index(bid: str) -> int:
+        # Batch hashes follow the guards.
         if bid not in batch_at:
             k.append(keys.batch(bid))
             batch_at[bid] = len(k)
-        groups[at] = batch_at[bid]
+        return batch_at[bid]
+
+    for bid, at in batched:
+        groups[at] = batch_index(bid)  # the group's last slot names its KEYS index
+    sections: list[Arg] = []
+    for bid, fields in batch_plain.items():
+        sections += (batch_index(bid), len(fields), *fields)
     args: list[Arg] = [Keys.lease_member(identity, ""), keys.wake_channel, repr(dead_cutoff), dead_max,
                        unique_ttl, DUE_MESSAGE, len(pair_of), *pair_of, len(plain_done)]
     args += plain_done
+    args.append(len(batch_plain))
+    args += sections
     args += groups
     args += (keys.queue_prefix(), BATCH_TTL)
     return Call(script=ACK_OOM if allow_oom else ACK, keys=k, args=args)

@@ -23,8 +23,11 @@
 -- ARGV[8 .. 7+p] the job name of each pair (what SADD queues and the wake carry)
 -- ARGV[8+p] n: count of plain successes that follow (no lease, nothing to write)
 -- ARGV[9+p .. 8+p+n] their in-progress fields
--- ARGV[9+p+n .. #ARGV-2] groups of 6: op, field, pair index (0 = none), payload, score,
---          batch (KEYS index of the job's batch hash, 0 = not in a batch)
+-- ARGV[9+p+n] m: count of batch sections that follow: plain successes of batch members
+--          (no lease, nothing to write), per batch: KEYS index of its batch hash, count c,
+--          then c in-progress fields; one HDEL per batch counts how many really settled
+-- ARGV[after the sections .. #ARGV-2] groups of 6: op, field, pair index (0 = none),
+--          payload, score, batch (KEYS index of the job's batch hash, 0 = not in a batch)
 --          op 'k' = done (drop lease), 'K' = dropped after failing (skip_dead),
 --          'r' = ZADD retry score payload, 'd' = ZADD dead score payload (both failures),
 --          'q' = RPUSH payload to its queue (runs next; recovery, not an execution),
@@ -73,17 +76,33 @@ local function push(queue, payload)
     redis.call('PUBLISH', ARGV[2], queue)
   end
 end
-local function count_in_batch(bkey, op)
+-- Outcomes of batch members, summed per batch over this call: one HINCRBY per
+-- counter per batch, not per job.  {succeeded, failures, dead, ended}
+local tallies = {}
+local function tally(batch, op)
+  local t = tallies[batch]
+  if not t then
+    t = {0, 0, 0, 0}
+    tallies[batch] = t
+  end
+  if op == 'k' then
+    t[1] = t[1] + 1
+    t[4] = t[4] + 1
+  else
+    t[2] = t[2] + 1
+    if op ~= 'r' then
+      t[3] = t[3] + 1
+      t[4] = t[4] + 1
+    end
+  end
+end
+local function count_in_batch(bkey, t)
   local pending = tonumber(redis.call('HGET', bkey, 'pending'))
   if not pending or pending <= 0 then return end  -- unknown, expired or finished already
-  if op == 'k' then
-    redis.call('HINCRBY', bkey, 'succeeded', 1)
-  else
-    redis.call('HINCRBY', bkey, 'failures', 1)
-    if op == 'r' then return end
-    redis.call('HINCRBY', bkey, 'dead', 1)
-  end
-  if redis.call('HINCRBY', bkey, 'pending', -1) > 0 then return end
+  if t[1] > 0 then redis.call('HINCRBY', bkey, 'succeeded', t[1]) end
+  if t[2] > 0 then redis.call('HINCRBY', bkey, 'failures', t[2]) end
+  if t[3] > 0 then redis.call('HINCRBY', bkey, 'dead', t[3]) end
+  if t[4] == 0 or redis.call('HINCRBY', bkey, 'pending', -t[4]) > 0 then return end
   local st = redis.call('HMGET', bkey, 'dead', 'success_queue', 'success_job',
                         'complete_queue', 'complete_job', 'success_at', 'complete_at')
   if st[4] and st[4] ~= '' and not st[7] then
@@ -101,14 +120,35 @@ local settled = 0
 local wake = {}
 local dead_written = false
 local earliest_before, earliest_written = nil, nil
-local i = 9 + p + n
+local i = 10 + p + n
+for _ = 1, tonumber(ARGV[9 + p + n]) do
+  local batch, c = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local ok = 0
+  local start, last = i + 2, i + 1 + c
+  while start <= last do
+    local stop = math.min(start + 999, last)
+    ok = ok + redis.call('HDEL', KEYS[1], unpack(ARGV, start, stop))
+    start = stop + 1
+  end
+  if ok > 0 then
+    processed = processed + ok
+    local t = tallies[batch]
+    if not t then
+      t = {0, 0, 0, 0}
+      tallies[batch] = t
+    end
+    t[1] = t[1] + ok
+    t[4] = t[4] + ok
+  end
+  i = last + 1
+end
 local groups_end = #ARGV - 2
 while i + 5 <= groups_end do
   local op, field, pair, payload, score = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
   local batch = tonumber(ARGV[i + 5])
   if redis.call('HDEL', KEYS[1], field) == 1 then
     settled = settled + 1
-    if batch > 0 and op ~= 'q' and op ~= 'u' then count_in_batch(KEYS[batch], op) end
+    if batch > 0 and op ~= 'q' and op ~= 'u' then tally(batch, op) end
     if op ~= 'q' and op ~= 'u' then processed = processed + 1 end
     if op == 'K' or op == 'r' or op == 'd' then failed = failed + 1 end
     local qkey, lkey
@@ -149,6 +189,8 @@ while i + 5 <= groups_end do
   end
   i = i + 6
 end
+
+for batch, t in pairs(tallies) do count_in_batch(KEYS[batch], t) end
 
 -- A freed lease or a requeued job can unblock a fetcher that found nothing to take.
 for pair, _ in pairs(wake) do
