@@ -144,7 +144,7 @@ def test_every_page_loads_without_console_errors_and_overview_numbers_match_redi
     assert r.hlen(K.web_history()) >= 1
     assert console_errors(browser) == []
     for path in ("/busy", "/queues", "/queue?name=waiting", "/sets/scheduled", "/sets/retries",
-                 "/sets/dead", "/periodic", "/job?jid=nothing"):
+                 "/sets/dead", "/periodic", "/batches", "/job?jid=nothing"):
         open_page(browser, server.url + path)
         assert browser.find_element(By.TAG_NAME, "h2").text, path
         assert console_errors(browser) == [], path
@@ -335,3 +335,32 @@ def test_read_only_dashboard_shows_no_action(redis_server: RedisServer, browser:
     finally:
         ro.stop()
 
+
+
+def test_batches_page_shows_counts_and_callback_states(
+        server: WebServer, browser: webdriver.Chrome, redis_url: str, fast_config: forkq.Config,
+        pools: list[forkq.WorkerPool]) -> None:
+    pool = forkq.WorkerPool(NS, config=fast_config)
+    pool.register("part", lambda job: None)
+    pool.register("finished", lambda job: None)
+    with pool.enqueuer(redis_url).batch(on_success="finished", description="web check") as done_batch:
+        done_batch.enqueue_many("part", [{"i": i} for i in range(4)])
+    pool.start(redis_url, concurrency=2)
+    pools.append(pool)
+    c = forkq.Client(redis_url, NS)
+    wait_for(lambda: (s := c.batch(done_batch.bid)) is not None and s.success_at is not None, 15,
+             message="the batch finished")
+    pool.stop(timeout=5)
+    with forkq.Enqueuer(redis_url, NS).batch(on_complete="finished") as waiting:
+        waiting.enqueue_many("part", [{"i": i} for i in range(3)])
+    open_page(browser, server.url + "/batches")
+    row = browser.find_element(By.CSS_SELECTOR, f'#batches tr[data-bid="{done_batch.bid}"]')
+    assert row.get_attribute("data-pending") == "0"
+    assert "web check" in row.text and "finished: enqueued" in row.text
+    row = browser.find_element(By.CSS_SELECTOR, f'#batches tr[data-bid="{waiting.bid}"]')
+    assert row.get_attribute("data-pending") == "3" and "finished: waiting" in row.text
+    open_page(browser, f"{server.url}/batches?bid={waiting.bid}")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#batches tr[data-bid]")) == 1
+    open_page(browser, f"{server.url}/batches?bid=nosuch")
+    assert browser.find_elements(By.ID, "no-batches")
+    c.close()

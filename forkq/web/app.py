@@ -308,6 +308,15 @@ class Dashboard:
         items, complete = queries.periodic(self.conn, self.keys)
         return self.render(request, "periodic.html", items=items, complete=complete)
 
+    def batches_page(self, request: Request) -> Response:
+        bid = request.query_params.get("bid", "").strip()
+        if bid:
+            one = self.client.batch(bid)
+            found = [one] if one is not None else []
+        else:
+            found = self.client.batches(100)
+        return self.render(request, "batches.html", batches=found, bid=bid)
+
     def job_page(self, request: Request) -> Response:
         jid = request.query_params.get("jid", "").strip()
         locs = queries.locate(self.conn, self.keys, jid) if jid else []
@@ -495,6 +504,7 @@ def create_app(redis: str | redis.Redis | ConnectionSpec | None = None, namespac
         Route("/queues", dash.queue_action, methods=["POST"], name="queue_action"),
         Route("/queue", _sync(dash.queue_page), name="queue"),
         Route("/periodic", _sync(dash.periodic_page), name="periodic"),
+        Route("/batches", _sync(dash.batches_page), name="batches"),
         Route("/job", _sync(dash.job_page), name="job"),
         Route("/metrics", _sync(dash.metrics), name="metrics"),
         Route(f"/sets/{which}", _sync(_only_sets(dash.set_page)), name="set"),
