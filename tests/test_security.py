@@ -33,7 +33,7 @@ FORKQ_COMMANDS = (
     "+ping +hello +info +select "
     "+evalsha +script|load "
     "+get +set +del +exists +expire "
-    "+hset +hgetall +hdel +hmget +hexists "
+    "+hset +hget +hgetall +hdel +hmget +hexists "
     "+sadd +srem "
     "+llen +lpush +rpush +rpop "
     "+zadd +zrem +zscore +zcard +zrange +zrangebyscore +zremrangebyscore +zremrangebyrank +hkeys +time "
