@@ -266,3 +266,38 @@ def test_forkq_batches_cli_shows_counts_and_says_when_a_batch_is_unknown(
     assert cli(["batches", "--redis", redis_url, "-n", NS, "nosuchbatch"], out, err) == 1
     lines = err.getvalue().strip().splitlines()
     assert len(lines) == 1 and "no batch 'nosuchbatch'" in lines[0] and "Traceback" not in err.getvalue()
+
+
+@pytest.mark.slow
+def test_callbacks_run_exactly_once_across_two_masters_on_one_redis(
+        tmp_path, redis_url: str, r: redis.Redis, forkqs: list, chaos) -> None:
+    mod = write_jobs(tmp_path, BATCH_JOBS)
+    masters = [start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "4"],
+                           env={"FORKQ_HOSTNAME": host}, tag=host) for host in ("host-a", "host-b")]
+    for f in masters:
+        wait_children_ready(f, r, 2)
+    e = forkq.Enqueuer(redis_url, MNS)
+    try:
+        bids = []
+        for _ in range(5):
+            with e.batch(on_success="cb_ok", on_complete="cb_end") as b:
+                b.enqueue_many("slow", [{"s": 0.01} for _ in range(100)])
+            bids.append(b.bid)
+    finally:
+        e.close()
+    killer = chaos(masters[0], every=0.3, seed=5, max_kills=4)
+    wait_for(lambda: r.hget("test:callbacks", "end") == b"5" and r.hget("test:callbacks", "ok") == b"5",
+             90, interval=0.1, message="5 batches' callbacks over two masters")
+    killer.stop()
+    client = forkq.Client(redis_url, MNS)
+    for bid in bids:
+        status = client.batch(bid)
+        assert status is not None and (status.pending, status.succeeded, status.dead) == (0, 100, 0)
+    # host-b (never killed) ran some of the jobs: two masters really shared the batches.
+    pids = {int(p) for p in r.hvals("test:pids")}
+    assert pids & masters[1].child_pids(), (pids, masters[1].child_pids())
+    wait_for(lambda: sum(r.hlen(k) for k in r.scan_iter(match=MK.inprogress("") + "*")) == 0, 30,
+             message="nothing in progress")
+    assert r.hgetall("test:callbacks") == {b"ok": b"5", b"end": b"5"}
+    for f in masters:
+        assert f.stop() == 0
