@@ -290,10 +290,15 @@ class Fetcher(threading.Thread):
             self._due_at = float("inf")
         elif due_in > 0:
             self._due_at = received + due_in + DUE_MARGIN
-        else:
+        elif promote:
             # Due now: promote in the next round trip; at once if this one moved jobs
             # (a burst drains at fetch speed), a little later if another pool is on it.
             self._due_at = received if (moved or more) else received + MIN_POLL_GAP
+        else:
+            # Due now and not promoted in this round trip: never push the promotion
+            # later (a busy pool's round trips come faster than MIN_POLL_GAP, and
+            # resetting it each time starved promotion until the housekeeper's beat).
+            self._due_at = min(self._due_at, received)
         n = (len(fetched) - 2) // 3
         if n:
             submit = self._submit

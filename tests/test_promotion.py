@@ -143,6 +143,40 @@ def test_retry_storm_every_job_retried_once_on_time(redis_url, r, pools) -> None
     assert time.monotonic() - t0 < 20
 
 
+def test_a_retry_due_while_the_pool_is_busy_is_promoted_by_its_fetches(redis_url, r, pools) -> None:
+    """A busy pool's round trips come every millisecond or two; each used to push the
+    promotion of a due retry 10 ms later again, so it waited for the housekeeper's
+    beat (20 s here) or the end of the backlog (about 8 s here) instead of ~1 s."""
+    starts = Starts(redis_url)
+    tries: Counter[str] = Counter()
+    lock = threading.Lock()
+    due: dict[str, float] = {}
+
+    def flaky(job: forkq.Job) -> None:
+        with lock:
+            tries[job.id] += 1
+            first = tries[job.id] == 1
+        if first:
+            raise RuntimeError("first try fails")
+        due[job.id] = job.enqueued_at  # a promoted retry's enqueued_at is its due time
+        starts.record(job)
+
+    pool = forkq.WorkerPool(NS, config=QUIET)
+    pool.job("flaky", backoff=lambda job: 1, max_fails=3)(flaky)
+    pool.register("filler", lambda job: None)
+    start(pools, pool, redis_url, concurrency=8)
+    enq = pool.enqueuer(redis_url)
+    # Seconds of back-to-back no-op jobs: a round trip every fraction of a millisecond.
+    enq.enqueue_many("filler", [{}] * 60000)
+    wait_for(lambda: r.llen(K.queue("filler")) < 59900, timeout=20, message="the pool is busy")
+    jid = enq.enqueue("flaky", {}).id
+    wait_for(lambda: jid in starts.at, timeout=60, interval=0.02, message="the retry ran")
+    assert tries[jid] == 2
+    late = starts.at[jid][0] - due[jid]
+    assert 0 <= late + 0.05 and late < 3.0, late
+    assert r.llen(K.queue("filler")) > 0  # it did not merely wait for the backlog to end
+
+
 def test_periodic_occurrences_run_once_and_on_time_while_the_pool_is_busy(redis_url, r, pools) -> None:
     ticks = Starts(redis_url)
     release = threading.Event()
