@@ -238,8 +238,8 @@ class Executor:
             except (JobTimeout, Shutdown):
                 slot.state = FINISHED
             error = exc
-            if not isinstance(exc, (JobTimeout, Shutdown)):
-                tb = traceback.format_exc()
+            if reporters is not None and not isinstance(exc, (JobTimeout, Shutdown)):
+                tb = traceback.format_exc()  # only reporters read it (costly in a retry storm)
         finally:
             slot.job = None
         # A process the job forked must not go on into forkq's code (see forked.py).

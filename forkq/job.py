@@ -404,10 +404,14 @@ MAX_BACKTRACE_LINES = 50
 
 def backtrace_lines(tb: Any) -> list[str]:
     """A traceback as Ruby-style lines, innermost first (``file:line:in `name'``), as Sidekiq shows."""
-    import traceback
-
-    frames = traceback.extract_tb(tb)
-    lines = [f"{f.filename}:{f.lineno}:in `{f.name}'" for f in reversed(frames)]
+    # The frames walked by hand: traceback.extract_tb stats every source file
+    # (linecache) for lines this format never shows, a third of a failure's cost.
+    lines: list[str] = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        lines.append(f"{code.co_filename}:{tb.tb_lineno}:in `{code.co_name}'")
+        tb = tb.tb_next
+    lines.reverse()
     return lines[:MAX_BACKTRACE_LINES]
 
 
