@@ -215,6 +215,9 @@ def host_deaths(url: str, r: redis.Redis, kills: int) -> dict[str, Any]:
 
 
 def one_rep(url: str, r: redis.Redis, opts: argparse.Namespace) -> dict[str, Any]:
+    # A clean Redis: the periodic pool of the last repetition left five minutes of
+    # occurrences in schedule, which the burst's "schedule is empty" would wait for.
+    r.flushall()
     out: dict[str, Any] = {}
     w = Workers(url)
     try:
