@@ -66,6 +66,8 @@ STALL_GIVE_BACK = 0.1
 # A busy pool re-reads the earliest due time at least this often (a wake tells it of
 # an earlier one sooner; see fetch.lua's ARGV[7]).
 DUE_REFRESH = 1.0
+# How long a pool trusts that a queue it found empty stays so (its wake says otherwise).
+EMPTY_REFRESH = 1.0
 
 
 class FirstPick:
@@ -111,6 +113,7 @@ class Fetcher(threading.Thread):
         self._promote_calls = [scripts.promote_due(keys, zset_key=z, limit=scheduler.PROMOTE_BATCH)
                                for z in (keys.schedule, keys.retry)]
         self._names = self._plan.names
+        self._index = {n.encode(): i for i, n in enumerate(self._names)}
         self._first = FirstPick([float(p) for p in priorities])
         self._concurrency = concurrency
         self._stats = stats
@@ -152,6 +155,9 @@ class Fetcher(threading.Thread):
         self._last_fetch_at = 0.0
         self._rtt = 0.0005
         self._due_checked = -DUE_REFRESH
+        # Indices of names the last fetches found empty (see _start).
+        self._empty: set[int] = set()
+        self._empty_reset_at = 0.0
         self._give_back_lock = threading.Lock()
         # Merge plain acks into the fetch call, unless acks must be re-sendable alone
         # (behind Sentinel the runner re-sends recent acks after a failover).
@@ -180,9 +186,14 @@ class Fetcher(threading.Thread):
             self._woken = True
             self._cv.notify()
 
-    def wake(self) -> None:
+    def wake(self, name: bytes | None = None) -> None:
+        """Fetch soon; ``name`` (a wake message) is a job name whose queue got jobs."""
         with self._cv:
             self._woken = True
+            if name is not None:
+                i = self._index.get(name)
+                if i is not None:
+                    self._empty.discard(i)
             self._cv.notify()
 
     def set_quiet(self, quiet: bool = True) -> None:
@@ -303,6 +314,30 @@ class Fetcher(threading.Thread):
                 continue
             self._round_trip(done, want, polled, promote, report_due)
 
+    def _start(self) -> int:
+        """The name a fetch tries first: the priority pick, moved on (cyclically, as the
+        script itself would walk) past names the last fetches found empty.
+
+        The order the script sees is the same as without the skip while that knowledge
+        holds: a name's wake (its queue got jobs) clears it for that name, and it is
+        all dropped every ``EMPTY_REFRESH`` (jobs pushed without a wake); the script
+        still walks to a skipped name when the first ones do not fill the fetch.
+        """
+        start = self._first()
+        empty = self._empty
+        now = time.monotonic()
+        if now >= self._empty_reset_at:
+            empty.clear()
+            self._empty_reset_at = now + EMPTY_REFRESH
+            return start
+        n = len(self._names)
+        if start in empty and len(empty) < n:
+            for step in range(1, n):
+                i = (start + step) % n
+                if i not in empty:
+                    return i
+        return start
+
     def give_back_pending(self) -> int:
         """Requeue, to the head of their queues, jobs taken but not started (prefetched).
 
@@ -359,7 +394,7 @@ class Fetcher(threading.Thread):
         if promote:
             calls += self._promote_calls
         if want:
-            start = self._first()
+            start = self._start()
             calls.append(self._plan.call(start=start, want=want, may_take_suspect=self._suspect is None,
                                          allow_oom=self.allow_oom, report_due=report_due,
                                          acks=merged))
@@ -422,16 +457,22 @@ class Fetcher(threading.Thread):
                 # Due now: promote in the next round trip; at once if this one moved jobs
                 # (a burst drains at fetch speed), a little later if another pool is on it.
                 self._due_at = received if (moved or more) else received + MIN_POLL_GAP
-        n = (len(fetched) - 3) // 3
+        # Names found empty are not tried first next time (see _start); names that
+        # gave jobs are known not to be.
+        empty = self._empty
+        if fetched[3]:
+            empty.update(int(i) - 1 for i in fetched[3].split(b","))
+        n = (len(fetched) - 4) // 3
         if n:
             submit = self._submit
             names = self._names
             guards: list[tuple[str, str]] = []
-            fields = [f.decode() for f in fetched[4::3]]
+            fields = [f.decode() for f in fetched[5::3]]
             with self._cv:
                 self._inflight += n
                 self._held.update(fields)
-            for k, j in enumerate(range(3, len(fetched), 3)):
+            for k, j in enumerate(range(4, len(fetched), 3)):
+                empty.discard(fetched[j] - 1)
                 payload = fetched[j + 2]
                 if b'"recovered"' in payload or b'"unique"' in payload:
                     # Rare: only such payloads pay a decode here (the executor decodes anyway).
@@ -440,7 +481,7 @@ class Fetcher(threading.Thread):
             if guards:
                 self._release_unique(guards)
             if polled:
-                self._relay_wake({names[fetched[j] - 1] for j in range(3, len(fetched), 3)})
+                self._relay_wake({names[fetched[j] - 1] for j in range(4, len(fetched), 3)})
         with self._cv:
             self._last_empty = n < want
             if self._last_empty:

@@ -256,7 +256,7 @@ class PoolRuntime:
                         self._listen_conn.connection_pool.connection_kwargs["locator"].invalidate()
                         raise redis.ConnectionError(f"{self.keys.wake_channel}: the slot moved")
                     if msg.get("data") in self._name_set:
-                        self.fetcher.wake()
+                        self.fetcher.wake(msg["data"])
             except Exception as exc:  # noqa: BLE001 - the listener must never die
                 if self._stop.is_set():
                     return

@@ -36,12 +36,14 @@
 --          lease, nothing to write): HDELed before anything is taken, so one call
 --          acks a batch and refills it (what ack.lua does for them, minus a call).
 --
--- Returns {due_in, suspects_left, acked, idx1, field1, payload1, ...}: due_in is how many
+-- Returns {due_in, suspects_left, acked, empty, idx1, field1, payload1, ...}: due_in is how many
 -- seconds (by Redis's clock, as a string) until the earliest job in schedule or retry
 -- is due ("" when both are empty; <= 0 when one is due now; "-" when not asked), so a
 -- caller can promote what is due and sleep exactly until the next one; suspects_left is
 -- 1 when suspects were put back; acked is how many of the ARGV[8+n..] fields were still
--- in progress (settled now: a batch sent again after a lost reply counts nothing); idx
+-- in progress (settled now: a batch sent again after a lost reply counts nothing); empty
+-- lists the 1-based positions of the names whose queue this call found empty ("2,5"),
+-- so the caller can start its next fetch at one that is not (fewer LLENs); idx
 -- is the 1-based position of the job's name in the triples; field is the in-progress
 -- field: the jid ("<jid>#2" when that jid is already held), or "malformed:<sha1>" for
 -- an entry with no jid.
@@ -49,7 +51,8 @@
 local want = tonumber(ARGV[1])
 local member_prefix = ARGV[3]
 local suspect_after = tonumber(ARGV[4])
-local out = {'', 0, 0}
+local out = {'', 0, 0, ''}
+local empties = {}
 local names = (#KEYS - 4) / 3
 -- One EXISTS over the fence and every paused flag: almost always 0, and then neither
 -- needs a look of its own (one command instead of one per queue taken from).
@@ -116,7 +119,9 @@ for step = 0, names - 1 do
   local i = (start + step) % names + 1
   local base = 3 * i + 1
   -- LLEN first: an idle poll costs one command per empty queue.
-  if redis.call('LLEN', KEYS[base]) > 0 and not (flagged and redis.call('EXISTS', KEYS[base + 1]) == 1) then
+  local len = redis.call('LLEN', KEYS[base])
+  if len == 0 then empties[#empties + 1] = i end
+  if len > 0 and not (flagged and redis.call('EXISTS', KEYS[base + 1]) == 1) then
     local take = want
     local maxc = tonumber(ARGV[7 + i])
     if maxc > 0 then
@@ -181,6 +186,8 @@ if #taken > 0 then
   end
   redis.call('HSET', KEYS[1], unpack(hset))
 end
+
+out[4] = table.concat(empties, ',')
 
 -- Delays travel as strings: a Lua number would be truncated to an integer reply.
 if ARGV[7] ~= '1' then
