@@ -1,10 +1,22 @@
 """The fetcher: one thread per pool that acks finished jobs and takes new ones.
 
-Each round trip is one pipeline: ``ack`` (everything finished since the last
-round), ``promote_due`` of schedule and retry when the earliest due time has
-come, then ``fetch`` (up to the number of free thread slots).  Completions
+Each round trip is one pipeline: ``ack`` (finished jobs that need a write:
+retry, dead, leases, batches), ``promote_due`` of schedule and retry when the
+earliest due time has come, then ``fetch``, which first acks the plain successes
+(one HDEL) and takes up to the free thread slots plus a prefetch.  Completions
 batch themselves: while a round trip is in flight, more jobs finish and ride
-the next one.  With nothing to take, the fetcher sleeps until a wake message
+the next one.
+
+Prefetch (issue 12): with short jobs one round trip per freed thread cost more
+Redis work than the jobs.  While recent jobs are short, a pool holds up to
+``PREFETCH_WINDOW`` seconds of work beyond its threads (at most one extra job per
+thread) and refills only when that buffer runs low, so a round trip carries the
+acks and takes of several jobs.  Prefetched jobs sit in the in-progress hash like
+running ones (a killed child's are requeued by its master); if no thread finishes
+for ``STALL_GIVE_BACK`` they go back to the head of their queue for other pools,
+and a graceful stop gives them back at once.  This file is long because the wait
+decision (fetch now, batch, defer acks, give back) is one loop that must see all
+of that state under one lock.  With nothing to take, the fetcher sleeps until a wake message
 (enqueue to an empty queue, a freed lease, a promotion, a job scheduled earlier
 than any other: ``DUE_MESSAGE``), a completion to ack, the earliest due time of
 schedule/retry (which every fetch reports by Redis's clock, as a delay, so the
