@@ -12,7 +12,7 @@ import time
 
 from forkq import Job, WorkerPool
 
-from .peers._counter import done, probe
+from .peers._counter import done, probe, work
 
 NAMESPACE = "bench"
 
@@ -27,6 +27,26 @@ def noop(job: Job) -> None:
 @pool.job("sleep10")
 def sleep10(job: Job) -> None:
     time.sleep(0.01)
+    done()
+
+
+@pool.job("incr")
+def incr(job: Job) -> None:
+    work()
+    done()
+
+
+@pool.job("sleep10incr")
+def sleep10incr(job: Job) -> None:
+    time.sleep(0.01)
+    work()
+    done()
+
+
+@pool.job("sleep100incr")
+def sleep100incr(job: Job) -> None:
+    time.sleep(0.1)
+    work()
     done()
 
 

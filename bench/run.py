@@ -25,6 +25,11 @@ seen (with count ``c1``) and ``t_last`` when the count reached N: steady-state
 processing, without interpreter start-up (which differs a lot between systems);
 the wall time from spawning the workers is recorded too (``rate_wall``).
 
+Workloads a..h are described in bench/README.md; i, j and k are the I/O ones
+(issue 12): the job body does one real ``INCR`` on its own connection, after no
+sleep (i, 2 × 8), 10 ms (j: 2 × 8 and 2 × 50) or 100 ms (k, 2 × 100); each
+reports jobs/s, worker CPU per job, Redis commands and Redis CPU per job.
+
 ``--quick`` is a smoke run (small N, one repetition) that checks correctness:
 every job of every run must be counted or the command exits 1.  It never
 judges speed.
@@ -62,7 +67,7 @@ from bench.peers._counter import DIRECT_ENV, DONE_KEY, LAT_KEY, URL_ENV  # noqa:
 
 PEERS = ("rq", "dramatiq", "celery", "arq", "huey")
 SYSTEMS = ("forkq", *PEERS)
-WORKLOADS = tuple("abcdefgh")
+WORKLOADS = tuple("abcdefghijk")
 VENV = BENCH / ".peers-venv"
 
 # Jobs per run of the throughput workloads, per system: forkq gets the issue's
@@ -78,9 +83,20 @@ FULL_N = {
     "c_single": {"forkq": 10_000, "huey": 5_000, "dramatiq": 5_000, "celery": 3_000, "arq": 3_000,
                  "rq": 3_000},
     "c_bulk": {"forkq": 200_000, "rq": 20_000},
+    # The I/O workloads (issue 12): the job body does one INCR on its own connection.
+    "i": {"forkq": 100_000, "huey": 40_000, "dramatiq": 30_000, "celery": 15_000, "arq": 10_000,
+          "rq": 2_000},
+    "j8": {"forkq": 12_000, "huey": 10_000, "dramatiq": 10_000, "celery": 8_000, "arq": 6_000,
+           "rq": 1_500},
+    "j50": {"forkq": 50_000, "huey": 20_000, "dramatiq": 20_000, "arq": 20_000},
+    "k": {"forkq": 16_000, "huey": 10_000, "dramatiq": 10_000, "arq": 10_000},
 }
-QUICK_N = {"a": 2_000, "b16": 500, "b200": 2_000, "c_single": 500, "c_bulk": 5_000}
-QUICK_PEER_N = {"a": 500, "b16": 300, "b200": 500, "c_single": 300, "c_bulk": 1_000}
+# Ideal rate of the sleeping workloads: processes x threads / duration.
+IDEAL = {"b16": 1_600.0, "b200": 20_000.0, "j8": 1_600.0, "j50": 10_000.0, "k": 2_000.0}
+QUICK_N = {"a": 2_000, "b16": 500, "b200": 2_000, "c_single": 500, "c_bulk": 5_000,
+           "i": 2_000, "j8": 500, "j50": 2_000, "k": 1_000}
+QUICK_PEER_N = {"a": 500, "b16": 300, "b200": 500, "c_single": 300, "c_bulk": 1_000,
+                "i": 500, "j8": 300, "j50": 500, "k": 500}
 
 
 @dataclass
@@ -364,6 +380,10 @@ class Bench:
             "cpu": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
             "cmdstat": {k[len("cmdstat_"):]: int(v["calls"]) for k, v in info.items()
                         if k.startswith("cmdstat_")},
+            # Time Redis spent executing each command (a script's inner commands are
+            # inside its EVALSHA's time too); the rest of its CPU is I/O and the event loop.
+            "cmdusec": {k[len("cmdstat_"):]: int(v["usec"]) for k, v in info.items()
+                        if k.startswith("cmdstat_")},
             "harness": self.harness_calls,
             "gets": self.harness_gets,
         }
@@ -386,13 +406,22 @@ class Bench:
         stats["info"] = stats.get("info", 0) - 1
         stats = {k: v for k, v in stats.items() if v > 0}
         per_cmd = {k: round(v / jobs, 3) for k, v in sorted(stats.items(), key=lambda kv: -kv[1])}
+        usec = {k: v - s0["cmdusec"].get(k, 0) for k, v in s1["cmdusec"].items()
+                if k not in ("info", "incrby", "get") and v - s0["cmdusec"].get(k, 0) > 0}
         return {"commands_per_job": cmds / jobs,
                 "redis_cpu_us_per_job": (s1["cpu"] - s0["cpu"]) * 1e6 / jobs,
-                "cmdstat_per_job": per_cmd}
+                "cmdstat_per_job": per_cmd,
+                # µs per job executing commands (EVALSHA includes its inner calls), by
+                # command: where Redis's time goes, besides reading and writing sockets.
+                "cmd_us_per_job": {k: round(v / jobs, 2)
+                                   for k, v in sorted(usec.items(), key=lambda kv: -kv[1])}}
 
     def wait_count(self, target: int, timeout: float, w: Workers | None,
-                   label: str) -> tuple[float, int, float, int]:
-        """Poll the counter every 5 ms until ``target``; returns (t_first, c_first, t_last, count)."""
+                   label: str, on_first: Callable[[], None] | None = None) -> tuple[float, int, float, int]:
+        """Poll the counter every 5 ms until ``target``; returns (t_first, c_first, t_last, count).
+
+        ``on_first`` runs when the first completion is seen (the workers are up).
+        """
         t_first = 0.0
         c_first = 0
         end = time.monotonic() + timeout
@@ -402,6 +431,8 @@ class Bench:
             now = time.monotonic()
             if c and not t_first:
                 t_first, c_first = now, c
+                if on_first is not None:
+                    on_first()
             if c >= target:
                 return t_first, c_first, now, c
             if now > end:
@@ -457,13 +488,24 @@ class Bench:
         filled = self.driver(system, *fill_args)
         s0 = self.snapshot()
         w = self.start_workers(system, procs, threads, **(env or {}))
+        # Worker CPU (every process of the tree: master, children, horses) from the first
+        # completion to the last, so interpreter start-up is left out like in the rate.
+        cpu0: dict[int, float] = {}
+
+        def first() -> None:
+            cpu0.update({p.pid: _cpu(p) for p in w.tree()})
+
         try:
             timeout = max(60.0, 5 * n / expect_rate) * self.plan.timeout_factor
-            t_first, c_first, t_last, c = self.wait_count(n, timeout, w, f"{system} {workload}")
+            t_first, c_first, t_last, c = self.wait_count(n, timeout, w, f"{system} {workload}",
+                                                          on_first=first)
             s1 = self.snapshot()
+            cpu1 = {p.pid: _cpu(p) for p in w.tree()}
             mem = self.rss(w.children())
         finally:
             self.stop_workers(w)
+        # Processes started after the first completion (RQ's horses) count from zero.
+        worker_cpu = sum(v - cpu0.get(pid, 0.0) for pid, v in cpu1.items())
         ok = c >= n
         steady = (n - c_first) / (t_last - t_first) if ok and t_last > t_first and c_first < n else None
         entry = {
@@ -474,7 +516,12 @@ class Bench:
             "rate": steady if steady is not None else c / max(1e-9, t_last - w.started),
             "rate_wall": c / max(1e-9, t_last - w.started),
             "rss": mem, **self.redis_cost(s0, s1, max(1, c)),
+            "worker_cpu_ms_per_job": 1000 * worker_cpu / max(1, c - c_first),
         }
+        # The job body's own INCR (workloads i, j, k) is user work, the same for every
+        # system: what the system itself costs Redis is the rest.
+        entry["system_commands_per_job"] = (entry["commands_per_job"]
+                                            - entry["cmdstat_per_job"].get("incr", 0.0))
         if not ok:
             self.results["failures"].append(f"{workload} {system} rep {rep}: {c}/{n} jobs done")
         return self.record(entry)
@@ -672,6 +719,13 @@ def steps_for(plan: Plan) -> list[tuple[str, str, int]]:
                     steps.append(("b16", system, rep))
                     if plan.n("b200", system) is not None:
                         steps.append(("b200", system, rep))
+                elif wl == "j":
+                    for sub in ("j8", "j50"):
+                        if plan.n(sub, system) is not None:
+                            steps.append((sub, system, rep))
+                elif wl in ("i", "k"):
+                    if plan.n(wl, system) is not None:
+                        steps.append((wl, system, rep))
                 elif wl == "h":
                     for variant in ("names100", "backlog", "scheduled", "p1"):
                         steps.append(("h:" + variant, system, rep))
@@ -682,6 +736,13 @@ def steps_for(plan: Plan) -> list[tuple[str, str, int]]:
 
 EXPECT = {"forkq": 5000.0, "huey": 1500.0, "dramatiq": 1000.0, "celery": 500.0, "arq": 300.0,
           "rq": 100.0}
+
+
+# The I/O workloads: job kind, processes, threads.
+IO_STEPS = {"i": ("incr", 2, 8), "j8": ("sleep10incr", 2, 8), "j50": ("sleep10incr", 2, 50),
+            "k": ("sleep100incr", 2, 100)}
+IO_LABELS = {"i": "one INCR, 2 × 8", "j8": "10 ms + INCR, 2 × 8", "j50": "10 ms + INCR, 2 × 50",
+             "k": "100 ms + INCR, 2 × 100"}
 
 
 def run_step(b: Bench, step: str, system: str, rep: int) -> None:
@@ -700,6 +761,12 @@ def run_step(b: Bench, step: str, system: str, rep: int) -> None:
         assert n is not None
         b.throughput(system, "sleep10", n, 2, 100, workload="b200", rep=rep,
                      expect_rate=EXPECT[system])
+    elif step in IO_STEPS:
+        kind, procs, threads = IO_STEPS[step]
+        n = plan.n(step, system)
+        assert n is not None
+        b.throughput(system, kind, n, procs, threads, workload=step, rep=rep,
+                     expect_rate=min(EXPECT[system], IDEAL.get(step, EXPECT[system]) / 2))
     elif step == "c":
         b.enqueue_rate(system, rep)
     elif step == "d":
@@ -775,6 +842,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         }
         for v in ("names100", "backlog", "scheduled", "p1"):
             s["h_" + v] = pick(system, "h:" + v, "rate")
+        for wl in ("a", *IO_STEPS):
+            s["io_" + wl] = {k: pick(system, wl, k) for k in (
+                "rate", "worker_cpu_ms_per_job", "commands_per_job", "system_commands_per_job",
+                "redis_cpu_us_per_job")}
         if any(v is not None for v in s.values()):
             out[system] = s
     return out
@@ -802,6 +873,9 @@ def render(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                  "latency loaded p50/p99 ms | Redis cmds/job | Redis µs/job | RSS/proc MB (load) |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for system, s in summary.items():
+        if not any(s[k] is not None for k in ("noop", "b16", "b200", "enq_single", "lat_idle_p50",
+                                               "cmds_per_job")):
+            continue  # none of this table's workloads ran for it
         b16 = s["b16"]
         b16s = f"{fmt(b16)} ({100 * b16 / 1600:.0f}%)" if b16 else "–"
         lines.append(
@@ -833,6 +907,27 @@ def render(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                          f"{fmt(s['idle_client_cmds_s_child'], 2)} | "
                          f"{fmt(s['idle_cmds_s_child'], 2)} | {fmt(s['idle_cmds_s'], 1)} | "
                          f"{fmt(s['rss_idle_child'], 1)} | {fmt(s['uss_idle_child'], 1)} |")
+        lines.append("")
+    io_rows = [(wl, k, s["io_" + wl]) for wl in ("a", *IO_STEPS) for k, s in summary.items()
+               if s.get("io_" + wl, {}).get("rate") is not None]
+    if any(wl != "a" for wl, _, _ in io_rows):
+        lines.append("Per-job cost (worker CPU: every process of the workers, first to last "
+                     "completion; Redis: INFO commandstats and used_cpu_sys+user deltas, "
+                     "commands inside Lua scripts included; \"system\" leaves out the job "
+                     "body's own INCR):")
+        lines.append("")
+        lines.append("| workload | system | jobs/s | % ideal | worker CPU ms/job | "
+                     "Redis cmds/job (system) | Redis µs/job |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|")
+        for wl, system, v in io_rows:
+            label = IO_LABELS.get(wl, "no-op, 2 × 10")
+            ideal = IDEAL.get(wl)
+            pct_ideal = f"{100 * v['rate'] / ideal:.0f}%" if ideal else "–"
+            sys_cmds = v["system_commands_per_job"]
+            lines.append(f"| {label} | {system} | {fmt(v['rate'])} | {pct_ideal} | "
+                         f"{fmt(v['worker_cpu_ms_per_job'], 3)} | {fmt(v['commands_per_job'], 2)}"
+                         f"{'' if sys_cmds is None or wl == 'a' else f' ({sys_cmds:.2f})'} | "
+                         f"{fmt(v['redis_cpu_us_per_job'], 1)} |")
         lines.append("")
     f = summary.get("forkq")
     if f and any(f["h_" + v] is not None for v in ("names100", "backlog", "scheduled", "p1")):
@@ -927,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(SYSTEMS),
                     help=f"comma-separated systems ({','.join(SYSTEMS)})")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
-                    help="comma-separated workloads a..h (f and g come with a and e)")
+                    help="comma-separated workloads a..k (f and g come with a and e; i, j, k: I/O bodies)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
     ap.add_argument("--out", default=str(BENCH / "results"))
     ap.add_argument("--publish", action="store_true",
@@ -944,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     badw = [w for w in workloads if w not in WORKLOADS]
     if badw:
-        print(f"bench/run.py: unknown workload(s) {', '.join(badw)}; choose from a..h",
+        print(f"bench/run.py: unknown workload(s) {', '.join(badw)}; choose from a..k",
               file=sys.stderr)
         return 2
     if "g" in workloads and "a" not in workloads:

@@ -38,6 +38,8 @@ _DEFAULT_OPTIONS = JobOptions()
 _STOP = None
 
 RUNNING, FINISHED = 1, 2
+# Weight of the newest job in the moving average of durations (see job_seconds).
+AVG_WEIGHT = 0.05
 
 
 class Slot:
@@ -89,6 +91,9 @@ class Executor:
         self.has_timeouts = any(s.options.timeout for s in specs.values())
         # Per-job-name counts for ``forkq --metrics`` (set by the child when enabled).
         self.metrics: JobMetrics | None = None
+        # Recent job duration (seconds, moving average; < 0 before the first job): how
+        # deep the fetcher may prefetch without jobs waiting long behind running ones.
+        self._avg_seconds = -1.0
 
     def deliver_to(self, complete: Callable[[Done], None]) -> None:
         """Where finished jobs go (the fetcher's ack batch); set before ``start``."""
@@ -100,6 +105,19 @@ class Executor:
 
     def submit(self, item: Taken) -> None:
         self._q.put(item)
+
+    def pending(self) -> int:
+        """Jobs handed over and not started yet (the fetcher's prefetch buffer)."""
+        return self._q.qsize()
+
+    def job_seconds(self) -> float:
+        """Moving average of recent job durations in seconds; ``inf`` before the first job.
+
+        Racy on purpose (threads update it without a lock): an estimate, read by the
+        fetcher to size its prefetch, never for correctness.
+        """
+        avg = self._avg_seconds
+        return avg if avg >= 0 else float("inf")
 
     def discard_pending(self) -> list[Taken]:
         """Take back jobs handed over but not started (shutdown requeues them)."""
@@ -242,6 +260,9 @@ class Executor:
                 tb = traceback.format_exc()  # only reporters read it (costly in a retry storm)
         finally:
             slot.job = None
+        took = time.monotonic() - mono
+        avg = self._avg_seconds
+        self._avg_seconds = took if avg < 0 else avg + (took - avg) * AVG_WEIGHT
         # A process the job forked must not go on into forkq's code (see forked.py).
         forked.leave_if_forked(error is None)
         aborted = slot.aborted

@@ -1,10 +1,22 @@
 """The fetcher: one thread per pool that acks finished jobs and takes new ones.
 
-Each round trip is one pipeline: ``ack`` (everything finished since the last
-round), ``promote_due`` of schedule and retry when the earliest due time has
-come, then ``fetch`` (up to the number of free thread slots).  Completions
+Each round trip is one pipeline: ``ack`` (finished jobs that need a write:
+retry, dead, leases, batches), ``promote_due`` of schedule and retry when the
+earliest due time has come, then ``fetch``, which first acks the plain successes
+(one HDEL) and takes up to the free thread slots plus a prefetch.  Completions
 batch themselves: while a round trip is in flight, more jobs finish and ride
-the next one.  With nothing to take, the fetcher sleeps until a wake message
+the next one.
+
+Prefetch (issue 12): with short jobs one round trip per freed thread cost more
+Redis work than the jobs.  While recent jobs are short, a pool holds up to
+``PREFETCH_WINDOW`` seconds of work beyond its threads (at most one extra job per
+thread) and refills only when that buffer runs low, so a round trip carries the
+acks and takes of several jobs.  Prefetched jobs sit in the in-progress hash like
+running ones (a killed child's are requeued by its master); if no thread finishes
+for ``STALL_GIVE_BACK`` they go back to the head of their queue for other pools,
+and a graceful stop gives them back at once.  This file is long because the wait
+decision (fetch now, batch, defer acks, give back) is one loop that must see all
+of that state under one lock.  With nothing to take, the fetcher sleeps until a wake message
 (enqueue to an empty queue, a freed lease, a promotion, a job scheduled earlier
 than any other: ``DUE_MESSAGE``), a completion to ack, the earliest due time of
 schedule/retry (which every fetch reports by Redis's clock, as a delay, so the
@@ -53,6 +65,21 @@ DUE_MARGIN = 0.0005
 # freed thread costs more CPU than the jobs themselves at a hundred threads.
 BATCH_FRACTION = 20
 BATCH_DELAY = 0.0005
+# Prefetch: while jobs are short, a pool takes up to this many seconds of work beyond
+# its threads (estimated from recent durations; at most one job per thread more), so
+# one round trip carries several acks and several takes instead of one of each.
+PREFETCH_WINDOW = 0.01
+# Acks of plain successes wait for the next refill at most this long.
+ACK_WINDOW = 0.02
+# Prefetched jobs nobody started for this long (every thread is in a long job) are
+# given back to the head of their queue, for other pools; no prefetch then until the
+# threads have turned over.
+STALL_GIVE_BACK = 0.1
+# A busy pool re-reads the earliest due time at least this often (a wake tells it of
+# an earlier one sooner; see fetch.lua's ARGV[7]).
+DUE_REFRESH = 1.0
+# How long a pool trusts that a queue it found empty stays so (its wake says otherwise).
+EMPTY_REFRESH = 1.0
 
 
 class FirstPick:
@@ -83,7 +110,10 @@ class Fetcher(threading.Thread):
     def __init__(self, *, conn: redis.Redis, keys: Keys, identity: str, config: Config,
                  targets: Sequence[FetchTarget], priorities: Sequence[int], concurrency: int,
                  submit: Callable[[Taken], None],
-                 stats: StatsBuffer) -> None:
+                 stats: StatsBuffer,
+                 pending: Callable[[], int] | None = None,
+                 take_back: Callable[[], list[Taken]] | None = None,
+                 job_seconds: Callable[[], float] | None = None) -> None:
         super().__init__(name="forkq-fetcher", daemon=True)
         self._conn = conn
         self._runner = scripts.Runner(conn)
@@ -95,6 +125,7 @@ class Fetcher(threading.Thread):
         self._promote_calls = [scripts.promote_due(keys, zset_key=z, limit=scheduler.PROMOTE_BATCH)
                                for z in (keys.schedule, keys.retry)]
         self._names = self._plan.names
+        self._index = {n.encode(): i for i, n in enumerate(self._names)}
         self._first = FirstPick([float(p) for p in priorities])
         self._concurrency = concurrency
         self._stats = stats
@@ -123,14 +154,39 @@ class Fetcher(threading.Thread):
         self.fenced = False
         self.on_fenced: Callable[[], None] | None = None
         self._submit = submit
+        # The executor's buffer (jobs handed over, not started) and recent job length:
+        # prefetch needs all three (without them a pool takes only what its threads run).
+        self._pending = pending
+        self._take_back = take_back
+        self._job_seconds = job_seconds
+        self._prefetch = pending is not None and take_back is not None and job_seconds is not None
+        self._completions = 0
+        self._no_prefetch_until = 0
+        self._done_since = 0.0
+        self._last_done_at = 0.0
+        self._last_fetch_at = 0.0
+        self._rtt = 0.0005
+        self._due_checked = -DUE_REFRESH
+        # Indices of names the last fetches found empty (see _start).
+        self._empty: set[int] = set()
+        self._empty_reset_at = 0.0
+        self._give_back_lock = threading.Lock()
+        # Merge plain acks into the fetch call, unless acks must be re-sendable alone
+        # (behind Sentinel the runner re-sends recent acks after a failover).
+        self._merge_acks = not self._runner.resends_acks
         # Set by the runtime once it knows the server (Redis >= 7 runs fetch/ack at maxmemory).
         self.allow_oom = False
 
     # -- called from other threads ---------------------------------------------------
     def complete(self, item: Done) -> None:
         """A worker thread finished a job (hot path: one lock, maybe one notify)."""
+        now = time.monotonic()
         with self._cv:
+            if not self._done:
+                self._done_since = now
             self._done.append(item)
+            self._last_done_at = now
+            self._completions += 1
             if self._waiting and len(self._done) >= self._notify_at:
                 self._cv.notify()
 
@@ -142,9 +198,14 @@ class Fetcher(threading.Thread):
             self._woken = True
             self._cv.notify()
 
-    def wake(self) -> None:
+    def wake(self, name: bytes | None = None) -> None:
+        """Fetch soon; ``name`` (a wake message) is a job name whose queue got jobs."""
         with self._cv:
             self._woken = True
+            if name is not None:
+                i = self._index.get(name)
+                if i is not None:
+                    self._empty.discard(i)
             self._cv.notify()
 
     def set_quiet(self, quiet: bool = True) -> None:
@@ -178,17 +239,32 @@ class Fetcher(threading.Thread):
             return set(self._held)
 
     # -- the loop ---------------------------------------------------------------------
+    def _depth(self) -> int:
+        """How many jobs beyond its threads this pool may hold now (0: no prefetch)."""
+        if not self._prefetch or self._completions < self._no_prefetch_until:
+            return 0
+        assert self._job_seconds is not None
+        avg = self._job_seconds()
+        if avg == float("inf"):
+            return 0
+        return min(self._concurrency, int(self._concurrency * PREFETCH_WINDOW / max(avg, 1e-6)))
+
     def run(self) -> None:
         while True:
+            give_back = False
             with self._cv:
                 while True:
                     if self._stopping and not self._done:
                         return
                     now = time.monotonic()
-                    free = self._concurrency - self._inflight + len(self._done)
-                    can_fetch = (not self._quiet and free > 0 and
+                    busy = self._inflight - len(self._done)  # taken, unfinished: running or buffered
+                    idle_threads = self._concurrency - busy
+                    depth = self._depth()
+                    room = self._concurrency + depth - busy
+                    can_fetch = (not self._quiet and room > 0 and
                                  (self._woken or not self._last_empty or now >= self._next_poll))
-                    if (can_fetch and free < self._batch_min and not self._last_empty
+                    buffered = self._pending() if self._pending is not None and idle_threads <= 0 else 0
+                    if (can_fetch and 0 < idle_threads < self._batch_min and not self._last_empty
                             and not self._woken):
                         # Busy: let a few more threads finish so one round trip carries more.
                         if not self._batch_until:
@@ -201,27 +277,111 @@ class Fetcher(threading.Thread):
                             self._notify_at = 1
                             continue
                     self._batch_until = 0.0
-                    if self._done or can_fetch:
+                    if can_fetch and idle_threads <= 0:
+                        # Every thread has work: refill only when the buffer runs low, so a
+                        # round trip carries the acks and takes of several jobs.
+                        avg = self._job_seconds() if self._job_seconds is not None else 1.0
+                        low = min(depth, max(1, depth // 4,
+                                             int(self._rtt * self._concurrency / max(avg, 1e-6)) + 1))
+                        can_fetch = buffered <= low and room >= max(1, depth // 2)
+                    go = can_fetch
+                    if not go and self._done:
+                        # Acks ride the next refill while the buffer keeps the threads busy
+                        # (bounded by ACK_WINDOW); otherwise they go at once.
+                        go = (self._quiet or self._last_empty or idle_threads > 0 or depth == 0
+                              or now - self._done_since >= ACK_WINDOW)
+                    if go:
+                        break
+                    if (buffered > 0 and self._take_back is not None
+                            and now - max(self._last_done_at, self._last_fetch_at) >= STALL_GIVE_BACK):
+                        give_back = True
                         break
                     self._waiting = True
-                    timeout = None
-                    if not self._quiet and free > 0:
+                    timeout: float | None = None
+                    if not self._quiet and room > 0 and self._last_empty:
                         timeout = max(0.0, self._next_poll - now)
-                    self._cv.wait(timeout)
+                    if self._done:
+                        left = self._done_since + ACK_WINDOW - now
+                        timeout = left if timeout is None else min(timeout, left)
+                    if buffered > 0:
+                        left = max(self._last_done_at, self._last_fetch_at) + STALL_GIVE_BACK - now
+                        timeout = left if timeout is None else min(timeout, left)
+                    self._cv.wait(None if timeout is None else max(0.0, timeout))
                     self._waiting = False
-                done, self._done = self._done, []
-                self._inflight -= len(done)
-                want = free if can_fetch else 0
-                promote = can_fetch and now >= self._due_at
-                # A fetch made only because the poll timer ran out finds jobs nobody
-                # announced (pushed by a non-forkq client).
-                polled = can_fetch and not self._woken and self._last_empty and not promote
-                if can_fetch:
-                    self._woken = False
-            self._round_trip(done, want, polled, promote)
+                if not give_back:
+                    done, self._done = self._done, []
+                    self._inflight -= len(done)
+                    want = room if can_fetch else 0
+                    promote = can_fetch and now >= self._due_at
+                    # A fetch made only because the poll timer ran out finds jobs nobody
+                    # announced (pushed by a non-forkq client).
+                    polled = can_fetch and not self._woken and self._last_empty and not promote
+                    report_due = (promote or self._woken or self._last_empty
+                                  or now >= self._due_checked + DUE_REFRESH)
+                    if can_fetch:
+                        self._woken = False
+            if give_back:
+                self._no_prefetch_until = self._completions + self._concurrency
+                self.give_back_pending()
+                continue
+            self._round_trip(done, want, polled, promote, report_due)
+
+    def _start(self) -> int:
+        """The name a fetch tries first: the priority pick, moved on (cyclically, as the
+        script itself would walk) past names the last fetches found empty.
+
+        The order the script sees is the same as without the skip while that knowledge
+        holds: a name's wake (its queue got jobs) clears it for that name, and it is
+        all dropped every ``EMPTY_REFRESH`` (jobs pushed without a wake); the script
+        still walks to a skipped name when the first ones do not fill the fetch.
+        """
+        start = self._first()
+        empty = self._empty
+        now = time.monotonic()
+        if now >= self._empty_reset_at:
+            empty.clear()
+            self._empty_reset_at = now + EMPTY_REFRESH
+            return start
+        n = len(self._names)
+        if start in empty and len(empty) < n:
+            for step in range(1, n):
+                i = (start + step) % n
+                if i not in empty:
+                    return i
+        return start
+
+    def give_back_pending(self) -> int:
+        """Requeue, to the head of their queues, jobs taken but not started (prefetched).
+
+        Called when every thread is stuck in long jobs (others may run them) and by a
+        graceful stop (they must not wait for running jobs).  Returns how many.
+        """
+        if self._take_back is None:
+            return 0
+        with self._give_back_lock:
+            items = self._take_back()
+            if not items:
+                return 0
+            fields = {field for _, field, _ in items}
+            with self._cv:
+                self._inflight -= len(items)
+                self._held.difference_update(fields)
+            try:
+                recover_inprogress(self._conn, self._keys, self._identity, self._config,
+                                   only=fields, count_recovery=False)
+            except RedisError as exc:
+                # Still in our in-progress hash and no longer held: reconcile gives them back.
+                log.warning("could not give back %d prefetched jobs (will retry): %s", len(items), exc)
+                with self._cv:
+                    self._reconcile = True
+                    self._woken = True
+                    self._cv.notify()
+                return 0
+            log.debug("gave back %d prefetched jobs nobody started", len(items))
+            return len(items)
 
     def _round_trip(self, done: list[Done], want: int, polled: bool = False,
-                    promote: bool = False) -> None:
+                    promote: bool = False, report_due: bool = True) -> None:
         keys = self._keys
         calls: list[scripts.Call] = []
         plain: list[str] = []
@@ -231,18 +391,26 @@ class Fetcher(threading.Thread):
                 plain.append(field)
             else:
                 settles.append(settle)
-        if done:
-            calls.append(scripts.ack(keys, identity=self._identity, plain_done=plain, settles=settles,
+        # Plain successes ride in the fetch call (one script call, one HDEL); the rest
+        # (retry, dead, leases) need ack.lua.
+        merged: list[str] = plain if want and self._merge_acks else []
+        acking = bool(settles) or (bool(plain) and not merged)
+        if acking:
+            calls.append(scripts.ack(keys, identity=self._identity,
+                                     plain_done=[] if merged else plain, settles=settles,
                                      dead_cutoff=clock.now() - self._config.dead_max_age,
                                      dead_max=self._config.dead_max_jobs, allow_oom=self.allow_oom))
         start = 0
         promote = promote and want > 0
+        report_due = report_due or promote
         if promote:
             calls += self._promote_calls
         if want:
-            start = self._first()
+            start = self._start()
             calls.append(self._plan.call(start=start, want=want, may_take_suspect=self._suspect is None,
-                                         allow_oom=self.allow_oom))
+                                         allow_oom=self.allow_oom, report_due=report_due,
+                                         acks=merged))
+        sent = time.monotonic()
         try:
             results = self._runner.run(calls)
         except RedisError as exc:
@@ -261,6 +429,7 @@ class Fetcher(threading.Thread):
                     # some waiting at the head of a queue).
                     self._suspect = None
                     self._woken = True
+        if acking:
             # Counted from what the script settled, so a batch re-sent after a lost
             # reply is not counted twice.
             processed, failed, fenced = results[0]
@@ -271,13 +440,16 @@ class Fetcher(threading.Thread):
         if want and results[-1][:1] == [b"fenced"]:
             self._on_fenced()
             return
+        if merged:
+            self._stats.add(int(results[-1][2]), 0)
         if self._reconcile:
             self._reconcile_inprogress()
         if not want:
             return
         received = time.monotonic()
+        self._rtt += (received - sent - self._rtt) * 0.1
+        self._last_fetch_at = received
         fetched = results[-1]
-        due_in = float(fetched[0]) if fetched[0] else None
         moved = more = False
         if promote:
             for zset, reply in zip((keys.schedule, keys.retry), results[-3:-1], strict=True):
@@ -286,29 +458,38 @@ class Fetcher(threading.Thread):
                 more = more or full
                 if bad:
                     self._bury(zset, bad)
-        if due_in is None:
-            self._due_at = float("inf")
-        elif due_in > 0:
-            self._due_at = received + due_in + DUE_MARGIN
-        elif promote:
-            # Due now: promote in the next round trip; at once if this one moved jobs
-            # (a burst drains at fetch speed), a little later if another pool is on it.
-            self._due_at = received if (moved or more) else received + MIN_POLL_GAP
-        else:
-            # Due now and not promoted in this round trip: never push the promotion
-            # later (a busy pool's round trips come faster than MIN_POLL_GAP, and
-            # resetting it each time starved promotion until the housekeeper's beat).
-            self._due_at = min(self._due_at, received)
-        n = (len(fetched) - 2) // 3
+        if fetched[0] != b"-":  # not asked: the due time we know stands
+            self._due_checked = received
+            due_in = float(fetched[0]) if fetched[0] else None
+            if due_in is None:
+                self._due_at = float("inf")
+            elif due_in > 0:
+                self._due_at = received + due_in + DUE_MARGIN
+            elif promote:
+                # Due now: promote in the next round trip; at once if this one moved jobs
+                # (a burst drains at fetch speed), a little later if another pool is on it.
+                self._due_at = received if (moved or more) else received + MIN_POLL_GAP
+            else:
+                # Due now and not promoted in this round trip: never push the promotion
+                # later (a busy pool's round trips come faster than MIN_POLL_GAP, and
+                # resetting it each time starved promotion until the housekeeper's beat).
+                self._due_at = min(self._due_at, received)
+        # Names found empty are not tried first next time (see _start); names that
+        # gave jobs are known not to be.
+        empty = self._empty
+        if fetched[3]:
+            empty.update(int(i) - 1 for i in fetched[3].split(b","))
+        n = (len(fetched) - 4) // 3
         if n:
             submit = self._submit
             names = self._names
             guards: list[tuple[str, str]] = []
-            fields = [f.decode() for f in fetched[3::3]]
+            fields = [f.decode() for f in fetched[5::3]]
             with self._cv:
                 self._inflight += n
                 self._held.update(fields)
-            for k, j in enumerate(range(2, len(fetched), 3)):
+            for k, j in enumerate(range(4, len(fetched), 3)):
+                empty.discard(fetched[j] - 1)
                 payload = fetched[j + 2]
                 if b'"recovered"' in payload or b'"unique"' in payload:
                     # Rare: only such payloads pay a decode here (the executor decodes anyway).
@@ -317,7 +498,7 @@ class Fetcher(threading.Thread):
             if guards:
                 self._release_unique(guards)
             if polled:
-                self._relay_wake({names[fetched[j] - 1] for j in range(2, len(fetched), 3)})
+                self._relay_wake({names[fetched[j] - 1] for j in range(4, len(fetched), 3)})
         with self._cv:
             self._last_empty = n < want
             if self._last_empty:

@@ -80,7 +80,8 @@ class PoolRuntime:
             conn=self.conn, keys=self.keys, identity=self.identity, config=self.config,
             targets=targets, priorities=[specs[n].options.priority for n in self._names],
             concurrency=concurrency, stats=self.stats,
-            submit=self.executor.submit)
+            submit=self.executor.submit, pending=self.executor.pending,
+            take_back=self.executor.discard_pending, job_seconds=self.executor.job_seconds)
         self.executor.deliver_to(self.fetcher.complete)
         self.info = PoolInfo.create(identity=self.identity, concurrency=concurrency,
                                     job_names=self._names, tag=tag)
@@ -169,6 +170,8 @@ class PoolRuntime:
         self._stopped = True
         self.fetcher.set_quiet(True)
         deadline = time.monotonic() + max(0.0, timeout)
+        # Prefetched jobs no thread started go back at once, not after the running ones.
+        self.fetcher.give_back_pending()
         while self.fetcher.inflight > 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         self.fetcher.request_stop()
@@ -253,7 +256,7 @@ class PoolRuntime:
                         self._listen_conn.connection_pool.connection_kwargs["locator"].invalidate()
                         raise redis.ConnectionError(f"{self.keys.wake_channel}: the slot moved")
                     if msg.get("data") in self._name_set:
-                        self.fetcher.wake()
+                        self.fetcher.wake(msg["data"])
             except Exception as exc:  # noqa: BLE001 - the listener must never die
                 if self._stop.is_set():
                     return

@@ -272,6 +272,12 @@ class Runner:
         self._generation = loc.generation
         return results[len(resent):]
 
+    @property
+    def resends_acks(self) -> bool:
+        """Whether recent acks are re-sent after a master switch (Sentinel): then an ack
+        must travel as its own call (a fetch sent twice would take jobs twice)."""
+        return self._locator is not None
+
     def _acks_to_resend(self) -> list[Call]:
         cutoff = time.monotonic() - ACK_RESEND_WINDOW
         resend = [x for t, x in self._recent if t >= cutoff]
@@ -338,24 +344,27 @@ class FetchPlan:
         self._fixed = (_bulk(repr(float(lease_ttl)).encode())
                        + _bulk(Keys.lease_member(identity, "").encode())
                        + _bulk(str(SUSPECT_AFTER).encode()))
-        argc = 3 + len(key_list) + 6 + len(targets)
-        self._heads = {
-            s.sha: b"*%d\r\n" % argc + _bulk(b"EVALSHA") + _bulk(s.sha.encode())
-            + _bulk(str(len(key_list)).encode())
+        self._argc = 3 + len(key_list) + 7 + len(targets)
+        self._tails = {
+            s.sha: _bulk(b"EVALSHA") + _bulk(s.sha.encode()) + _bulk(str(len(key_list)).encode())
             for s in (FETCH, FETCH_OOM)
         }
 
     def call(self, *, start: int, want: int, may_take_suspect: bool = True,
-             allow_oom: bool = False) -> Call:
-        """Fetch up to ``want`` jobs trying name ``start`` first (result indices are 1-based).
+             allow_oom: bool = False, report_due: bool = True, acks: Sequence[str] = ()) -> Call:
+        """Fetch up to ``want`` jobs trying name ``start`` first (result indices are 1-based),
+        after acking ``acks`` (in-progress fields of plain successes: no lease, no write).
 
-        Reply: ``[due_in, suspects_left, idx, field, payload, ...]`` (see fetch.lua).
+        Reply: ``[due_in, suspects_left, acked, idx, field, payload, ...]`` (see fetch.lua);
+        ``due_in`` is ``b"-"`` unless ``report_due``.
         """
         script = FETCH_OOM if allow_oom else FETCH
         packed = b"".join((
-            self._heads[script.sha], self._keys_packed, _bulk(str(want).encode()), self._fixed,
+            b"*%d\r\n" % (self._argc + len(acks)), self._tails[script.sha], self._keys_packed,
+            _bulk(str(want).encode()), self._fixed,
             _bulk(str(start).encode()), _bulk(b"1" if may_take_suspect else b"0"),
-            self._limits_packed))
+            _bulk(b"1" if report_due else b"0"), self._limits_packed,
+            *[_bulk(f.encode()) for f in acks]))
         return Call(script=script, keys=(), args=(), packed=packed)
 
 

@@ -46,6 +46,10 @@ TRY_EVERY = 20.0
 POLL_EVERY = 0.5
 # Writes seen within this window are checked and announced together.
 COALESCE = 0.02
+# A queue whose next job keeps changing (pools are draining it) is announced at most
+# this often; an announcement is only ever delayed, never dropped (the trailing one
+# goes out when the gap has passed).  A queue that was seen empty is announced at once.
+ANNOUNCE_GAP = 0.5
 INVALIDATE_CHANNEL = b"__redis__:invalidate"
 
 
@@ -65,6 +69,9 @@ class Waker:
         self._track_pool: redis.ConnectionPool | None = None
         # name -> digest of the next job last announced (see _announce)
         self._announced: dict[str, bytes] = {}
+        # name -> when it was last announced, and names whose announcement waits for the gap
+        self._announced_at: dict[str, float] = {}
+        self._deferred: set[str] = set()
         self.holding = False
         self.mode = ""  # "tracking" or "polling" while holding
 
@@ -171,10 +178,19 @@ class Waker:
                 if not self._renew():
                     return
                 renew_at = now + RENEW_EVERY
-            if not conn.can_read(timeout=min(1.0, max(0.0, renew_at - now))):
+            wait = min(1.0, max(0.0, renew_at - now))
+            due = float("inf")
+            if self._deferred:
+                due = min(self._announced_at.get(n, 0.0) for n in self._deferred) + ANNOUNCE_GAP
+                wait = min(wait, max(0.0, due - now))
+            if not conn.can_read(timeout=wait):
+                if time.monotonic() >= due:
+                    deferred, self._deferred = self._deferred, set()
+                    self._announce(sorted(deferred))
                 continue
             self._stop.wait(COALESCE)
-            names: set[str] = set()
+            names: set[str] = set(self._deferred)
+            self._deferred.clear()
             while conn.can_read(timeout=0):
                 msg = conn.read_response(push_request=True)
                 names.update(self._names_in(msg))
@@ -218,13 +234,20 @@ class Waker:
                 pipe.exists(self._keys.queue(n))
             heads = [str(time.monotonic()).encode() if e else None for e in pipe.execute()]
         found = []
+        now = time.monotonic()
         for n, head in zip(names, heads, strict=True):
             if head is None:
                 self._announced.pop(n, None)
                 continue
             digest = hashlib.blake2b(head, digest_size=8).digest()
-            if self._announced.get(n) != digest:
+            last = self._announced.get(n)
+            if last != digest:
+                if last is not None and now - self._announced_at.get(n, 0.0) < ANNOUNCE_GAP:
+                    # Seen non-empty last time and announced moments ago: pools are on it.
+                    self._deferred.add(n)
+                    continue
                 self._announced[n] = digest
+                self._announced_at[n] = now
                 found.append(n)
         if found:
             pipe = c.pipeline(transaction=False)

@@ -1,6 +1,6 @@
 """The benchmark harness's smoke run works end to end on forkq (correctness only, never speed).
 
-``python bench/run.py --quick --only forkq`` runs every workload (a..h) through the
+``python bench/run.py --quick --only forkq`` runs every workload (a..k) through the
 real CLI and exits non-zero if any run lost a job; this test checks that it exits
 0 and that its JSON shows every run's jobs all counted.  ~14 s: marked slow, so the
 default ``-m "not slow"`` run skips it and CI (which runs everything) keeps it.
@@ -31,11 +31,14 @@ def test_quick_bench_processes_every_job_on_forkq(tmp_path: Path) -> None:
     runs = data["runs"]
     workloads = {r["workload"] for r in runs}
     assert {"a", "b16", "b200", "c", "d", "e", "h:names100", "h:backlog", "h:scheduled",
-            "h:p1"} <= workloads
+            "h:p1", "i", "j8", "j50", "k"} <= workloads
     for r in runs:
         assert r["system"] == "forkq"
         if "done" in r:  # throughput runs: every enqueued job was processed
             assert r["ok"] and r["done"] >= r["n"], r
+        if r["workload"] in ("i", "j8", "j50", "k"):  # the body's INCR ran once per job
+            assert r["cmdstat_per_job"].get("incr", 0) >= 0.99, r
+            assert r["worker_cpu_ms_per_job"] > 0, r
         if r["workload"] == "c":  # enqueue runs: every job is in Redis
             assert r["queued"] >= r["n"], r
         if r["workload"] == "d":  # every latency probe ran

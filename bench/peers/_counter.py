@@ -28,6 +28,7 @@ import redis
 URL_ENV = "BENCH_REDIS_URL"
 DIRECT_ENV = "BENCH_COUNTER_DIRECT"
 DONE_KEY = "bench:done"
+WORK_KEY = "bench:work"
 LAT_KEY = "bench:lat"
 FLUSH_EVERY = 0.01
 
@@ -90,7 +91,9 @@ def _record(latency: float | None) -> None:
             st.conn = _connect()
         if latency is not None:
             st.conn.rpush(LAT_KEY, repr(latency))
-        st.conn.incr(DONE_KEY)
+        # INCRBY, not INCR: the harness subtracts every INCRBY (the counter's own
+        # traffic), while INCR is the job body's one Redis call (``work()``).
+        st.conn.incrby(DONE_KEY, 1)
         return
     with st.lock:
         st.count += 1
@@ -110,3 +113,31 @@ def done() -> None:
 def probe(enqueued_at: float) -> None:
     """A latency probe started: record start minus enqueue time (seconds)."""
     _record(time.time() - enqueued_at)
+
+
+_local = threading.local()
+
+
+def work() -> None:
+    """The body of the I/O workloads: one real Redis round trip (``INCR``), as user code does.
+
+    Each thread has its own connection (made on first use, after any fork), the way
+    an application's job code holds its own client; it is not the system's connection.
+    """
+    conn = getattr(_local, "conn", None)
+    if conn is None or getattr(_local, "pid", 0) != os.getpid():
+        conn = _local.conn = _connect()
+        _local.pid = os.getpid()
+    # A real INCR: redis-py's incr() sends INCRBY, which the harness counts as its own.
+    conn.execute_command("INCR", WORK_KEY)
+
+
+async def awork() -> None:
+    """``work()`` for asyncio systems (arq): one INCR on the process's own async client."""
+    import redis.asyncio as aredis
+
+    conn = getattr(_local, "aconn", None)
+    if conn is None or getattr(_local, "apid", 0) != os.getpid():
+        conn = _local.aconn = aredis.Redis.from_url(os.environ.get(URL_ENV, "redis://127.0.0.1:6379/0"))
+        _local.apid = os.getpid()
+    await conn.execute_command("INCR", WORK_KEY)

@@ -17,7 +17,7 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import run_worker
 
-from bench.peers._counter import URL_ENV, done
+from bench.peers._counter import URL_ENV, awork, done
 from bench.peers._counter import probe as _probe
 
 REDIS = RedisSettings.from_dsn(os.environ.get(URL_ENV, "redis://127.0.0.1:6379/0"))
@@ -32,12 +32,29 @@ async def sleep10(ctx: dict[str, Any]) -> None:
     done()
 
 
+async def incr(ctx: dict[str, Any]) -> None:
+    await awork()
+    done()
+
+
+async def sleep10incr(ctx: dict[str, Any]) -> None:
+    await asyncio.sleep(0.01)
+    await awork()
+    done()
+
+
+async def sleep100incr(ctx: dict[str, Any]) -> None:
+    await asyncio.sleep(0.1)
+    await awork()
+    done()
+
+
 async def probe(ctx: dict[str, Any], enqueued_at: float) -> None:
     _probe(enqueued_at)
 
 
 class WorkerSettings:
-    functions = [noop, sleep10, probe]
+    functions = [noop, sleep10, incr, sleep10incr, sleep100incr, probe]
     redis_settings = REDIS
     max_jobs = int(os.environ.get("BENCH_THREADS", "10"))
     poll_delay = 0.01

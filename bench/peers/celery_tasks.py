@@ -7,7 +7,7 @@ import time
 
 from celery import Celery
 
-from bench.peers._counter import URL_ENV, done
+from bench.peers._counter import URL_ENV, done, work
 from bench.peers._counter import probe as _probe
 
 app = Celery("bench", broker=os.environ.get(URL_ENV, "redis://127.0.0.1:6379/0"))
@@ -26,6 +26,26 @@ def noop() -> None:
 @app.task(name="sleep10")
 def sleep10() -> None:
     time.sleep(0.01)
+    done()
+
+
+@app.task(name="incr")
+def incr() -> None:
+    work()
+    done()
+
+
+@app.task(name="sleep10incr")
+def sleep10incr() -> None:
+    time.sleep(0.01)
+    work()
+    done()
+
+
+@app.task(name="sleep100incr")
+def sleep100incr() -> None:
+    time.sleep(0.1)
+    work()
     done()
 
 

@@ -7,10 +7,30 @@ import time
 
 from huey import RedisHuey
 
-from bench.peers._counter import URL_ENV, done
+from bench.peers._counter import URL_ENV, done, work
 from bench.peers._counter import probe as _probe
 
 huey = RedisHuey("bench", url=os.environ.get(URL_ENV, "redis://127.0.0.1:6379/0"))
+
+
+@huey.task()
+def incr() -> None:
+    work()
+    done()
+
+
+@huey.task()
+def sleep10incr() -> None:
+    time.sleep(0.01)
+    work()
+    done()
+
+
+@huey.task()
+def sleep100incr() -> None:
+    time.sleep(0.1)
+    work()
+    done()
 
 
 @huey.task()

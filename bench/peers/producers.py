@@ -4,7 +4,9 @@
 application does per request); ``send_many(kind, n)`` is its bulk API where it
 has one (forkq ``enqueue_many``, RQ ``enqueue_many`` with a pipeline), otherwise
 ``None``; ``fill(kind, n)`` puts a backlog in place as fast as the system
-allows (setup only, never timed).  Kinds: ``noop``, ``sleep10``, ``probe``
+allows (setup only, never timed).  Kinds: ``noop``, ``sleep10``, ``incr``,
+``sleep10incr``, ``sleep100incr`` (one INCR on the job's own connection, after
+a 0/10/100 ms sleep), ``probe``
 (a probe carries its enqueue time: forkq's payload has ``enqueued_at``, the
 peers get it as the argument).
 
@@ -19,7 +21,7 @@ import time
 from typing import Any
 
 CHUNK = 1000
-KINDS = ("noop", "sleep10", "probe")
+KINDS = ("noop", "sleep10", "incr", "sleep10incr", "sleep100incr", "probe")
 
 
 class Producer:

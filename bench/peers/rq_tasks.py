@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from bench.peers._counter import done
+from bench.peers._counter import done, work
 from bench.peers._counter import probe as _probe
 
 
@@ -18,6 +18,23 @@ def noop() -> None:
 
 def sleep10() -> None:
     time.sleep(0.01)
+    done()
+
+
+def incr() -> None:
+    work()
+    done()
+
+
+def sleep10incr() -> None:
+    time.sleep(0.01)
+    work()
+    done()
+
+
+def sleep100incr() -> None:
+    time.sleep(0.1)
+    work()
     done()
 
 

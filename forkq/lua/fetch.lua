@@ -28,26 +28,60 @@
 --          take go back to the head of their queue, without a wake: a pool that may
 --          take them finds them at its next fetch, and pools that may not are not
 --          woken to put them back again (no fetch loop between suspect holders).
--- ARGV[7..6+n] max_concurrency per name, same order as the triples (0 = unlimited)
+-- ARGV[7]  "1" to report due_in (below), "0" to skip it: a busy pool that already knows
+--          the due time (and is told by a wake when an earlier one is written) saves
+--          the two ZRANGEs.  When skipped, due_in is "-" (unknown, not "none").
+-- ARGV[8..7+n] max_concurrency per name, same order as the triples (0 = unlimited)
+-- ARGV[8+n..] in-progress fields of jobs this pool finished with plain success (no
+--          lease, nothing to write): HDELed before anything is taken, so one call
+--          acks a batch and refills it (what ack.lua does for them, minus a call).
 --
--- Returns {due_in, suspects_left, idx1, field1, payload1, ...}: due_in is how many
+-- Returns {due_in, suspects_left, acked, empty, idx1, field1, payload1, ...}: due_in is how many
 -- seconds (by Redis's clock, as a string) until the earliest job in schedule or retry
--- is due ("" when both are empty; <= 0 when one is due now), so a caller can promote
--- what is due and sleep exactly until the next one; suspects_left is 1 when suspects
--- were put back; idx is the 1-based position of the job's name in the triples; field
--- is the in-progress field: the jid ("<jid>#2" when that jid is already held), or
--- "malformed:<sha1>" for an entry with no jid.
+-- is due ("" when both are empty; <= 0 when one is due now; "-" when not asked), so a
+-- caller can promote what is due and sleep exactly until the next one; suspects_left is
+-- 1 when suspects were put back; acked is how many of the ARGV[8+n..] fields were still
+-- in progress (settled now: a batch sent again after a lost reply counts nothing); empty
+-- lists the 1-based positions of the names whose queue this call found empty ("2,5"),
+-- so the caller can start its next fetch at one that is not (fewer LLENs); idx
+-- is the 1-based position of the job's name in the triples; field is the in-progress
+-- field: the jid ("<jid>#2" when that jid is already held), or "malformed:<sha1>" for
+-- an entry with no jid.
 
 local want = tonumber(ARGV[1])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local lease_until = now + tonumber(ARGV[2])
 local member_prefix = ARGV[3]
 local suspect_after = tonumber(ARGV[4])
-local out = {'', 0}
-if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'fenced'} end
+local out = {'', 0, 0, ''}
+local empties = {}
 local names = (#KEYS - 4) / 3
+-- One EXISTS over the fence and every paused flag: almost always 0, and then neither
+-- needs a look of its own (one command instead of one per queue taken from).
+local flag_keys = {KEYS[#KEYS]}
+for i = 1, names do flag_keys[i + 1] = KEYS[3 * i + 2] end
+local flagged = redis.call('EXISTS', unpack(flag_keys)) > 0
+if flagged and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'fenced'} end
 local may_take_suspect = ARGV[6] == '1'
+
+-- Redis's TIME, read only when something needs it (a lease, the due report).
+local now = nil
+local function clock()
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  return now
+end
+
+-- 0. Acks first (their jids may be taken again below, e.g. a job that re-enqueued itself).
+local first_ack = 8 + names
+if #ARGV >= first_ack then
+  local start = first_ack
+  while start <= #ARGV do
+    local stop = math.min(start + 999, #ARGV)
+    out[3] = out[3] + redis.call('HDEL', KEYS[1], unpack(ARGV, start, stop))
+    start = stop + 1
+  end
+end
 
 -- A suspect carries a top-level "recovered" count.  The substring test is only a
 -- cheap filter (almost no job has one); the decision is made on the decoded
@@ -85,11 +119,13 @@ for step = 0, names - 1 do
   local i = (start + step) % names + 1
   local base = 3 * i + 1
   -- LLEN first: an idle poll costs one command per empty queue.
-  if redis.call('LLEN', KEYS[base]) > 0 and redis.call('EXISTS', KEYS[base + 1]) == 0 then
+  local len = redis.call('LLEN', KEYS[base])
+  if len == 0 then empties[#empties + 1] = i end
+  if len > 0 and not (flagged and redis.call('EXISTS', KEYS[base + 1]) == 1) then
     local take = want
-    local maxc = tonumber(ARGV[6 + i])
+    local maxc = tonumber(ARGV[7 + i])
     if maxc > 0 then
-      redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', '(' .. string.format('%.6f', now))
+      redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', '(' .. string.format('%.6f', clock()))
       local free = maxc - redis.call('ZCARD', KEYS[base + 2])
       if free < take then take = free end
     end
@@ -141,7 +177,8 @@ if #taken > 0 then
     hset[#hset + 1] = field
     hset[#hset + 1] = t[3]
     if t[4] then
-      redis.call('ZADD', KEYS[3 * t[1] + 3], string.format('%.6f', lease_until), member_prefix .. field)
+      redis.call('ZADD', KEYS[3 * t[1] + 3], string.format('%.6f', clock() + tonumber(ARGV[2])),
+                 member_prefix .. field)
     end
     out[#out + 1] = t[1]
     out[#out + 1] = field
@@ -150,7 +187,13 @@ if #taken > 0 then
   redis.call('HSET', KEYS[1], unpack(hset))
 end
 
+out[4] = table.concat(empties, ',')
+
 -- Delays travel as strings: a Lua number would be truncated to an integer reply.
+if ARGV[7] ~= '1' then
+  out[1] = '-'
+  return out
+end
 local next_due = nil
 for k = 2, 3 do
   local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
@@ -158,5 +201,5 @@ for k = 2, 3 do
     next_due = tonumber(first[2])
   end
 end
-if next_due then out[1] = string.format('%.6f', next_due - now) end
+if next_due then out[1] = string.format('%.6f', next_due - clock()) end
 return out
