@@ -479,16 +479,16 @@ class Fetcher(threading.Thread):
         empty = self._empty
         if fetched[3]:
             empty.update(int(i) - 1 for i in fetched[3].split(b","))
-        n = (len(fetched) - 4) // 3
+        n = (len(fetched) - 5) // 3
         if n:
             submit = self._submit
             names = self._names
             guards: list[tuple[str, str]] = []
-            fields = [f.decode() for f in fetched[5::3]]
+            fields = [f.decode() for f in fetched[6::3]]
             with self._cv:
                 self._inflight += n
                 self._held.update(fields)
-            for k, j in enumerate(range(4, len(fetched), 3)):
+            for k, j in enumerate(range(5, len(fetched), 3)):
                 empty.discard(fetched[j] - 1)
                 payload = fetched[j + 2]
                 if b'"recovered"' in payload or b'"unique"' in payload:
@@ -498,7 +498,7 @@ class Fetcher(threading.Thread):
             if guards:
                 self._release_unique(guards)
             if polled:
-                self._relay_wake({names[fetched[j] - 1] for j in range(4, len(fetched), 3)})
+                self._relay_wake({names[fetched[j] - 1] for j in range(5, len(fetched), 3)})
         with self._cv:
             self._last_empty = n < want
             if self._last_empty:
@@ -506,7 +506,9 @@ class Fetcher(threading.Thread):
                 # job is due.  Jittered, so the pools of a cluster poll at different moments.
                 poll_at = received + max(MIN_POLL_GAP, self._config.idle_poll_interval
                                          * random.uniform(0.75, 1.25))
-                self._next_poll = min(poll_at, self._due_at)
+                # A rate-limited name (rate_limit) said when it may start its next job.
+                rate_at = received + max(0.0, float(fetched[4])) + DUE_MARGIN if fetched[4] else poll_at
+                self._next_poll = min(poll_at, self._due_at, rate_at)
 
     def _bury(self, zset: str, members: list[bytes]) -> None:
         """Due entries that are not jobs go to dead (rare: written by hand or a foreign client)."""

@@ -98,6 +98,10 @@ class Keys:
     def lease(self, name: str) -> str:
         return self.prefix + "lease:" + name
 
+    def rate(self, name: str) -> str:
+        """A rate-limited name's state (``rate_limit``): when its next job may start."""
+        return self.prefix + "rate:" + name
+
     def queue_prefix(self) -> str:
         """What a queue key is before its name (for scripts that move jobs of any name)."""
         return self.prefix + "queue:"

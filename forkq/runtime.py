@@ -71,7 +71,9 @@ class PoolRuntime:
         self._hk_conn = spec.connect_worker()
         self._listen_conn = spec.connect_worker(socket_timeout=None)
         self.reporters = ReporterHub(pool.reporters) if pool.reporters else None
-        targets = [FetchTarget.of(self.keys, n, specs[n].options.max_concurrency) for n in self._names]
+        targets = [FetchTarget.of(self.keys, n, specs[n].options.max_concurrency,
+                                  rate=(r.gcra() if (r := specs[n].options.rate) is not None else None))
+                   for n in self._names]
         # Side by side: the fetcher hands taken jobs to the executor, the executor hands
         # finished ones back to the fetcher's ack batch.
         self.executor = Executor(specs=specs, middleware=pool.middlewares, concurrency=concurrency,

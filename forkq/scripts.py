@@ -297,18 +297,29 @@ class Runner:
 
 @dataclass(frozen=True, kw_only=True)
 class FetchTarget:
-    """A job name as the fetch script sees it: its three keys and its limit."""
+    """A job name as the fetch script sees it: its four keys and its limits."""
 
     name: str
     queue_key: str
     paused_key: str
     lease_key: str
+    rate_key: str
     max_concurrency: int
+    # (seconds between starts, tolerance) of a rate-limited name (spec.RateLimit), else None.
+    rate: tuple[float, float] | None = None
 
     @classmethod
-    def of(cls, keys: Keys, name: str, max_concurrency: int) -> FetchTarget:
+    def of(cls, keys: Keys, name: str, max_concurrency: int,
+           rate: tuple[float, float] | None = None) -> FetchTarget:
         return cls(name=name, queue_key=keys.queue(name), paused_key=keys.paused(name),
-                   lease_key=keys.lease(name), max_concurrency=max_concurrency)
+                   lease_key=keys.lease(name), rate_key=keys.rate(name),
+                   max_concurrency=max_concurrency, rate=rate)
+
+    def limit_arg(self) -> str:
+        """fetch.lua's per-name limit: ``"maxc"`` or ``"maxc:interval:tolerance"``."""
+        if self.rate is None:
+            return str(self.max_concurrency)
+        return f"{self.max_concurrency}:{self.rate[0]!r}:{self.rate[1]!r}"
 
 
 # How long a claimed pool's fence stays: far longer than any freeze it could resume from.
@@ -326,7 +337,7 @@ def _bulk(value: bytes) -> bytes:
 class FetchPlan:
     """The fetch call of one pool, pre-encoded.
 
-    A pool asks for jobs hundreds of times a second, and its KEYS (a triple per job
+    A pool asks for jobs hundreds of times a second, and its KEYS (four per job
     name) and limits never change; with many job names, encoding them per call cost
     more than the script.  So the command is packed once, and a call only adds the
     arguments that vary (the script rotates from ``start``).  Times are not
@@ -337,10 +348,10 @@ class FetchPlan:
                  lease_ttl: float) -> None:
         self.names = [t.name for t in targets]
         key_list = [keys.inprogress(identity), keys.schedule, keys.retry]
-        key_list += [k for t in targets for k in (t.queue_key, t.paused_key, t.lease_key)]
+        key_list += [k for t in targets for k in (t.queue_key, t.paused_key, t.lease_key, t.rate_key)]
         key_list.append(keys.fence(identity))
         self._keys_packed = b"".join(_bulk(k.encode()) for k in key_list)
-        self._limits_packed = b"".join(_bulk(str(t.max_concurrency).encode()) for t in targets)
+        self._limits_packed = b"".join(_bulk(t.limit_arg().encode()) for t in targets)
         self._fixed = (_bulk(repr(float(lease_ttl)).encode())
                        + _bulk(Keys.lease_member(identity, "").encode())
                        + _bulk(str(SUSPECT_AFTER).encode()))
@@ -355,7 +366,8 @@ class FetchPlan:
         """Fetch up to ``want`` jobs trying name ``start`` first (result indices are 1-based),
         after acking ``acks`` (in-progress fields of plain successes: no lease, no write).
 
-        Reply: ``[due_in, suspects_left, acked, idx, field, payload, ...]`` (see fetch.lua);
+        Reply: ``[due_in, suspects_left, acked, empty, rate_in, idx, field, payload, ...]``
+        (see fetch.lua);
         ``due_in`` is ``b"-"`` unless ``report_due``.
         """
         script = FETCH_OOM if allow_oom else FETCH

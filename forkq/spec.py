@@ -23,6 +23,53 @@ Handler = Callable[["Job"], Any]
 Middleware = Callable[["Job", Callable[[], Any]], Any]
 
 
+_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+            "h": 3600.0, "hour": 3600.0}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimit:
+    """``rate_limit="100/s"`` (also ``/m``, ``/h``): at most ``count`` starts per ``period``
+    seconds across every pool on every host, as a GCRA in Redis (fetch.lua).
+
+    Bursts: a limit per second may start up to ``count`` jobs at once after a quiet
+    spell (a full bucket); per minute or hour, starts are spread evenly (a burst of
+    one), so "10/m" means one every 6 s, not ten at the top of the minute.
+    """
+
+    count: float
+    period: float
+    spec: str
+
+    @classmethod
+    def parse(cls, spec: str) -> RateLimit:
+        if not isinstance(spec, str):
+            raise ConfigError(f"rate_limit must be a string like '100/s', got {spec!r}")
+        count_text, sep, unit = spec.strip().partition("/")
+        period = _PERIODS.get(unit.strip().lower())
+        try:
+            count = float(count_text)
+        except ValueError:
+            count = -1.0
+        if not sep or period is None or not 0 < count < 1e9 or count != count:
+            raise ConfigError(f"bad rate_limit {spec!r}: expected N/s, N/m or N/h with N > 0 "
+                              "(e.g. '100/s', '30/m', '500/h')")
+        return cls(count=count, period=period, spec=spec.strip())
+
+    @property
+    def interval(self) -> float:
+        """Seconds between starts at the steady rate."""
+        return self.period / self.count
+
+    @property
+    def burst(self) -> int:
+        return max(1, int(self.count)) if self.period == 1.0 else 1
+
+    def gcra(self) -> tuple[float, float]:
+        """(interval, tolerance) as fetch.lua takes them."""
+        return self.interval, (self.burst - 1) * self.interval
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobOptions:
     """gocraft's JobOptions, plus a timeout.
@@ -33,6 +80,8 @@ class JobOptions:
     max_concurrency: cluster-wide cap of running jobs of this name (0 = none).
     backoff: ``fn(job) -> seconds`` before a retry (default: exponential with jitter).
     timeout: seconds before the job's thread gets ``JobTimeout`` (None = never).
+    rate_limit: ``"N/s"``, ``"N/m"`` or ``"N/h"``: cluster-wide starts per period (None =
+      none).  Jobs over it stay queued (not failed, not retried) and start when due.
     """
 
     priority: int = 1
@@ -41,8 +90,11 @@ class JobOptions:
     max_concurrency: int = 0
     backoff: Backoff | None = None
     timeout: float | None = None
+    rate_limit: str | None = None
 
     def __post_init__(self) -> None:
+        if self.rate_limit is not None:
+            RateLimit.parse(self.rate_limit)  # ConfigError now, at registration
         if not isinstance(self.priority, int) or not 1 <= self.priority <= 10000:
             raise ConfigError(f"priority must be an int from 1 to 10000, got {self.priority!r}")
         if not isinstance(self.max_fails, int) or self.max_fails < 1:
@@ -53,6 +105,10 @@ class JobOptions:
             raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if self.backoff is not None and not callable(self.backoff):
             raise ConfigError("backoff must be callable: fn(job) -> seconds")
+
+    @property
+    def rate(self) -> RateLimit | None:
+        return RateLimit.parse(self.rate_limit) if self.rate_limit is not None else None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,8 +7,10 @@
 -- KEYS[1]  inprogress:<identity>   hash  field -> job JSON
 -- KEYS[2]  schedule                zset  read only: earliest score
 -- KEYS[3]  retry                   zset  read only: earliest score
--- KEYS[4..] one triple per job name, in the pool's fixed order:
---          queue:<name> (list), paused:<name> (string), lease:<name> (zset)
+-- KEYS[4..] four keys per job name, in the pool's fixed order:
+--          queue:<name> (list), paused:<name> (string), lease:<name> (zset),
+--          rate:<name> (string: a rate-limited name's GCRA state, the epoch at which
+--          its next job may start; expires when the bucket is full again)
 -- KEYS[last] fence:<identity>     string: present once a reaper claimed this pool; then
 --          nothing is taken and the reply is {"fenced"}: the pool was frozen, not
 --          dead, and must stop instead of running jobs now owned by others
@@ -31,19 +33,25 @@
 -- ARGV[7]  "1" to report due_in (below), "0" to skip it: a busy pool that already knows
 --          the due time (and is told by a wake when an earlier one is written) saves
 --          the two ZRANGEs.  When skipped, due_in is "-" (unknown, not "none").
--- ARGV[8..7+n] max_concurrency per name, same order as the triples (0 = unlimited)
+-- ARGV[8..7+n] limits per name, same order as the keys: max_concurrency (0 = unlimited),
+--          or "max_concurrency:interval:tolerance" for a rate-limited name (seconds between
+--          starts, and how far ahead of that a burst may run: (burst - 1) * interval).
+--          A name over its rate takes nothing, and rate_in (below) says when its next
+--          job may start, so the caller sleeps until then instead of asking again.
 -- ARGV[8+n..] in-progress fields of jobs this pool finished with plain success (no
 --          lease, nothing to write): HDELed before anything is taken, so one call
 --          acks a batch and refills it (what ack.lua does for them, minus a call).
 --
--- Returns {due_in, suspects_left, acked, empty, idx1, field1, payload1, ...}: due_in is how many
+-- Returns {due_in, suspects_left, acked, empty, rate_in, idx1, field1, payload1, ...}: due_in is how many
 -- seconds (by Redis's clock, as a string) until the earliest job in schedule or retry
 -- is due ("" when both are empty; <= 0 when one is due now; "-" when not asked), so a
 -- caller can promote what is due and sleep exactly until the next one; suspects_left is
 -- 1 when suspects were put back; acked is how many of the ARGV[8+n..] fields were still
 -- in progress (settled now: a batch sent again after a lost reply counts nothing); empty
 -- lists the 1-based positions of the names whose queue this call found empty ("2,5"),
--- so the caller can start its next fetch at one that is not (fewer LLENs); idx
+-- so the caller can start its next fetch at one that is not (fewer LLENs); rate_in is
+-- the seconds until the soonest rate-limited name that took nothing may start a job
+-- ("" when none waits); idx
 -- is the 1-based position of the job's name in the triples; field is the in-progress
 -- field: the jid ("<jid>#2" when that jid is already held), or "malformed:<sha1>" for
 -- an entry with no jid.
@@ -51,13 +59,13 @@
 local want = tonumber(ARGV[1])
 local member_prefix = ARGV[3]
 local suspect_after = tonumber(ARGV[4])
-local out = {'', 0, 0, ''}
+local out = {'', 0, 0, '', ''}
 local empties = {}
-local names = (#KEYS - 4) / 3
+local names = (#KEYS - 4) / 4
 -- One EXISTS over the fence and every paused flag: almost always 0, and then neither
 -- needs a look of its own (one command instead of one per queue taken from).
 local flag_keys = {KEYS[#KEYS]}
-for i = 1, names do flag_keys[i + 1] = KEYS[3 * i + 2] end
+for i = 1, names do flag_keys[i + 1] = KEYS[4 * i + 1] end
 local flagged = redis.call('EXISTS', unpack(flag_keys)) > 0
 if flagged and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'fenced'} end
 local may_take_suspect = ARGV[6] == '1'
@@ -113,21 +121,42 @@ end
 
 -- 1. Take jobs, queue by queue, in the caller's order.
 local taken = {}   -- {name index, field, payload, leased}
+local taken_of = {}  -- name index -> how many taken now
+local rate_due = nil  -- seconds until a rate-limited name may start its next job
 local start = tonumber(ARGV[5])
 for step = 0, names - 1 do
   if want <= 0 then break end
   local i = (start + step) % names + 1
-  local base = 3 * i + 1
+  local base = 4 * i
   -- LLEN first: an idle poll costs one command per empty queue.
   local len = redis.call('LLEN', KEYS[base])
   if len == 0 then empties[#empties + 1] = i end
   if len > 0 and not (flagged and redis.call('EXISTS', KEYS[base + 1]) == 1) then
     local take = want
-    local maxc = tonumber(ARGV[7 + i])
+    local limit = ARGV[7 + i]
+    local maxc = tonumber(limit)
+    local interval, tolerance = nil, nil
+    if not maxc then  -- "maxc:interval:tolerance": a rate limit too
+      local m, e, t = string.match(limit, '^(%d+):([%d.e+-]+):([%d.e+-]+)$')
+      maxc, interval, tolerance = tonumber(m), tonumber(e), tonumber(t)
+    end
     if maxc > 0 then
       redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', '(' .. string.format('%.6f', clock()))
       local free = maxc - redis.call('ZCARD', KEYS[base + 2])
       if free < take then take = free end
+    end
+    local tat = nil
+    if interval and take > 0 then
+      -- GCRA over rate:<name> (the theoretical arrival time of the next job): a job
+      -- may start at t when tat - tolerance <= t; each start moves tat by interval.
+      tat = tonumber(redis.call('GET', KEYS[base + 3]) or 0)
+      if tat < clock() then tat = clock() end
+      local allowed = math.floor((clock() + tolerance - tat) / interval + 1e-9) + 1
+      if allowed < take then take = math.max(allowed, 0) end
+      if take == 0 then
+        local wait = tat - tolerance - clock()
+        if rate_due == nil or wait < rate_due then rate_due = wait end
+      end
     end
     if take > 0 then
       local aside = {}
@@ -141,6 +170,7 @@ for step = 0, names - 1 do
           else
             if suspect then may_take_suspect = false end
             taken[#taken + 1] = {i, jid_of(payload), payload, maxc > 0}
+            taken_of[i] = (taken_of[i] or 0) + 1
             take = take - 1
             want = want - 1
           end
@@ -150,6 +180,15 @@ for step = 0, names - 1 do
         -- Back to the head, in their order, for a pool that holds no suspect.
         for k = #aside, 1, -1 do redis.call('RPUSH', KEYS[base], aside[k]) end
         out[2] = 1
+      end
+      if tat then
+        local started = taken_of[i] or 0
+        if started > 0 then
+          tat = tat + started * interval
+          -- Kept until the bucket is full again (then "no key" means the same).
+          redis.call('SET', KEYS[base + 3], string.format('%.6f', tat),
+                     'PX', math.max(1, math.ceil((tat - clock()) * 1000)))
+        end
       end
     end
   end
@@ -177,7 +216,7 @@ if #taken > 0 then
     hset[#hset + 1] = field
     hset[#hset + 1] = t[3]
     if t[4] then
-      redis.call('ZADD', KEYS[3 * t[1] + 3], string.format('%.6f', clock() + tonumber(ARGV[2])),
+      redis.call('ZADD', KEYS[4 * t[1] + 2], string.format('%.6f', clock() + tonumber(ARGV[2])),
                  member_prefix .. field)
     end
     out[#out + 1] = t[1]
@@ -188,6 +227,8 @@ if #taken > 0 then
 end
 
 out[4] = table.concat(empties, ',')
+-- A rate-limited name that took nothing: when it may start its next job.
+if rate_due then out[5] = string.format('%.6f', rate_due) end
 
 -- Delays travel as strings: a Lua number would be truncated to an integer reply.
 if ARGV[7] ~= '1' then
