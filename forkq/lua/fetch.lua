@@ -154,7 +154,11 @@ for step = 0, names - 1 do
       local allowed = math.floor((clock() + tolerance - tat) / interval + 1e-9) + 1
       if allowed < take then take = math.max(allowed, 0) end
       if take == 0 then
-        local wait = tat - tolerance - clock()
+        -- When this pool's free slots can be filled (up to a burst's worth), not when
+        -- the next single start is allowed: pools sharing a limit wake once per several
+        -- starts, not all of them for every one (GCRA keeps the rate exact either way).
+        local k = math.min(want, math.floor(tolerance / interval + 1e-9) + 1)
+        local wait = tat - tolerance - clock() + (k - 1) * interval
         if rate_due == nil or wait < rate_due then rate_due = wait end
       end
     end
