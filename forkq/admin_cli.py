@@ -29,7 +29,7 @@ import redis
 
 from . import config as settings
 from .batch import BatchStatus
-from .client import Client, JobEntry
+from .client import Client, JobEntry, Queue
 from .command import Parser, UsageError, add_version, one_line
 from .connection import DEFAULT_URL
 from .enqueue import Enqueuer
@@ -111,9 +111,19 @@ def _queues(c: Client, a: argparse.Namespace, out: TextIO) -> None:
     if not qs:
         out.write("no queues\n")
         return
-    table(("queue", "count", "latency", "paused", "served"),
+    table(("queue", "count", "latency", "paused", "served", "limits"),
           [(q.job_name, q.count, _ago(q.latency) if q.count else "-", "yes" if q.paused else "no",
-            "yes" if q.served else "NO (no live pool)") for q in qs], out)
+            "yes" if q.served else "NO (no live pool)", limits_text(q)) for q in qs], out)
+
+
+def limits_text(q: Queue) -> str:
+    """``max 5 (3 running), 100/s``, or ``-``."""
+    parts = []
+    if q.max_concurrency:
+        parts.append(f"max {q.max_concurrency} ({q.running} running)")
+    if q.rate_limit:
+        parts.append(q.rate_limit)
+    return ", ".join(parts) or "-"
 
 
 def _batches_args(p: Parser) -> None:

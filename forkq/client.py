@@ -182,6 +182,11 @@ class Queue:
     paused: bool
     # Whether a live pool lists this name (Sidekiq's process ``info.queues``).
     served: bool = True
+    # The limits live pools declare for it (0 / None: none), and running jobs under
+    # max_concurrency (its leases).
+    max_concurrency: int = 0
+    rate_limit: str | None = None
+    running: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -472,13 +477,22 @@ class Client:
         names = sorted(as_text(n) for n in self._conn.smembers(self.keys.queues))
         if not names:
             return []
-        served = self.served_names()
+        live = self._live_processes()
+        served = {q for p in live.values() for q in p.queues}
+        limits: dict[str, tuple[int, str | None]] = {}
+        for ident in sorted(live):
+            for n, lim in live[ident].limits.items():
+                limits.setdefault(n, lim)  # pools should agree; the first (by identity) is shown
         pipe = self._conn.pipeline(transaction=False)
         for n in names:
             pipe.llen(self.keys.queue(n))
             pipe.lindex(self.keys.queue(n), -1)
             pipe.exists(self.keys.paused(n))
+        for n in names:
+            if limits.get(n, (0, None))[0]:
+                pipe.zcard(self.keys.lease(n))  # expired leases are dropped by the next fetch
         res = pipe.execute()
+        leases = iter(res[3 * len(names):])
         now = time.time()
         out = []
         for i, n in enumerate(names):
@@ -492,8 +506,10 @@ class Client:
                     enq = 0.0
                 if enq > 0:
                     latency = max(0.0, now - enq)
+            maxc, rate = limits.get(n, (0, None))
             out.append(Queue(job_name=n, count=int(count), latency=latency, paused=bool(paused),
-                             served=n in served))
+                             served=n in served, max_concurrency=maxc, rate_limit=rate,
+                             running=int(next(leases)) if maxc else 0))
         return out
 
     def served_names(self) -> set[str]:
@@ -571,7 +587,8 @@ class Client:
             if beat is None:
                 continue
             out[ident] = _LiveProcess(queues=_info_queues(info),
-                                      in_flight=frozenset(as_text(f) for f in fields))
+                                      in_flight=frozenset(as_text(f) for f in fields),
+                                      limits=_info_limits(info))
         return out
 
     def worker_observations(self) -> list[WorkerObservation]:
@@ -640,6 +657,26 @@ class Client:
 class _LiveProcess:
     queues: frozenset[str]
     in_flight: frozenset[str]  # in-progress fields (jid, or jid#n)
+    limits: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+
+
+def _info_limits(info: bytes | None) -> dict[str, tuple[int, str | None]]:
+    """The flow limits a forkq pool's ``info`` declares (anything malformed is skipped:
+    the hash may have been written by anyone)."""
+    try:
+        data = orjson.loads(info) if info else None
+    except orjson.JSONDecodeError:
+        return {}
+    raw = data.get("limits") if isinstance(data, dict) else None
+    out: dict[str, tuple[int, str | None]] = {}
+    if isinstance(raw, dict):
+        for n, v in raw.items():
+            if not isinstance(v, dict):
+                continue
+            m, r = v.get("max_concurrency"), v.get("rate_limit")
+            out[n] = (m if isinstance(m, int) and not isinstance(m, bool) and m >= 0 else 0,
+                      r if isinstance(r, str) and len(r) < 40 else None)
+    return out
 
 
 def _info_queues(info: bytes | None) -> frozenset[str]:

@@ -61,12 +61,16 @@ class PoolInfo:
     concurrency: int
     job_names: tuple[str, ...]
     tag: str = ""
+    # Flow limits of the names that have any: name -> {"max_concurrency": N, "rate_limit": "N/s"}.
+    limits: tuple[tuple[str, int, str], ...] = ()
 
     @classmethod
-    def create(cls, *, identity: str, concurrency: int, job_names: Sequence[str], tag: str = "") -> PoolInfo:
+    def create(cls, *, identity: str, concurrency: int, job_names: Sequence[str], tag: str = "",
+               limits: Sequence[tuple[str, int, str]] = ()) -> PoolInfo:
         return cls(identity=identity, hostname=identity.split(":", 1)[0], pid=os.getpid(),
                    started_at=time.time(), concurrency=concurrency,
-                   job_names=tuple(sorted(job_names)), tag=tag)
+                   job_names=tuple(sorted(job_names)), tag=tag,
+                   limits=tuple(sorted(x for x in limits if x[1] or x[2])))
 
     def sidekiq_info(self) -> bytes:
         from . import __version__  # the package is fully imported by the time a pool beats
@@ -79,6 +83,8 @@ class PoolInfo:
             # weights are the queues (0 = no weighted random pick, as Sidekiq's strict order).
             "version": f"forkq {__version__}", "weights": [dict.fromkeys(self.job_names, 0)],
             "embedded": False,
+            # forkq's own (Sidekiq ignores it): what `forkq queues` and the dashboard show.
+            "limits": {n: {"max_concurrency": m, "rate_limit": r or None} for n, m, r in self.limits},
         })
 
 

@@ -170,3 +170,40 @@ def test_the_limit_holds_while_children_are_killed(tmp_path, redis_url: str, r: 
     assert worst <= 40 + 40 + 1
     assert kills >= 3
     assert f.stop() == 0
+
+
+def test_forkq_queues_and_the_client_show_the_limits_live_pools_declare(
+        redis_url: str, pools: list, r: redis.Redis) -> None:
+    import io
+
+    from forkq.admin_cli import run as cli
+
+    gate = threading.Event()
+    pool = forkq.WorkerPool(NS, config=forkq.Config(idle_poll_interval=0.2))
+    pool.register("capped", lambda job: gate.wait(10), forkq.JobOptions(max_concurrency=2, rate_limit="50/m"))
+    pool.register("plain", lambda job: None)
+    e = pool.enqueuer(redis_url)
+    e.enqueue_many("capped", [{"i": i} for i in range(3)])
+    e.enqueue("plain")
+    start(pools, pool, redis_url, concurrency=4)
+    try:
+        c = forkq.Client(redis_url, NS)
+        wait_for(lambda: next(q for q in c.queues() if q.job_name == "capped").running == 1, 10,
+                 message="one capped job running (50/m spreads them: one per 1.2 s)")
+        q = {x.job_name: x for x in c.queues()}
+        assert (q["capped"].max_concurrency, q["capped"].rate_limit) == (2, "50/m")
+        assert (q["plain"].max_concurrency, q["plain"].rate_limit, q["plain"].running) == (0, None, 0)
+        out, err = io.StringIO(), io.StringIO()
+        assert cli(["queues", "--redis", redis_url, "-n", NS], out, err) == 0, err.getvalue()
+        line = next(x for x in out.getvalue().splitlines() if x.startswith("capped"))
+        assert "max 2 (1 running), 50/m" in line
+        # A pool info written by someone else, with junk limits: shown as none, no error.
+        r.hset(pool.keys.process("intruder:1:x"), mapping={
+            "beat": "1", "info": b'{"queues":["junk"],"limits":{"junk":{"max_concurrency":"lots"}}}'})
+        r.sadd(pool.keys.processes, "intruder:1:x")
+        r.sadd(pool.keys.queues, "junk")
+        assert next(x for x in c.queues() if x.job_name == "junk").max_concurrency == 0
+    finally:
+        gate.set()
+        r.srem(pool.keys.processes, "intruder:1:x")
+        r.delete(pool.keys.process("intruder:1:x"))
