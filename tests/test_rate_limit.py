@@ -207,3 +207,36 @@ def test_forkq_queues_and_the_client_show_the_limits_live_pools_declare(
         gate.set()
         r.srem(pool.keys.processes, "intruder:1:x")
         r.delete(pool.keys.process("intruder:1:x"))
+
+
+TWO_HOST_JOBS = '''
+@pool.job(rate_limit="30/s")
+def limited(job):
+    r = R()
+    s, us = r.time()
+    r.rpush("test:rate_starts", s + us / 1e6)
+    r.hset("test:pids", job.id, os.getpid())
+    r.hincrby("test:runs", job.id, 1)
+'''
+
+
+@pytest.mark.slow
+def test_two_masters_on_one_redis_share_the_limit(tmp_path, redis_url: str, r: redis.Redis,
+                                                  forkqs: list) -> None:
+    mod = write_jobs(tmp_path, TWO_HOST_JOBS)
+    masters = [start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "4"],
+                           env={"FORKQ_HOSTNAME": host}, tag=host) for host in ("host-a", "host-b")]
+    for f in masters:
+        wait_children_ready(f, r, 2)
+    e = forkq.Enqueuer(redis_url, MNS)
+    jids = [j.id for j in e.enqueue_many("limited", [{"i": i} for i in range(150)])]
+    e.close()
+    wait_for(lambda: r.hlen("test:runs") >= 150, 60, interval=0.1, message="150 jobs over two masters")
+    starts = [float(x) for x in r.lrange("test:rate_starts", 0, -1)]
+    assert max_in_window(starts, 1.0) <= 30 + 30 + 1
+    assert max(starts) - min(starts) >= (150 - 30) / 30 - 0.3  # the rate, not faster
+    pids = {int(p) for p in r.hvals("test:pids")}
+    assert all(pids & f.child_pids() for f in masters), "both masters ran some"
+    assert set(r.hkeys("test:runs")) == {j.encode() for j in jids}
+    for f in masters:
+        assert f.stop() == 0
