@@ -299,8 +299,9 @@ class Locator:
             for k, v in self.target.kwargs.items():
                 if k.startswith("ssl_"):
                     opts.setdefault(k, v)
+        # No CLIENT SETINFO (see ConnectionSpec.connect): the documented ACL line lacks it.
         return redis.Redis(host=host, port=port, socket_timeout=1.0, socket_connect_timeout=1.0,
-                           retry=Retry(NoBackoff(), 0), **opts)
+                           retry=Retry(NoBackoff(), 0), **{**_NO_SETINFO, **opts})
 
 
 class SentinelLocator(Locator):
