@@ -145,6 +145,7 @@ class Fetcher(threading.Thread):
         self._quiet = False
         self._stopping = False
         self._last_empty = False
+        self._in_round_trip = False
         self._next_poll = 0.0
         self._errors = 0
         self._reconcile = False
@@ -232,7 +233,10 @@ class Fetcher(threading.Thread):
     def idle(self) -> bool:
         """Nothing taken and not acked, and the last fetch found nothing."""
         with self._cv:
-            return self._inflight == 0 and not self._done and self._last_empty and not self._woken
+            # Not while a round trip is out: jobs it took are off their queue but not
+            # yet counted in _inflight (drain would see empty queues and nothing held).
+            return (self._inflight == 0 and not self._done and self._last_empty and not self._woken
+                    and not self._in_round_trip)
 
     def held_fields(self) -> set[str]:
         with self._cv:
@@ -309,6 +313,7 @@ class Fetcher(threading.Thread):
                     self._cv.wait(None if timeout is None else max(0.0, timeout))
                     self._waiting = False
                 if not give_back:
+                    self._in_round_trip = True  # under the lock: see idle()
                     done, self._done = self._done, []
                     self._inflight -= len(done)
                     want = room if can_fetch else 0
@@ -324,7 +329,11 @@ class Fetcher(threading.Thread):
                 self._no_prefetch_until = self._completions + self._concurrency
                 self.give_back_pending()
                 continue
-            self._round_trip(done, want, polled, promote, report_due)
+            try:
+                self._round_trip(done, want, polled, promote, report_due)
+            finally:
+                with self._cv:
+                    self._in_round_trip = False
 
     def _start(self) -> int:
         """The name a fetch tries first: the priority pick, moved on (cyclically, as the
