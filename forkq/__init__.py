@@ -13,6 +13,7 @@ from .errors import (
     ConfigError,
     EnqueueError,
     ForkqError,
+    JobCancelled,
     JobTimeout,
     NotDeleted,
     NotRetried,
@@ -22,12 +23,14 @@ from .errors import (
 from .job import Job
 from .registry import JobOptions, WorkerPool
 from .reporters import Reporter
+from .results import JobResult
 from .retry import default_backoff
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArgError", "Batch", "BatchStatus", "Config", "ConfigError", "EnqueueError", "Enqueuer", "ForkqError", "Job",
+    "JobCancelled", "JobResult",
     "JobOptions", "JobTimeout", "NotDeleted", "NotRetried", "PayloadTooLarge", "Reporter",
     "ScheduledJob", "Shutdown", "WorkerPool", "default_backoff", "__version__",
 ]

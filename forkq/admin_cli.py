@@ -331,6 +331,33 @@ def _unpause(c: Client, a: argparse.Namespace, out: TextIO) -> None:
         out.write(f"unpaused {a.name}\n")
 
 
+def _cancel(c: Client, a: argparse.Namespace, out: TextIO) -> None:
+    if not c.cancel(a.jid):
+        raise Failed(f"no queued, scheduled, retrying or running job {a.jid!r} (unknown or already finished)")
+    if a.json:
+        _json({"cancelled": a.jid}, out)
+    else:
+        out.write(f"cancelled {a.jid}\n")
+
+
+def _result(c: Client, a: argparse.Namespace, out: TextIO) -> None:
+    res = c.result(a.jid)
+    if res is None:
+        raise Failed(f"no job {a.jid!r} is waiting or running, and none kept a result (result_ttl)")
+    if a.json:
+        _json(asdict(res), out)
+        return
+    out.write(f"{res.jid} {res.state}\n")
+    if res.result is not None:
+        out.write(f"result: {orjson.dumps(res.result).decode()}\n")
+    if res.error:
+        out.write(f"error: {res.error}\n")
+
+
+def _jid_args(p: Parser) -> None:
+    p.add_argument("jid", help="the job's id")
+
+
 def _workers(c: Client, a: argparse.Namespace, out: TextIO) -> None:
     obs = [o for o in c.worker_observations() if o.is_busy or not a.busy]
     if a.json:
@@ -456,6 +483,12 @@ _TABLE: tuple[Verb, ...] = (
          description="Stop workers from taking jobs of NAME."),
     Verb(name="unpause", run=_unpause, arguments=_name_args,
          description="Let workers take jobs of NAME again."),
+    Verb(name="cancel", run=_cancel, arguments=_jid_args,
+         description="Cancel job JID: a waiting one is removed, a running one is told to stop; "
+                     "exits 1 if no such job is waiting or running."),
+    Verb(name="result", run=_result, arguments=_jid_args,
+         description="State of job JID (queued, scheduled, retrying, running, or kept: succeeded, "
+                     "dead, cancelled) and its result/error; exits 1 if nothing is known."),
     Verb(name="workers", run=_workers, arguments=_workers_args,
          description="What every worker thread of every live pool is doing."),
     Verb(name="batches", run=_batches, arguments=_batches_args,

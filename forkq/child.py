@@ -30,7 +30,7 @@ import select
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
 import psutil
@@ -38,7 +38,7 @@ import redis
 from redis.exceptions import RedisError
 from setproctitle import setproctitle
 
-from . import clock, forked, messages, scripts
+from . import clock, forked, messages, results, scripts
 from .backoff import capped_exponential
 from .config import Config, pool_hostname
 from .connection import ConnectionSpec, redact
@@ -384,12 +384,18 @@ class _Child:
             if rt.executor.metrics is not None:  # its own thread is stuck and will never count it
                 rt.executor.metrics.record(_slot.index, job.name if spec is not None else OTHER,
                                            mono - _slot.started_mono, True)
-            settles.append(failure_settle(
+            message = (f"hard timeout: job still running {mono - _slot.deadline:.1f}s after "
+                       f"its timeout of {timeout:g}s; its worker process was replaced")
+            settle = failure_settle(
                 field=field, name=qname if opts.max_concurrency > 0 else None, data=data,
-                error_class="JobTimeout",
-                error_message=(f"hard timeout: job still running {mono - _slot.deadline:.1f}s after "
-                               f"its timeout of {timeout:g}s; its worker process was replaced"),
-                max_fails=opts.max_fails, skip_dead=opts.skip_dead, backoff=opts.backoff, job=job))
+                error_class="JobTimeout", error_message=message,
+                max_fails=opts.max_fails, skip_dead=opts.skip_dead, backoff=opts.backoff, job=job)
+            if opts.result_ttl is not None:  # its result record, written with the ack below
+                final = settle.op != "r"
+                settle = replace(settle, jid=job.id, result_ttl=opts.result_ttl, result_final=final,
+                                 result=results.record("dead" if final else "retrying",
+                                                       error=f"JobTimeout: {message}"))
+            settles.append(settle)
         log.error("child %d: %s ignored its timeout; failing it and replacing this process",
                   plan.index, ", ".join(names))
         if rt.reporters is not None:
@@ -403,9 +409,11 @@ class _Child:
         if settles:
             try:
                 conn = self._control_conn()
-                scripts.run_one(conn, scripts.ack(
+                kept = [x for x in settles if x.result is not None]
+                scripts.run(conn, [scripts.ack(
                     rt.keys, identity=rt.identity, plain_done=(), settles=settles,
-                    dead_cutoff=clock.now() - plan.config.dead_max_age, dead_max=plan.config.dead_max_jobs))
+                    dead_cutoff=clock.now() - plan.config.dead_max_age, dead_max=plan.config.dead_max_jobs),
+                    *([scripts.store_results(rt.keys, kept)] if kept else [])])
                 rt.stats.add(len(settles), len(settles))
             except RedisError as exc:
                 # The master requeues whatever is left in our in-progress hash.

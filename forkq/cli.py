@@ -47,7 +47,7 @@ from .registry import WorkerPool
 from .systemd import Notifier
 
 # The Config fields the worker command takes as flags, in --help order.
-WORKER_FLAGS = ("concurrency", "processes", "redis_url", "shutdown_timeout", "redis_wait",
+WORKER_FLAGS = ("concurrency", "async_concurrency", "processes", "redis_url", "shutdown_timeout", "redis_wait",
                 "max_jobs_per_child", "max_memory_per_child_mb", "hostname", "metrics", "log_level")
 
 

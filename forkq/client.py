@@ -33,11 +33,12 @@ import orjson
 import redis
 
 from . import job as jobcodec
-from . import scripts
+from . import results, scripts
 from .batch import BatchStatus
 from .connection import ConnectionSpec, publish, sharded_pubsub
 from .errors import ConfigError, NotDeleted, NotRetried
 from .keys import Keys, field_holds_jid, validate_job_name, worker_sort_key
+from .results import JobResult
 
 PAGE_SIZE = 20
 # Entries read per round trip when a whole zset is walked (search by jid, retry all).
@@ -388,6 +389,63 @@ class Client:
         if not uk.startswith(self.keys.unique(data["class"], "")):
             return None
         return uk
+
+    # -- cancellation ---------------------------------------------------------------------
+    def cancel(self, jid: str) -> bool:
+        """Cancel job ``jid``: a queued, scheduled or retrying job is removed and never
+        runs; a running one is told at once (``job.cancelled``; an async job's task is
+        cancelled) and is never retried or requeued, even if its process dies.
+
+        Returns False if no job has that jid (unknown, or already finished).  One
+        script call, which scans the namespace's queues, schedule and retry (a cancel
+        is an operator's action; queued jobs carry their jid only inside the JSON).
+        """
+        if not isinstance(jid, str) or not jid:
+            raise ConfigError(f"a jid is a non-empty string, got {jid!r}")
+        reply = self._where(jid, locate=False)
+        if not reply:
+            return False
+        state, payload = as_text(reply[0]), reply[1]
+        if state != "running" and payload:
+            guard = self._guard_of(payload)
+            if guard is not None:
+                scripts.run_one(self._conn, scripts.release_unique([(guard, jid)]))
+        return True
+
+    def _where(self, jid: str, *, locate: bool) -> list[Any]:
+        """cancel.lua over every queue and in-progress hash of the namespace."""
+        names = sorted(as_text(n) for n in self._conn.smembers(self.keys.queues))
+        # Every registered pool's hash, even if empty now (an idle pool's hash does not
+        # exist until it takes a job, maybe between this read and the script), plus the
+        # hashes of pools no longer registered (dead, not yet reaped).
+        live = {self.keys.inprogress(as_text(i)) for i in self._conn.zrange(self.keys.pools, 0, -1)}
+        inprogress = sorted(live | {as_text(k) for k in self._conn.scan_iter(
+            match=self.keys.inprogress_glob(), count=1000)})
+        return list(scripts.run_one(self._conn, scripts.cancel(
+            self.keys, jid=jid, queue_keys=[self.keys.queue(n) for n in names], inprogress_keys=inprogress,
+            locate=locate)))
+
+    # -- results ------------------------------------------------------------------------
+    def result(self, jid: str) -> JobResult | None:
+        """What is known of job ``jid``: where it is now (queued, scheduled, retrying,
+        running), else its kept outcome (succeeded, dead, cancelled; jobs with a
+        ``result_ttl`` keep result/error that long), else None (unknown or forgotten).
+        """
+        if not isinstance(jid, str) or not jid:
+            raise ConfigError(f"a jid is a non-empty string, got {jid!r}")
+        where = self._where(jid, locate=True)
+        pipe = self._conn.pipeline(transaction=False)
+        pipe.get(self.keys.result(jid))
+        pipe.zscore(self.keys.cancelled, jid)
+        raw, cancelled = pipe.execute()
+        kept = results.parse(jid, raw) if raw is not None else None
+        if where:
+            return JobResult(jid=jid, state=as_text(where[0]), error=kept.error if kept else None)
+        if kept is not None:
+            return kept
+        if cancelled is not None:
+            return JobResult(jid=jid, state="cancelled")
+        return None
 
     def delete_all_dead_jobs(self) -> int:
         """Empty the dead set; return how many entries it held."""

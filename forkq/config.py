@@ -34,6 +34,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 class Config:
     # Process model (CLI flags).
     concurrency: int = 10
+    # async def jobs running at once per child, on its event loop, beside the threads.
+    async_concurrency: int = 100
     processes: int = os.cpu_count() or 1
     redis_url: str = DEFAULT_URL
     shutdown_timeout: float = 25.0
@@ -228,6 +230,9 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting(field="concurrency", env="FORKQ_CONCURRENCY", flag="--concurrency", short="-c",
             parse=positive_int, help="threads per child (default 10)"),
+    Setting(field="async_concurrency", env="FORKQ_ASYNC_CONCURRENCY", flag="--async-concurrency",
+            parse=positive_int, metavar="N",
+            help="async def jobs running at once per child, beside the threads (default 100)"),
     Setting(field="processes", env="FORKQ_PROCESSES", flag="--processes", short="-p",
             parse=positive_int, help="child processes (default: the number of CPUs)"),
     Setting(field="redis_url", env="FORKQ_REDIS_URL", flag="--redis", parse=text, metavar="URL",

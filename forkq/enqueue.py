@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 import redis
@@ -17,7 +18,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from . import clock, otel, scripts
+from . import clock, otel, results, scripts
 from . import job as jobcodec
 from .batch import Batch
 from .config import DAY, Config, env_value
@@ -25,6 +26,7 @@ from .connection import ConnectionSpec
 from .errors import ConfigError, EnqueueError, PayloadTooLarge
 from .job import Job
 from .keys import Keys, validate_job_name
+from .results import JobResult
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +40,9 @@ class ScheduledJob:
 def unique_suffix(args: Mapping[str, Any] | None) -> str:
     """Canonical JSON of the arguments: key order must not change uniqueness."""
     return orjson.dumps(dict(args or {}), option=orjson.OPT_SORT_KEYS).decode()
+
+
+_Redis: TypeAlias = redis.Redis  # (the constructor's `redis` argument shadows the module)
 
 
 class Enqueuer:
@@ -74,6 +79,8 @@ class Enqueuer:
         self._local = threading.local()
         self._runners: list[scripts.Runner] = []
         self._runners_lock = threading.Lock()
+        # Enqueuer.wait's connection (no socket timeout: it blocks in BLPOP).
+        self._blocking: _Redis | None = None
 
     # -- plumbing -------------------------------------------------------------
     def _encode(self, data: dict[str, Any]) -> bytes:
@@ -308,7 +315,43 @@ class Enqueuer:
             raise ConfigError(f"unknown job {name!r}: no handler is registered under that name "
                               f"(known: {', '.join(sorted(self._known)) or 'none'})")
 
+    def wait(self, jid: str, timeout: float | None = None) -> JobResult:
+        """Block until job ``jid`` (of a name with ``result_ttl``) ends; its JobResult.
+
+        No polling: a blocking pop on the job's notify list, which the ack that
+        ends the job pushes (store_results.lua).  ``timeout`` seconds (None =
+        forever) then ``TimeoutError``.  A job without ``result_ttl`` keeps no
+        outcome, so waiting on it can only time out.
+        """
+        if not isinstance(jid, str) or not jid:
+            raise ConfigError(f"a jid is a non-empty string, got {jid!r}")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
+            raise ConfigError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+        end = None if timeout is None else time.monotonic() + timeout
+        rkey, nkey = self.keys.result(jid), self.keys.result_notify(jid)
+        if self._blocking is None:
+            self._blocking = self._spec.connect(socket_timeout=None)
+        conn = self._blocking
+        while True:
+            raw = conn.get(rkey)
+            kept = results.parse(jid, raw) if raw is not None else None
+            if kept is not None and kept.done:
+                return kept
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"job {jid} did not end within {timeout}s")
+            # BLPOP's 0 blocks forever; a positive timeout is at least Redis's 1 ms.
+            if conn.blpop([nkey], timeout=0 if left is None else max(left, 0.001)) is not None:
+                # Put the element back for other waiters, for as long as the result lives.
+                ttl = conn.ttl(rkey)
+                pipe = conn.pipeline(transaction=True)
+                pipe.rpush(nkey, "1")
+                pipe.expire(nkey, ttl if ttl and ttl > 0 else 1)
+                pipe.execute()
+
     def close(self) -> None:
+        if self._blocking is not None:
+            self._blocking.close()
         with self._runners_lock:
             runners, self._runners = self._runners, []
         for runner in runners:

@@ -47,3 +47,11 @@ class JobTimeout(BaseException):
 
 class Shutdown(BaseException):
     """Raised inside a job's thread when the pool gives up waiting for it at shutdown."""
+
+
+class JobCancelled(BaseException):
+    """Raised by ``job.raise_if_cancelled()`` once ``Client.cancel`` reached a running job.
+
+    A BaseException, like JobTimeout, so a handler's ``except Exception`` does not
+    swallow it; the job then ends as cancelled (never retried).
+    """

@@ -409,6 +409,10 @@ class Fetcher(threading.Thread):
                                      plain_done=[] if merged else plain, settles=settles,
                                      dead_cutoff=clock.now() - self._config.dead_max_age,
                                      dead_max=self._config.dead_max_jobs, allow_oom=self.allow_oom))
+            # Result records (result_ttl) ride the same round trip, after the ack.
+            kept = [s for s in settles if s.result is not None]
+            if kept:
+                calls.append(scripts.store_results(keys, kept))
         start = 0
         promote = promote and want > 0
         report_due = report_due or promote

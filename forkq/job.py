@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from . import clock
-from .errors import ArgError
+from .errors import ArgError, JobCancelled
 from .keys import Keys
 
 _dumps = orjson.dumps
@@ -300,7 +300,7 @@ class Job:
     """
 
     __slots__ = ("name", "id", "args", "data", "enqueued_at", "fails", "_arg_error",
-                 "_checkin", "_checkin_at")
+                 "_checkin", "_checkin_at", "_cancelled")
 
     def __init__(self, *, name: str, id: str, args: dict[str, Any], data: dict[str, Any],
                  enqueued_at: float = 0.0, fails: int = 0) -> None:
@@ -313,6 +313,7 @@ class Job:
         self._arg_error: ArgError | None = None
         self._checkin: str | None = None
         self._checkin_at: float | None = None
+        self._cancelled = False
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Job:
@@ -326,6 +327,21 @@ class Job:
             enqueued_at=timestamp(data.get("enqueued_at")),
             fails=(rc + 1) if rc is not None else 0,
         )
+
+    # Cancellation (Client.cancel) -------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        """True once ``Client.cancel`` reached this running job (a long job checks it)."""
+        return self._cancelled
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``forkq.JobCancelled`` if the job was cancelled: it ends, never retried."""
+        if self._cancelled:
+            raise JobCancelled(f"job {self.name} {self.id} was cancelled")
+
+    def mark_cancelled(self) -> None:
+        """Set by the pool when a cancel for this job arrives (any thread; a bool store)."""
+        self._cancelled = True
 
     # Positional arguments pushed by a Sidekiq client (``args: [1, "x"]``).
     @property

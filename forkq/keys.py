@@ -21,6 +21,9 @@ from .errors import ConfigError
 # in schedule/retry: every fetcher re-arms its sleep.  Braces are forbidden in job
 # names, so it never collides with one.
 DUE_MESSAGE = "{due}"
+# Published on the wake channel as CANCEL_MESSAGE + jid when a running job is cancelled
+# (cancel.lua): the pool running it is told at once.
+CANCEL_MESSAGE = "{cancel}"
 
 # Characters that would break the key layout or the hash tag.
 _FORBIDDEN_NAME_CHARS = frozenset("{}\n\r\x00")
@@ -62,6 +65,7 @@ class Keys:
         "namespace", "prefix", "queues", "schedule", "retry", "dead", "processes",
         "pools", "stat_processed", "stat_failed", "wake_channel", "reaper_lock", "waker_lock",
         "batches",
+        "cancelled",
     )
 
     def __init__(self, namespace: str) -> None:
@@ -82,6 +86,8 @@ class Keys:
         self.waker_lock = p + "waker:lock"
         # Batches (Enqueuer.batch): bid -> created-at, newest last.
         self.batches = p + "batches"
+        # zset jid -> when: running jobs cancelled (cancel.lua), dropped if requeued.
+        self.cancelled = p + "cancelled"
 
     @property
     def plain(self) -> bool:
@@ -111,6 +117,14 @@ class Keys:
         """A running job's member in ``lease:<name>``; scripts get ``lease_member(id, "")``
         as a prefix and append the field, so the format lives here only."""
         return identity + ":" + field
+
+    def result(self, jid: str) -> str:
+        """A job's state and result (forkq.results), kept ``result_ttl`` seconds."""
+        return self.prefix + "result:" + jid
+
+    def result_notify(self, jid: str) -> str:
+        """List pushed once when a job with a result_ttl ends (``Enqueuer.wait`` BLPOPs it)."""
+        return self.prefix + "result-notify:" + jid
 
     def unique(self, name: str, suffix: str) -> str:
         return self.prefix + "unique:" + name + ":" + suffix

@@ -6,7 +6,6 @@ prefork master finds in the user's module and hands to every child.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +50,8 @@ class WorkerPool:
     @overload
     def job(self, name: str | None = None, /, *, priority: int = 1, max_fails: int = 4,
             skip_dead: bool = False, max_concurrency: int = 0, backoff: Backoff | None = None,
-            timeout: float | None = None, rate_limit: str | None = None) -> Callable[[Handler], Handler]: ...
+            timeout: float | None = None, rate_limit: str | None = None,
+            result_ttl: int | None = None) -> Callable[[Handler], Handler]: ...
 
     def job(self, fn_or_name: Any = None, /, **options: Any) -> Any:
         """Register a handler: ``@pool.job``, ``@pool.job("name")`` or ``@pool.job(priority=5)``."""
@@ -70,16 +70,18 @@ class WorkerPool:
         validate_job_name(name)
         if not callable(handler):
             raise ConfigError(f"handler of job {name!r} is not callable")
-        if _is_async(handler):
-            # It would "succeed" without ever running (the coroutine is never awaited).
-            raise ConfigError(f"job {name!r}: async def handlers are not supported; "
-                              "write a plain def (run asyncio.run(...) inside it if needed)")
         if name in self._reg.jobs:
             raise ConfigError(f"job {name!r} is registered twice")
         self._reg.jobs[name] = JobSpec(name=name, handler=handler, options=options or JobOptions())
 
     def middleware(self, fn: Middleware) -> Middleware:
-        """Wrap every job: ``fn(job, next)``; call ``next()`` to go on.  Registration order."""
+        """Wrap jobs: ``fn(job, next)``; call ``next()`` to go on.  Registration order.
+
+        A plain ``def`` middleware wraps the plain ``def`` jobs (it runs in their
+        thread); an ``async def`` middleware (``await next()``) wraps the
+        ``async def`` jobs on the event loop.  A plain middleware cannot wrap a
+        coroutine's run without blocking the loop, so each kind wraps its own.
+        """
         if not callable(fn):
             raise ConfigError("middleware must be callable: fn(job, next)")
         self._reg.middleware.append(fn)
@@ -170,8 +172,3 @@ class WorkerPool:
             raise ConfigError("drain() needs a started pool: call start() first")
         rt.drain(timeout)
 
-
-def _is_async(fn: Any) -> bool:
-    target = getattr(fn, "func", fn)  # functools.partial
-    call = type(target).__call__ if not inspect.isroutine(target) else None
-    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call)

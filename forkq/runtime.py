@@ -19,6 +19,7 @@ import redis
 from redis.exceptions import NoPermissionError, RedisError
 
 from . import clock, reaper, scheduler, scripts
+from .aio import AsyncRunner
 from .backoff import capped_exponential
 from .config import pool_hostname
 from .connection import ConnectionSpec, sharded_pubsub
@@ -27,7 +28,7 @@ from .executor import Executor
 from .fetcher import Fetcher
 from .heartbeat import Heartbeat, PoolInfo
 from .job_metrics import JobMetrics
-from .keys import DUE_MESSAGE
+from .keys import CANCEL_MESSAGE, DUE_MESSAGE
 from .reporters import ReporterHub
 from .scripts import FetchTarget
 from .spec import PoolDefinition
@@ -38,6 +39,7 @@ log = logging.getLogger("forkq.runtime")
 
 PERIODIC_HORIZON = 300.0
 PERIODIC_EVERY = 60.0
+_CANCEL_PREFIX = CANCEL_MESSAGE.encode()
 
 
 def new_identity(hostname: str = "") -> str:
@@ -77,7 +79,15 @@ class PoolRuntime:
         # Side by side: the fetcher hands taken jobs to the executor, the executor hands
         # finished ones back to the fetcher's ack batch.
         self.executor = Executor(specs=specs, middleware=pool.middlewares, concurrency=concurrency,
-                                 reporters=self.reporters, sidekiq_metrics=self.job_metrics)
+                                 reporters=self.reporters, sidekiq_metrics=self.job_metrics,
+                                 async_concurrency=self.config.async_concurrency,
+                                 async_runner=AsyncRunner)
+        # One budget for the fetcher: free threads + free async slots (forkq.aio); the
+        # threads do not count in a pool whose every job is async def.
+        if self.executor.aio is not None:
+            n_async = len(self.executor.aio.slots)
+            concurrency = n_async if all(s.is_async for s in specs.values()) else concurrency + n_async
+            self.concurrency = concurrency
         self.fetcher = Fetcher(
             conn=self.conn, keys=self.keys, identity=self.identity, config=self.config,
             targets=targets, priorities=[specs[n].options.priority for n in self._names],
@@ -249,8 +259,10 @@ class PoolRuntime:
                     ps.ssubscribe(self.keys.wake_channel)
                 else:
                     ps.subscribe(self.keys.wake_channel)
-                # Anything pushed while we were not subscribed is found by one fetch.
+                # Anything pushed while we were not subscribed is found by one fetch,
+                # and cancels announced meanwhile by their marks.
                 self.fetcher.wake()
+                self._cancels_missed()
                 errors = 0
                 while not self._stop.is_set():
                     msg = ps.get_message(timeout=1.0)
@@ -259,8 +271,11 @@ class PoolRuntime:
                     if msg.get("type") == "sunsubscribe":
                         self._listen_conn.connection_pool.connection_kwargs["locator"].invalidate()
                         raise redis.ConnectionError(f"{self.keys.wake_channel}: the slot moved")
-                    if msg.get("data") in self._name_set:
-                        self.fetcher.wake(msg["data"])
+                    data = msg.get("data")
+                    if data in self._name_set:
+                        self.fetcher.wake(data)
+                    elif isinstance(data, bytes) and data.startswith(_CANCEL_PREFIX):
+                        self.executor.cancel(data[len(_CANCEL_PREFIX):].decode("utf-8", "replace"))
             except Exception as exc:  # noqa: BLE001 - the listener must never die
                 if self._stop.is_set():
                     return
@@ -273,6 +288,20 @@ class PoolRuntime:
                     ps.close()  # its socket: the next subscription dials where the locator says
                 except Exception:  # noqa: BLE001, S110 - already broken
                     pass
+
+    def _cancels_missed(self) -> None:
+        """Cancels of jobs we hold that were announced while we were not subscribed."""
+        jids = sorted({f.split("#", 1)[0] for f in self.fetcher.held_fields()})
+        if not jids:
+            return
+        try:
+            marks = self._hk_conn.zmscore(self.keys.cancelled, jids)
+        except RedisError as exc:
+            log.warning("could not read cancel marks: %s", exc)
+            return
+        for jid, mark in zip(jids, marks, strict=True):
+            if mark is not None:
+                self.executor.cancel(jid)
 
     def _beat_safely(self) -> bool:
         try:

@@ -23,9 +23,10 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from . import results
 from .backoff import capped_exponential
 from .connection import REDIRECT_BACKOFF_CAP, REDIRECT_RETRIES, Locator, Redirected, sharded_pubsub
-from .keys import DUE_MESSAGE, Keys
+from .keys import CANCEL_MESSAGE, DUE_MESSAGE, Keys
 
 log = logging.getLogger("forkq.scripts")
 
@@ -85,6 +86,8 @@ BURY = _load("bury")
 CLAIM_POOL = _load("claim_pool")
 RELEASE_UNIQUE = _load("release_unique")
 DELETE_SCHEDULED = _load("delete_scheduled")
+CANCEL = _load("cancel")
+STORE_RESULTS = _load("store_results")
 BEAT = _load("beat")
 BATCH_PUSH = _load("batch_push")
 BEAT_OOM = _allow_oom(BEAT)
@@ -93,7 +96,8 @@ BEAT_OOM = _allow_oom(BEAT)
 # Scripts that announce wakes, and their sharded twins (picked per connection).
 _SHARDED = {s.sha: _sharded(s) for s in (ACK, ACK_OOM, ENQUEUE, ENQUEUE_UNIQUE, PROMOTE, PROMOTE_DUE,
                                          SCHEDULE, FETCH, FETCH_OOM, RELEASE_LOCK, BURY, CLAIM_POOL,
-                                         RELEASE_UNIQUE, DELETE_SCHEDULED, BEAT, BEAT_OOM, BATCH_PUSH)
+                                         RELEASE_UNIQUE, DELETE_SCHEDULED, BEAT, BEAT_OOM, BATCH_PUSH,
+                                         CANCEL)
             if "redis.call('PUBLISH'" in s.text}
 # FetchPlan pre-packs its EVALSHA (no per-connection choice): fetch must not publish.
 assert FETCH.sha not in _SHARDED and FETCH_OOM.sha not in _SHARDED
@@ -399,6 +403,11 @@ class Settle:
     guard: str | None = None
     # The batch the job belongs to (``bid``): settling it counts in ``batch:<bid>``.
     batch: str | None = None
+    # A job with a result_ttl: its record (forkq.results), written beside the ack.
+    result: bytes | None = None
+    result_ttl: int = 0
+    result_final: bool = False
+    jid: str = ""
 
 
 def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterable[Settle],
@@ -447,6 +456,7 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
     sections: list[Arg] = []
     for bid, fields in batch_plain.items():
         sections += (batch_index(bid), len(fields), *fields)
+    k.append(keys.cancelled)  # always last (ack.lua reads it as KEYS[#KEYS])
     args: list[Arg] = [Keys.lease_member(identity, ""), keys.wake_channel, repr(dead_cutoff), dead_max,
                        unique_ttl, DUE_MESSAGE, len(pair_of), *pair_of, len(plain_done)]
     args += plain_done
@@ -553,6 +563,32 @@ def delete_scheduled(keys: Keys, *, member: bytes, jid: str, guard: str | None) 
     """ZREM one scheduled member and release its unique guard if it still holds ``jid``."""
     return Call(script=DELETE_SCHEDULED, keys=[keys.schedule] + ([guard] if guard else []),
                 args=[member, jid])
+
+
+# A running job's cancel mark outlives any job run (and trims the set of old marks).
+CANCEL_MARK_TTL = 7 * 86400
+
+
+def cancel(keys: Keys, *, jid: str, queue_keys: Sequence[str], inprogress_keys: Sequence[str],
+           locate: bool = False) -> Call:
+    """Remove a waiting job by jid, or mark and announce a running one (cancel.lua);
+    ``locate``: only say where it is."""
+    return Call(script=CANCEL,
+                keys=[keys.cancelled, keys.schedule, keys.retry, keys.result(jid), keys.result_notify(jid),
+                      *queue_keys, *inprogress_keys],
+                args=[jid, len(queue_keys), keys.wake_channel, CANCEL_MESSAGE, CANCEL_MARK_TTL,
+                      "1" if locate else "0", results.record("cancelled")])
+
+
+def store_results(keys: Keys, settles: Iterable[Settle]) -> Call:
+    """Result records of settles that carry one (store_results.lua)."""
+    k: list[str] = []
+    args: list[Arg] = []
+    for s in settles:
+        assert s.result is not None and s.jid
+        k += (keys.result(s.jid), keys.result_notify(s.jid))
+        args += (s.result, s.result_ttl, "1" if s.result_final else "0")
+    return Call(script=STORE_RESULTS, keys=k, args=args)
 
 
 def beat(keys: Keys, *, identities: Sequence[str], leased_names: Iterable[str], lease_ttl: float,

@@ -7,8 +7,9 @@ each other.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ConfigError
@@ -82,6 +83,8 @@ class JobOptions:
     timeout: seconds before the job's thread gets ``JobTimeout`` (None = never).
     rate_limit: ``"N/s"``, ``"N/m"`` or ``"N/h"``: cluster-wide starts per period (None =
       none).  Jobs over it stay queued (not failed, not retried) and start when due.
+    result_ttl: keep the job's state and JSON return value/error this many seconds
+        (``Client.result``, ``Enqueuer.wait``); None = keep nothing, cost nothing.
     """
 
     priority: int = 1
@@ -91,6 +94,7 @@ class JobOptions:
     backoff: Backoff | None = None
     timeout: float | None = None
     rate_limit: str | None = None
+    result_ttl: int | None = None
 
     def __post_init__(self) -> None:
         if self.rate_limit is not None:
@@ -103,6 +107,9 @@ class JobOptions:
             raise ConfigError(f"max_concurrency must be an int >= 0, got {self.max_concurrency!r}")
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
             raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.result_ttl is not None and (isinstance(self.result_ttl, bool) or not isinstance(
+                self.result_ttl, int) or self.result_ttl < 1):
+            raise ConfigError(f"result_ttl must be a whole number of seconds >= 1, got {self.result_ttl!r}")
         if self.backoff is not None and not callable(self.backoff):
             raise ConfigError("backoff must be callable: fn(job) -> seconds")
 
@@ -116,6 +123,18 @@ class JobSpec:
     name: str
     handler: Handler
     options: JobOptions
+    # An ``async def`` handler runs on the child's event loop (forkq.aio), not a thread.
+    is_async: bool = field(default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", is_async_callable(self.handler))
+
+
+def is_async_callable(fn: Any) -> bool:
+    """An ``async def`` function, a partial of one, or an object whose ``__call__`` is one."""
+    target = getattr(fn, "func", fn)  # functools.partial
+    call = type(target).__call__ if not inspect.isroutine(target) else None
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call)
 
 
 @dataclass(frozen=True, kw_only=True)

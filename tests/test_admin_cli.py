@@ -331,7 +331,8 @@ def test_help_exits_zero(capsys) -> None:
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_reports_an_unreachable_redis_in_one_line(capsys, verb) -> None:
     url = f"redis://admin:hunter2@127.0.0.1:{free_port()}/0"
-    extra = {"enqueue": ["x", "{}"], "dead": ["list"], "pause": ["x"], "unpause": ["x"]}.get(verb, [])
+    extra = {"enqueue": ["x", "{}"], "dead": ["list"], "pause": ["x"], "unpause": ["x"],
+             "cancel": ["jid1"], "result": ["jid1"]}.get(verb, [])
     code = main([verb, "--redis", url, *extra])
     cap = capsys.readouterr()
     assert_one_line_error(code, cap.out, cap.err, "cannot reach Redis", "127.0.0.1")

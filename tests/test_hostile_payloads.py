@@ -208,16 +208,16 @@ def test_recovered_text_inside_args_does_not_serialise_jobs(
     assert peak[0] >= 4, f"jobs with 'recovered' in their args ran {peak[0]} at a time"
 
 
-# -- 6. async handlers are refused, never reported as successes -------------------------
+# -- 6. async handlers run for real; a coroutine that did not run is never a success ----
 
-def test_async_def_handler_is_refused_at_registration() -> None:
+def test_async_def_handler_is_accepted_and_marked_async() -> None:
     pool = forkq.WorkerPool(NS)
 
-    async def fetch_page(job: forkq.Job) -> None:  # pragma: no cover - never runs
+    async def fetch_page(job: forkq.Job) -> None:  # pragma: no cover - run in test_aio.py
         pass
 
-    with pytest.raises(forkq.ConfigError, match="async def handlers are not supported"):
-        pool.register("fetch_page", fetch_page)
+    pool.register("fetch_page", fetch_page)
+    assert pool.jobs["fetch_page"].is_async
 
 
 def test_handler_returning_a_coroutine_fails_instead_of_succeeding(

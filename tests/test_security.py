@@ -39,7 +39,9 @@ FORKQ_COMMANDS = (
     "+zadd +zrem +zscore +zcard +zrange +zrangebyscore +zremrangebyscore +zremrangebyrank +hkeys +time "
     "+incrby +scan +publish +subscribe +unsubscribe "
     # Sidekiq 7's job metrics (heartbeat) and the waker's CLIENT TRACKING (forkq/waker.py).
-    "+hincrby +bitfield +lindex +client|id +client|tracking"
+    "+hincrby +bitfield +lindex +client|id +client|tracking "
+    # Job control: cancel.lua (scans and removes), cancel marks, Enqueuer.wait (BLPOP).
+    "+lrange +lrem +ttl +zmscore +blpop"
 )
 # forkq.Client (admin pages, CLI verbs) reads a little more and uses WATCH/MULTI.
 ADMIN_EXTRA = "+smembers +sismember +lindex +hmget +hkeys +zrevrange +zscan +multi +exec +discard"

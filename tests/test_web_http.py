@@ -100,6 +100,30 @@ def test_a_post_without_the_csrf_token_or_with_a_wrong_one_is_refused(
     assert r.exists(K.paused("mail")) == 1
 
 
+def test_job_page_shows_the_state_and_kept_result_by_jid(
+        server: WebServer, redis_url: str, fast_config: forkq.Config, r: redis.Redis) -> None:
+    pool = forkq.WorkerPool(NS, config=fast_config)
+
+    @pool.job(result_ttl=60)
+    def thumbnail(job: forkq.Job) -> dict:
+        return {"width": 640}
+
+    enq = pool.enqueuer(redis_url)
+    job = enq.enqueue("thumbnail", {})
+    s = Session(server.url)
+    _, body, _ = s.request(f"/job?jid={job.id}")
+    assert 'data-state="queued">queued<' in body
+    pool.start(redis_url, concurrency=1)
+    try:
+        enq.wait(job.id, timeout=20)
+    finally:
+        pool.stop(timeout=2)
+        enq.close()
+    _, body, _ = s.request(f"/job?jid={job.id}")
+    assert 'data-state="succeeded">succeeded<' in body
+    assert 'id="job-result"' in body and "640" in body
+
+
 def test_bulk_actions_over_http_apply_to_exactly_the_posted_entries(
         server: WebServer, redis_url: str, fast_config: forkq.Config, r: redis.Redis) -> None:
     produce(redis_url, fast_config, dead=4, retries=2)

@@ -12,6 +12,9 @@
 -- KEYS[6..] pairs per job name referenced by the groups: queue:<name>, lease:<name>;
 --          then the unique-guard keys of 'u' groups (unique:<name>:<suffix>), then the
 --          batch hashes of the groups' batch members (batch:<bid>)
+-- KEYS[last] cancelled             zset: a 'q'/'u' requeue of a jid in it is dropped
+--          (the job was cancelled while running; cancel.lua); a batch member dropped
+--          so counts as a failure and dead in its batch
 -- ARGV[1]  lease member prefix of the pool owning KEYS[1] (a member is prefix .. field)
 -- ARGV[2]  wake channel: PUBLISHed when a queue gets work a sleeping fetcher may want
 -- ARGV[3]  dead set: drop entries older than this epoch
@@ -117,6 +120,7 @@ local function count_in_batch(bkey, t)
 end
 
 local settled = 0
+local any_cancelled = nil
 local wake = {}
 local dead_written = false
 local earliest_before, earliest_written = nil, nil
@@ -172,7 +176,16 @@ while i + 5 <= groups_end do
       dead_written = true
     elseif op == 'q' or op == 'u' then
       local requeue = true
-      if op == 'u' then
+      if any_cancelled == nil then any_cancelled = redis.call('EXISTS', KEYS[#KEYS]) == 1 end
+      if any_cancelled then
+        local ok, data = pcall(cjson.decode, payload)
+        local cjid = ok and type(data) == 'table' and data['jid']
+        if type(cjid) == 'string' and redis.call('ZSCORE', KEYS[#KEYS], cjid) then
+          requeue = false
+          if batch > 0 then tally(batch, 'K') end
+        end
+      end
+      if requeue and op == 'u' then
         local guard = KEYS[tonumber(score)]
         local jid = cjson.decode(payload)['jid']
         if not redis.call('SET', guard, jid, 'NX', 'EX', ARGV[5]) then

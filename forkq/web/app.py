@@ -320,7 +320,9 @@ class Dashboard:
     def job_page(self, request: Request) -> Response:
         jid = request.query_params.get("jid", "").strip()
         locs = queries.locate(self.conn, self.keys, jid) if jid else []
-        return self.render(request, "job.html", jid=jid, locs=locs)
+        # Its state by jid (Client.result): also the outcome a result_ttl kept after it ended.
+        status = self.client.result(jid) if jid else None
+        return self.render(request, "job.html", jid=jid, locs=locs, status=status)
 
     def metrics(self, request: Request) -> Response:
         return Response(metrics.exposition(self.client), media_type=metrics.CONTENT_TYPE)
