@@ -97,8 +97,11 @@ class Waker:
             c = self._client()
             if c.get(self._keys.waker_lock) == self._identity:
                 c.delete(self._keys.waker_lock)
-        except RedisError:
-            pass  # it expires on its own
+        except Exception:  # noqa: BLE001 - best effort: it expires on its own
+            # Not only RedisError: at stop the waker thread's own release() closes this
+            # client's connections while the stopping thread may be using one (redis-py
+            # then raises TypeError from a socket it no longer has).
+            pass
 
     def run(self) -> None:
         # Jittered first try: the children of one master start together.
