@@ -410,7 +410,19 @@ class Client:
             guard = self._guard_of(payload)
             if guard is not None:
                 scripts.run_one(self._conn, scripts.release_unique([(guard, jid)]))
+            bid = self._bid_of(payload)
+            if bid is not None:
+                # It will never run: its batch counts it ended (dead), else it would
+                # wait for it forever.  A running member is counted by its pool's ack.
+                scripts.run_one(self._conn, scripts.batch_cancel(self.keys, bid=bid))
         return True
+
+    @staticmethod
+    def _bid_of(payload: bytes) -> str | None:
+        try:
+            return jobcodec.bid_of(jobcodec.decode(payload))
+        except jobcodec.MalformedPayload:
+            return None
 
     def _where(self, jid: str, *, locate: bool) -> list[Any]:
         """cancel.lua over every queue and in-progress hash of the namespace."""

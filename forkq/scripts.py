@@ -90,6 +90,7 @@ CANCEL = _load("cancel")
 STORE_RESULTS = _load("store_results")
 BEAT = _load("beat")
 BATCH_PUSH = _load("batch_push")
+BATCH_CANCEL = _load("batch_cancel")
 BEAT_OOM = _allow_oom(BEAT)
 
 
@@ -477,6 +478,12 @@ class BatchCallback:
 
     queue: str
     payload: bytes
+
+
+def batch_cancel(keys: Keys, *, bid: str) -> Call:
+    """A waiting member of batch ``bid`` was cancelled: count it dead (see batch_cancel.lua)."""
+    return Call(script=BATCH_CANCEL, keys=[keys.queues, keys.batch(bid)],
+                args=[keys.wake_channel, keys.queue_prefix(), BATCH_TTL])
 
 
 def batch_push(keys: Keys, *, bid: str, add: bool, jobs: Sequence[tuple[str, Sequence[bytes]]],

@@ -301,3 +301,22 @@ def test_callbacks_run_exactly_once_across_two_masters_on_one_redis(
     assert r.hgetall("test:callbacks") == {b"ok": b"5", b"end": b"5"}
     for f in masters:
         assert f.stop() == 0
+
+
+def test_cancelling_a_waiting_member_ends_it_in_its_batch(redis_url: str, pools: list, r: redis.Redis) -> None:
+    seen = Seen()
+    pool = _pool(seen, redis_url)
+    with pool.enqueuer(redis_url).batch(on_success="on_ok", on_complete="on_end") as b:
+        b.enqueue_many("work", [{"i": i} for i in range(3)])
+    client = forkq.Client(redis_url, NS)
+    # Cancelled before any pool runs: removed from its queue, counted dead in the batch.
+    assert client.cancel(b.jobs[0].id)
+    status = client.batch(b.bid)
+    assert status is not None and (status.pending, status.dead) == (2, 1)
+    start(pools, pool, redis_url, concurrency=2)
+    wait_for(lambda: seen.of("on_end"), 20, message="on_complete after the cancel")
+    status = client.batch(b.bid)
+    assert status is not None and (status.pending, status.succeeded, status.dead) == (0, 2, 1)
+    assert status.success_at is None and r.llen(pool.keys.queue("on_ok")) == 0
+    assert {j.id for j in seen.of("work")} == {b.jobs[1].id, b.jobs[2].id}
+    client.close()
