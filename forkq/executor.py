@@ -175,7 +175,17 @@ class Executor:
         fetcher to size its prefetch, never for correctness.
         """
         avg = self._avg_seconds
-        return avg if avg >= 0 else float("inf")
+        est = avg if avg >= 0 else float("inf")
+        # While every thread is inside a job that has already run longer than that, the
+        # next free thread is further off than the average says: a job prefetched now
+        # would wait behind them while other pools have free threads.
+        now = time.monotonic()
+        soonest = float("inf")
+        for slot in self._thread_slots:
+            if slot.state != RUNNING:
+                return est
+            soonest = min(soonest, now - slot.started_mono)
+        return max(est, soonest)
 
     def discard_pending(self) -> list[Taken]:
         """Take back jobs handed over but not started (shutdown requeues them)."""
