@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 from ha_servers import ClusterSet, SentinelSet
 from redis_server import wait_for
+from test_cluster import _run_pool
 from tls import CertBundle, have_openssl, make_test_ca
 
 import forkq
@@ -51,36 +52,11 @@ def tls_cluster(certs: CertBundle) -> Iterator[ClusterSet]:
     c.cleanup()
 
 
-def _run(url: str, ns: str, n: int, *, during: threading.Event | None = None) -> set[str]:
-    """Enqueue ``n`` jobs through ``url``, run them in a pool on ``url``; the jids that ran."""
-    ran: set[str] = set()
-    lock = threading.Lock()
-    pool = forkq.WorkerPool(namespace=ns, config=forkq.Config(idle_poll_interval=0.2))
-
-    @pool.job
-    def work(job: forkq.Job) -> None:
-        with lock:
-            ran.add(job.id)
-
-    e = forkq.Enqueuer(url, ns)
-    try:
-        jids = {j.id for j in e.enqueue_many("work", [{"i": i} for i in range(n)])}
-    finally:
-        e.close()
-    pool.start(url, concurrency=4)
-    try:
-        wait_for(lambda: len(ran) >= n, timeout=30, message=f"{n} jobs over {url.split('://')[0]}")
-    finally:
-        pool.stop(timeout=5)
-    assert ran == jids
-    return ran
-
-
 def test_rediss_sentinel_url_runs_jobs_on_tls_only_servers(tls_sentinels: SentinelSet) -> None:
     tls_sentinels.wait_settled()
     url = tls_sentinels.url
     assert url.startswith("rediss+sentinel://")
-    _run(url, "hatls", 200)
+    _run_pool(url, "hatls", 200)
     c = forkq.Client(url, "hatls")
     try:
         assert c.stats().processed == 200
@@ -132,7 +108,7 @@ def _enqueue_one(e: forkq.Enqueuer, into: set[str]) -> bool:
 def test_rediss_cluster_url_runs_jobs_on_tls_only_nodes(tls_cluster: ClusterSet) -> None:
     url = tls_cluster.url_of(tls_cluster.nodes[0])  # any node: forkq finds the slot's owner
     assert url.startswith("rediss+cluster://")
-    _run(url, "hatlsc", 200)
+    _run_pool(url, "hatlsc", 200)
     c = forkq.Client(tls_cluster.url, "hatlsc")
     try:
         assert c.stats().processed == 200
