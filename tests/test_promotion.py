@@ -163,10 +163,12 @@ def test_a_retry_due_while_the_pool_is_busy_is_promoted_by_its_fetches(redis_url
 
     pool = forkq.WorkerPool(NS, config=QUIET)
     pool.job("flaky", backoff=lambda job: 1, max_fails=3)(flaky)
-    pool.register("filler", lambda job: None)
+    # 1 ms fillers: the backlog lasts seconds however fast the engine is (60,000 no-op
+    # fillers drained in under a second once fetches carried plain acks), and with 8
+    # threads a round trip still comes every fraction of a millisecond.
+    pool.register("filler", lambda job: time.sleep(0.001))
     start(pools, pool, redis_url, concurrency=8)
     enq = pool.enqueuer(redis_url)
-    # Seconds of back-to-back no-op jobs: a round trip every fraction of a millisecond.
     enq.enqueue_many("filler", [{}] * 60000)
     wait_for(lambda: r.llen(K.queue("filler")) < 59900, timeout=20, message="the pool is busy")
     jid = enq.enqueue("flaky", {}).id
