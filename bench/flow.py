@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import psutil  # noqa: E402
 import redis  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
@@ -48,6 +49,26 @@ def commands(r: redis.Redis) -> int:
     return sum(int(v.get("calls", 0)) for v in r.info("commandstats").values())
 
 
+def redis_cpu(r: redis.Redis) -> float:
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def workers_cpu(master_pid: int) -> float:
+    """CPU seconds of the master and its children so far (a shared machine's load
+    changes jobs/s, much less the CPU a job costs)."""
+    procs = [psutil.Process(master_pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def start_workers(url: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), FORKQ_LOG_LEVEL="WARNING")
     env[URL_ENV] = url
@@ -55,7 +76,7 @@ def start_workers(url: str) -> subprocess.Popen[bytes]:
                              "bench.jobs"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 
-def one(r: redis.Redis, url: str, mode: str, n: int) -> dict[str, Any]:
+def one(r: redis.Redis, url: str, mode: str, n: int, master_pid: int) -> dict[str, Any]:
     r.delete(DONE_KEY)
     r.set(K.paused("noop"), b"1")
     enq = forkq.Enqueuer(url, NAMESPACE)
@@ -70,7 +91,7 @@ def one(r: redis.Redis, url: str, mode: str, n: int) -> dict[str, Any]:
     finally:
         enq.close()
     expected = n + (0 if mode == "plain" else -(-n // BATCH))  # + one callback per batch
-    c0 = commands(r)
+    c0, rc0, w0 = commands(r), redis_cpu(r), workers_cpu(master_pid)
     r.delete(K.paused("noop"))
     r.publish(K.wake_channel, "noop")
     t_first = None
@@ -87,8 +108,10 @@ def one(r: redis.Redis, url: str, mode: str, n: int) -> dict[str, Any]:
         time.sleep(0.002)
     assert t_first is not None
     cmds = commands(r) - c0
+    rcpu, wcpu = redis_cpu(r) - rc0, workers_cpu(master_pid) - w0
     rate = (expected - c_first) / max(now - t_first, 1e-6)
-    return {"mode": mode, "rate": rate, "commands_per_job": cmds / expected}
+    return {"mode": mode, "rate": rate, "commands_per_job": cmds / expected,
+            "redis_us": 1e6 * rcpu / expected, "worker_us": 1e6 * wcpu / expected}
 
 
 def main() -> int:
@@ -109,9 +132,10 @@ def main() -> int:
                 time.sleep(0.05)
             for _ in range(opts.reps):
                 for mode in ("plain", "batched"):
-                    got = one(r, server.url, mode, opts.n)
+                    got = one(r, server.url, mode, opts.n, w.pid)
                     results[mode].append(got)
-                    print(f"{mode}: {got['rate']:,.0f} jobs/s, {got['commands_per_job']:.2f} cmds/job",
+                    print(f"{mode}: {got['rate']:,.0f} jobs/s, {got['commands_per_job']:.2f} cmds/job, "
+                          f"worker {got['worker_us']:.1f} µs/job, Redis {got['redis_us']:.1f} µs/job",
                           file=sys.stderr)
         finally:
             w.terminate()
@@ -119,11 +143,15 @@ def main() -> int:
     finally:
         server.cleanup()
     med = {m: statistics.median(x["rate"] for x in v) for m, v in results.items()}
-    cmd = {m: statistics.median(x["commands_per_job"] for x in v) for m, v in results.items()}
-    print(f"| mode (N={opts.n:,}, -p 2 -c 10, medians of {opts.reps}) | jobs/s | Redis commands/job |")
-    print("|---|---:|---:|")
+    def mid(m: str, key: str) -> float:
+        return statistics.median(x[key] for x in results[m])
+
+    print(f"| mode (N={opts.n:,}, -p 2 -c 10, medians of {opts.reps}) | jobs/s | Redis commands/job "
+          "| worker CPU µs/job | Redis CPU µs/job |")
+    print("|---|---:|---:|---:|---:|")
     for m in ("plain", "batched"):
-        print(f"| {m} | {med[m]:,.0f} | {cmd[m]:.2f} |")
+        print(f"| {m} | {med[m]:,.0f} | {mid(m, 'commands_per_job'):.2f} | {mid(m, 'worker_us'):.1f} "
+              f"| {mid(m, 'redis_us'):.1f} |")
     print(f"\nbatch overhead: {100 * (1 - med['batched'] / med['plain']):.1f}% of no-op throughput")
     return 0
 

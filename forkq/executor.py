@@ -33,7 +33,11 @@ from .spec import JobOptions, JobSpec, Middleware, is_async_callable
 log = logging.getLogger("forkq.executor")
 
 Taken = tuple[str, str, bytes]  # (queue name, in-progress field, payload)
-Done = tuple[str, Settle | None]
+# (in-progress field, how it settles): None is a plain success (it rides in the next
+# fetch call), a str is the batch id of a batch member's plain success (ack.lua counts
+# it in its batch; a str, not a Settle, because it is as hot as the plain one), else a
+# Settle for ack.lua.
+Done = tuple[str, Settle | str | None]
 
 _DEFAULT_OPTIONS = JobOptions()
 _STOP = None
@@ -414,9 +418,10 @@ class Executor:
                 self._complete((field, Settle(op="k", field=field, name=lease_name, batch=bid, jid=job.id,
                                               result=results.record("succeeded", result_json=result_json),
                                               result_ttl=ttl, result_final=True)))
+            elif lease_name:
+                self._complete((field, Settle(op="k", field=field, name=lease_name, batch=bid)))
             else:
-                self._complete((field, Settle(op="k", field=field, name=lease_name, batch=bid)
-                                if lease_name or bid else None))
+                self._complete((field, bid))
             if self._sk_metrics is not None:
                 self._sk_metrics.record(job.name, time.monotonic() - mono, False)
             if reporters is not None:

@@ -395,18 +395,24 @@ class Fetcher(threading.Thread):
         calls: list[scripts.Call] = []
         plain: list[str] = []
         settles: list[Settle] = []
+        batch_plain: dict[str, list[str]] = {}
         for field, settle in done:
             if settle is None:
                 plain.append(field)
+            elif isinstance(settle, str):
+                batch_plain.setdefault(settle, []).append(field)
             else:
                 settles.append(settle)
         # Plain successes ride in the fetch call (one script call, one HDEL); the rest
         # (retry, dead, leases) need ack.lua.
-        merged: list[str] = plain if want and self._merge_acks else []
-        acking = bool(settles) or (bool(plain) and not merged)
+        merging = bool(want) and self._merge_acks
+        merged: list[str] = plain if merging else []
+        members: dict[str, list[str]] = batch_plain if merging else {}
+        acking = bool(settles) or (bool(plain) and not merged) or (bool(batch_plain) and not members)
         if acking:
             calls.append(scripts.ack(keys, identity=self._identity,
                                      plain_done=[] if merged else plain, settles=settles,
+                                     batch_plain={} if members else batch_plain,
                                      dead_cutoff=clock.now() - self._config.dead_max_age,
                                      dead_max=self._config.dead_max_jobs, allow_oom=self.allow_oom))
             # Result records (result_ttl) ride the same round trip, after the ack.
@@ -422,7 +428,7 @@ class Fetcher(threading.Thread):
             start = self._start()
             calls.append(self._plan.call(start=start, want=want, may_take_suspect=self._suspect is None,
                                          allow_oom=self.allow_oom, report_due=report_due,
-                                         acks=merged))
+                                         acks=merged, members=members))
         sent = time.monotonic()
         try:
             results = self._runner.run(calls)
@@ -453,7 +459,7 @@ class Fetcher(threading.Thread):
         if want and results[-1][:1] == [b"fenced"]:
             self._on_fenced()
             return
-        if merged:
+        if merged or members:
             self._stats.add(int(results[-1][2]), 0)
         if self._reconcile:
             self._reconcile_inprogress()
@@ -492,16 +498,20 @@ class Fetcher(threading.Thread):
         empty = self._empty
         if fetched[3]:
             empty.update(int(i) - 1 for i in fetched[3].split(b","))
-        n = (len(fetched) - 5) // 3
+        if fetched[5]:
+            # A batch finished in this call and its callback made a queue non-empty:
+            # the fetch script does not publish, so the wake goes from here (rare).
+            self._relay_wake({q.decode() for q in fetched[5].split(b",")})
+        n = (len(fetched) - 6) // 3
         if n:
             submit = self._submit
             names = self._names
             guards: list[tuple[str, str]] = []
-            fields = [f.decode() for f in fetched[6::3]]
+            fields = [f.decode() for f in fetched[7::3]]
             with self._cv:
                 self._inflight += n
                 self._held.update(fields)
-            for k, j in enumerate(range(5, len(fetched), 3)):
+            for k, j in enumerate(range(6, len(fetched), 3)):
                 empty.discard(fetched[j] - 1)
                 payload = fetched[j + 2]
                 if b'"recovered"' in payload or b'"unique"' in payload:
@@ -511,7 +521,7 @@ class Fetcher(threading.Thread):
             if guards:
                 self._release_unique(guards)
             if polled:
-                self._relay_wake({names[fetched[j] - 1] for j in range(5, len(fetched), 3)})
+                self._relay_wake({names[fetched[j] - 1] for j in range(6, len(fetched), 3)})
         with self._cv:
             self._last_empty = n < want
             if self._last_empty:

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -46,8 +46,23 @@ class Script:
     sha: str
 
 
+def _read(name: str) -> str:
+    return resources.files("forkq").joinpath("lua").joinpath(name + ".lua").read_text(encoding="utf-8")
+
+
 def _load(name: str) -> Script:
-    text = resources.files("forkq").joinpath("lua").joinpath(name + ".lua").read_text(encoding="utf-8")
+    """A script's text, with each ``--@include <fragment>`` line replaced by that
+    fragment (lua/_<fragment>.lua): logic two scripts share, written once."""
+    lines = []
+    for line in _read(name).splitlines(keepends=True):
+        if line.startswith("--@include "):
+            fragment = line.split(None, 1)[1].strip()
+            if not fragment.startswith("_"):
+                raise ValueError(f"{name}.lua includes {fragment!r}: fragments are named _<name>")
+            lines.append(_read(fragment))
+        else:
+            lines.append(line)
+    text = "".join(lines)
     return Script(name=name, text=text, sha=hashlib.sha1(text.encode()).hexdigest())
 
 
@@ -360,28 +375,43 @@ class FetchPlan:
         self._fixed = (_bulk(repr(float(lease_ttl)).encode())
                        + _bulk(Keys.lease_member(identity, "").encode())
                        + _bulk(str(SUSPECT_AFTER).encode()))
-        self._argc = 3 + len(key_list) + 7 + len(targets)
+        self._argc = 3 + len(key_list) + 7 + len(targets) + 2  # + the two counts
+        self._batch_fixed = b"".join(_bulk(str(v).encode()) for v in (
+            keys.batch(""), keys.queue_prefix(), keys.queues, BATCH_TTL))
         self._tails = {
             s.sha: _bulk(b"EVALSHA") + _bulk(s.sha.encode()) + _bulk(str(len(key_list)).encode())
             for s in (FETCH, FETCH_OOM)
         }
 
     def call(self, *, start: int, want: int, may_take_suspect: bool = True,
-             allow_oom: bool = False, report_due: bool = True, acks: Sequence[str] = ()) -> Call:
+             allow_oom: bool = False, report_due: bool = True, acks: Sequence[str] = (),
+             members: Mapping[str, Sequence[str]] | None = None) -> Call:
         """Fetch up to ``want`` jobs trying name ``start`` first (result indices are 1-based),
-        after acking ``acks`` (in-progress fields of plain successes: no lease, no write).
+        after acking ``acks`` (in-progress fields of plain successes: no lease, no write)
+        and ``members`` (bid -> fields of batch members' plain successes, counted in
+        their batch: as hot as plain ones, so they ride here too, not in ack.lua).
 
-        Reply: ``[due_in, suspects_left, acked, empty, rate_in, idx, field, payload, ...]``
+        Reply: ``[due_in, suspects_left, acked, empty, rate_in, woke, idx, field, payload, ...]``
         (see fetch.lua);
         ``due_in`` is ``b"-"`` unless ``report_due``.
         """
         script = FETCH_OOM if allow_oom else FETCH
+        argc = self._argc + len(acks)
+        sections: list[bytes] = []
+        if members:
+            sections.append(self._batch_fixed)
+            for bid, fields in members.items():
+                sections += (_bulk(bid.encode()), _bulk(str(len(fields)).encode()),
+                             *[_bulk(f.encode()) for f in fields])
+                argc += 2 + len(fields)
+            argc += 4
         packed = b"".join((
-            b"*%d\r\n" % (self._argc + len(acks)), self._tails[script.sha], self._keys_packed,
+            b"*%d\r\n" % argc, self._tails[script.sha], self._keys_packed,
             _bulk(str(want).encode()), self._fixed,
             _bulk(str(start).encode()), _bulk(b"1" if may_take_suspect else b"0"),
             _bulk(b"1" if report_due else b"0"), self._limits_packed,
-            *[_bulk(f.encode()) for f in acks]))
+            _bulk(str(len(acks)).encode()), *[_bulk(f.encode()) for f in acks],
+            _bulk(str(len(members or ())).encode()), *sections))
         return Call(script=script, keys=(), args=(), packed=packed)
 
 
@@ -412,7 +442,10 @@ class Settle:
 
 
 def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterable[Settle],
-        dead_cutoff: float, dead_max: int, allow_oom: bool = False, unique_ttl: int = 86400) -> Call:
+        dead_cutoff: float, dead_max: int, allow_oom: bool = False, unique_ttl: int = 86400,
+        batch_plain: Mapping[str, Sequence[str | bytes]] | None = None) -> Call:
+    """The ack.lua call settling ``plain_done`` (plain successes), ``settles``, and
+    ``batch_plain`` (bid -> in-progress fields of that batch's plain successes)."""
     k: list[str] = [keys.inprogress(identity), keys.retry, keys.dead, keys.queues,
                     keys.fence(identity)]
     pair_of: dict[str, int] = {}
@@ -420,10 +453,10 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
     guarded: list[tuple[Settle, int]] = []
     batched: list[tuple[str, int]] = []
     # Plain successes of batch members: one HDEL per batch counts them (ack.lua).
-    batch_plain: dict[str, list[str | bytes]] = {}
+    members: dict[str, list[str | bytes]] = {bid: list(f) for bid, f in (batch_plain or {}).items()}
     for s in settles:
         if s.batch is not None and s.op == "k" and s.name is None:
-            batch_plain.setdefault(s.batch, []).append(s.field)
+            members.setdefault(s.batch, []).append(s.field)
             continue
         pair = 0
         if s.name is not None:
@@ -455,13 +488,13 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
     for bid, at in batched:
         groups[at] = batch_index(bid)  # the group's last slot names its KEYS index
     sections: list[Arg] = []
-    for bid, fields in batch_plain.items():
+    for bid, fields in members.items():
         sections += (batch_index(bid), len(fields), *fields)
     k.append(keys.cancelled)  # always last (ack.lua reads it as KEYS[#KEYS])
     args: list[Arg] = [Keys.lease_member(identity, ""), keys.wake_channel, repr(dead_cutoff), dead_max,
                        unique_ttl, DUE_MESSAGE, len(pair_of), *pair_of, len(plain_done)]
     args += plain_done
-    args.append(len(batch_plain))
+    args.append(len(members))
     args += sections
     args += groups
     args += (keys.queue_prefix(), BATCH_TTL)

@@ -7,6 +7,7 @@ empty) and the real CLI with children SIGKILLed for "exactly once under kills".
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import orjson
@@ -320,3 +321,48 @@ def test_cancelling_a_waiting_member_ends_it_in_its_batch(redis_url: str, pools:
     assert status.success_at is None and r.llen(pool.keys.queue("on_ok")) == 0
     assert {j.id for j in seen.of("work")} == {b.jobs[1].id, b.jobs[2].id}
     client.close()
+
+
+def test_a_callback_pushed_inside_a_fetch_wakes_the_idle_pool_that_runs_it(
+        redis_url: str, pools: list, r: redis.Redis) -> None:
+    """Batch members' successes ride in the fetch call, which does not publish: the
+    fetcher relays the callback's wake, so a pool that runs only the callback (idle,
+    polling every 60 s) starts it at once instead of at its next poll."""
+    seen = Seen()
+    fillers_done_at_callback: list[int] = []
+    members = forkq.WorkerPool(NS, config=forkq.Config(idle_poll_interval=60))
+
+    @members.job
+    def work(job: forkq.Job) -> None:
+        seen.add(job)
+
+    @members.job
+    def filler(job: forkq.Job) -> None:
+        time.sleep(0.005)
+        seen.add(job)
+
+    callbacks = forkq.WorkerPool(NS, config=forkq.Config(idle_poll_interval=60))
+
+    @callbacks.job
+    def on_end(job: forkq.Job) -> None:
+        fillers_done_at_callback.append(len(seen.of("filler")))
+        seen.add(job)
+
+    # No waker (its lock held elsewhere, as when tracking is refused and the holder
+    # polls slowly): a wake can only come from the fetcher's relay.
+    r.set(callbacks.keys.waker_lock, "someone-else", px=120_000)
+    start(pools, callbacks, redis_url, concurrency=2)
+    wait_for(lambda: r.scard(callbacks.keys.processes) >= 1, 10, message="the callback pool beating")
+    enq = forkq.Enqueuer(redis_url, NS)
+    with enq.batch(on_complete="on_end") as b:
+        b.enqueue_many("work", [{"i": i} for i in range(50)])
+    # Jobs behind the batch keep the member pool fetching while its last member
+    # finishes, so that success is acked inside a fetch call, not by ack.lua.
+    enq.enqueue_many("filler", [{"i": i} for i in range(2000)])
+    start(pools, members, redis_url, concurrency=4)
+    # Well under the 60 s poll: only a wake can start it this soon.
+    wait_for(lambda: seen.of("on_end"), 15, message="the callback, started by the relayed wake")
+    assert len(seen.of("on_end")) == 1 and len(seen.of("work")) == 50
+    assert fillers_done_at_callback[0] < 2000  # the batch finished inside a fetch call
+    status = forkq.Client(redis_url, NS).batch(b.bid)
+    assert status is not None and (status.pending, status.succeeded) == (0, 50)

@@ -63,22 +63,9 @@ if n > 0 then
   end
 end
 
-local qprefix, batch_ttl = ARGV[#ARGV - 1], ARGV[#ARGV]
-local clock = nil
-local function stamp()
-  if not clock then
-    local t = redis.call('TIME')
-    clock = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
-  end
-  return clock
-end
--- A finished batch (pending 0) fires its callbacks once; duplicated in batch_push.lua.
-local function push(queue, payload)
-  redis.call('SADD', KEYS[4], queue)
-  if redis.call('LPUSH', qprefix .. queue, payload) == 1 then
-    redis.call('PUBLISH', ARGV[2], queue)
-  end
-end
+--@include _batch_count
+local count_in_batch = batch_counting(KEYS[4], ARGV[#ARGV - 1], ARGV[#ARGV],
+  function(queue) redis.call('PUBLISH', ARGV[2], queue) end)
 -- Outcomes of batch members, summed per batch over this call: one HINCRBY per
 -- counter per batch, not per job.  {succeeded, failures, dead, ended}
 local tallies = {}
@@ -99,26 +86,6 @@ local function tally(batch, op)
     end
   end
 end
-local function count_in_batch(bkey, t)
-  local pending = tonumber(redis.call('HGET', bkey, 'pending'))
-  if not pending or pending <= 0 then return end  -- unknown, expired or finished already
-  if t[1] > 0 then redis.call('HINCRBY', bkey, 'succeeded', t[1]) end
-  if t[2] > 0 then redis.call('HINCRBY', bkey, 'failures', t[2]) end
-  if t[3] > 0 then redis.call('HINCRBY', bkey, 'dead', t[3]) end
-  if t[4] == 0 or redis.call('HINCRBY', bkey, 'pending', -t[4]) > 0 then return end
-  local st = redis.call('HMGET', bkey, 'dead', 'success_queue', 'success_job',
-                        'complete_queue', 'complete_job', 'success_at', 'complete_at')
-  if st[4] and st[4] ~= '' and not st[7] then
-    redis.call('HSET', bkey, 'complete_at', stamp())
-    push(st[4], st[5])
-  end
-  if st[2] and st[2] ~= '' and tonumber(st[1]) == 0 and not st[6] then
-    redis.call('HSET', bkey, 'success_at', stamp())
-    push(st[2], st[3])
-  end
-  redis.call('EXPIRE', bkey, batch_ttl)
-end
-
 local settled = 0
 local any_cancelled = nil
 local wake = {}

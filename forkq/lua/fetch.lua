@@ -38,20 +38,30 @@
 --          starts, and how far ahead of that a burst may run: (burst - 1) * interval).
 --          A name over its rate takes nothing, and rate_in (below) says when its next
 --          job may start, so the caller sleeps until then instead of asking again.
--- ARGV[8+n..] in-progress fields of jobs this pool finished with plain success (no
---          lease, nothing to write): HDELed before anything is taken, so one call
+-- ARGV[8+n] a: count of plain successes that follow
+-- ARGV[9+n .. 8+n+a] in-progress fields of jobs this pool finished with plain success
+--          (no lease, nothing to write): HDELed before anything is taken, so one call
 --          acks a batch and refills it (what ack.lua does for them, minus a call).
+-- ARGV[9+n+a] m: count of batch sections that follow (0: nothing more).  When m > 0:
+--          batch hash prefix ("<prefix>batch:"), queue key prefix, the queues set key,
+--          the wake channel, a finished batch's TTL (what _batch_count needs to push
+--          callbacks), then per batch: its bid, count c, c in-progress fields of plain
+--          successes of that batch's members, counted in batch:<bid> as ack.lua does.
+--          The batch, queue and queues keys are built from these prefixes, all under
+--          the namespace's hash tag (so the same slot in a Cluster).
 --
--- Returns {due_in, suspects_left, acked, empty, rate_in, idx1, field1, payload1, ...}: due_in is how many
+-- Returns {due_in, suspects_left, acked, empty, rate_in, woke, idx1, field1, payload1, ...}:
+-- due_in is how many
 -- seconds (by Redis's clock, as a string) until the earliest job in schedule or retry
 -- is due ("" when both are empty; <= 0 when one is due now; "-" when not asked), so a
 -- caller can promote what is due and sleep exactly until the next one; suspects_left is
--- 1 when suspects were put back; acked is how many of the ARGV[8+n..] fields were still
--- in progress (settled now: a batch sent again after a lost reply counts nothing); empty
+-- 1 when suspects were put back; acked is how many of the acked fields (plain and batch
+-- members) were still in progress (settled now: a batch sent again after a lost reply counts nothing); empty
 -- lists the 1-based positions of the names whose queue this call found empty ("2,5"),
 -- so the caller can start its next fetch at one that is not (fewer LLENs); rate_in is
 -- the seconds until the soonest rate-limited name that took nothing may start a job
--- ("" when none waits); idx
+-- ("" when none waits); woke lists the queues a batch callback pushed here made
+-- non-empty ("a,b"; fetch does not PUBLISH, so the caller relays the wake); idx
 -- is the 1-based position of the job's name in the triples; field is the in-progress
 -- field: the jid ("<jid>#2" when that jid is already held), or "malformed:<sha1>" for
 -- an entry with no jid.
@@ -59,7 +69,7 @@
 local want = tonumber(ARGV[1])
 local member_prefix = ARGV[3]
 local suspect_after = tonumber(ARGV[4])
-local out = {'', 0, 0, '', ''}
+local out = {'', 0, 0, '', '', ''}
 local empties = {}
 local names = (#KEYS - 4) / 4
 -- One EXISTS over the fence and every paused flag: almost always 0, and then neither
@@ -81,14 +91,36 @@ local function clock()
 end
 
 -- 0. Acks first (their jids may be taken again below, e.g. a job that re-enqueued itself).
-local first_ack = 8 + names
-if #ARGV >= first_ack then
-  local start = first_ack
-  while start <= #ARGV do
-    local stop = math.min(start + 999, #ARGV)
-    out[3] = out[3] + redis.call('HDEL', KEYS[1], unpack(ARGV, start, stop))
-    start = stop + 1
+local function hdel(first, last)
+  local gone = 0
+  while first <= last do
+    local stop = math.min(first + 999, last)
+    gone = gone + redis.call('HDEL', KEYS[1], unpack(ARGV, first, stop))
+    first = stop + 1
   end
+  return gone
+end
+local acks = tonumber(ARGV[8 + names])
+out[3] = hdel(9 + names, 8 + names + acks)
+local at = 9 + names + acks
+local sections = tonumber(ARGV[at])
+if sections > 0 then
+--@include _batch_count
+  local woke = {}
+  local count = batch_counting(ARGV[at + 3], ARGV[at + 2], ARGV[at + 4],
+                               function(queue) woke[#woke + 1] = queue end)
+  local bprefix = ARGV[at + 1]
+  at = at + 5
+  for _ = 1, sections do
+    local bid, c = ARGV[at], tonumber(ARGV[at + 1])
+    local ok = hdel(at + 2, at + 1 + c)
+    if ok > 0 then
+      out[3] = out[3] + ok
+      count(bprefix .. bid, {ok, 0, 0, ok})
+    end
+    at = at + 2 + c
+  end
+  out[6] = table.concat(woke, ',')
 end
 
 -- A suspect carries a top-level "recovered" count.  The substring test is only a
