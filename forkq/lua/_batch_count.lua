@@ -1,12 +1,15 @@
 -- _batch_count: a fragment, not a script.  scripts.py pastes it where a script has
--- the line "--@include _batch_count" (ack.lua, fetch.lua), so the rule that fires a
--- batch's callbacks exactly once lives in one place.  It reads no KEYS or ARGV of
+-- the line "--@include _batch_count" (ack.lua, fetch.lua, batch_push.lua,
+-- batch_cancel.lua), so the rule that fires a batch's callbacks exactly once lives in
+-- one place.  It reads no KEYS or ARGV of
 -- its own; the including script passes everything:
 --
--- batch_counting(queues, qprefix, ttl, woke): returns count(bkey, t), which adds one
--- call's outcomes of a batch's members to the batch hash bkey (batch:<bid>):
+-- batch_counting(queues, qprefix, ttl, woke): returns count, fire.
+-- count(bkey, t) adds one call's outcomes of a batch's members to the batch hash bkey
+-- (batch:<bid>) and returns how many are still pending (-1: nothing counted):
 --   t = {succeeded, failures, dead, ended} (ended = succeeded + dead: no longer pending)
--- When nothing of the batch is pending any more its callbacks are pushed, each once
+-- fire(bkey) is what count does when the last one ended (batch_push.lua calls it for an
+-- empty batch): when nothing of the batch is pending its callbacks are pushed, each once
 -- (its *_at field marks it fired): to qprefix .. queue (LPUSH; SADD queues; woke(queue)
 -- when the queue was empty: ack.lua PUBLISHes the wake, fetch.lua, which must not
 -- publish, reports it), and the hash expires ttl seconds later.  An
@@ -25,13 +28,7 @@ local function batch_counting(queues, qprefix, ttl, woke)
     redis.call('SADD', queues, queue)
     if redis.call('LPUSH', qprefix .. queue, payload) == 1 then woke(queue) end
   end
-  return function(bkey, t)
-    local pending = tonumber(redis.call('HGET', bkey, 'pending'))
-    if not pending or pending <= 0 then return end
-    if t[1] > 0 then redis.call('HINCRBY', bkey, 'succeeded', t[1]) end
-    if t[2] > 0 then redis.call('HINCRBY', bkey, 'failures', t[2]) end
-    if t[3] > 0 then redis.call('HINCRBY', bkey, 'dead', t[3]) end
-    if t[4] == 0 or redis.call('HINCRBY', bkey, 'pending', -t[4]) > 0 then return end
+  local function fire(bkey)
     local st = redis.call('HMGET', bkey, 'dead', 'success_queue', 'success_job',
                           'complete_queue', 'complete_job', 'success_at', 'complete_at')
     if st[4] and st[4] ~= '' and not st[7] then
@@ -44,4 +41,16 @@ local function batch_counting(queues, qprefix, ttl, woke)
     end
     redis.call('EXPIRE', bkey, ttl)
   end
+  local function count(bkey, t)
+    local pending = tonumber(redis.call('HGET', bkey, 'pending'))
+    if not pending or pending <= 0 then return -1 end
+    if t[1] > 0 then redis.call('HINCRBY', bkey, 'succeeded', t[1]) end
+    if t[2] > 0 then redis.call('HINCRBY', bkey, 'failures', t[2]) end
+    if t[3] > 0 then redis.call('HINCRBY', bkey, 'dead', t[3]) end
+    if t[4] == 0 then return pending end
+    pending = redis.call('HINCRBY', bkey, 'pending', -t[4])
+    if pending <= 0 then fire(bkey) end
+    return pending
+  end
+  return count, fire
 end

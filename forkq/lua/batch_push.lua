@@ -32,27 +32,10 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local stamp = string.format('%.6f', now)
 
--- A finished batch (pending 0) fires its callbacks once; duplicated in ack.lua.
-local function push(queue, payload)
-  redis.call('SADD', KEYS[1], queue)
-  if redis.call('LPUSH', ARGV[10] .. queue, payload) == 1 then
-    redis.call('PUBLISH', ARGV[1], queue)
-  end
-end
-local function finish_if_done()
-  local st = redis.call('HMGET', bkey, 'pending', 'dead', 'success_queue', 'success_job',
-                        'complete_queue', 'complete_job', 'success_at', 'complete_at')
-  if tonumber(st[1]) ~= 0 then return end
-  if st[5] and st[5] ~= '' and not st[8] then
-    redis.call('HSET', bkey, 'complete_at', stamp)
-    push(st[5], st[6])
-  end
-  if st[3] and st[3] ~= '' and tonumber(st[2]) == 0 and not st[7] then
-    redis.call('HSET', bkey, 'success_at', stamp)
-    push(st[3], st[4])
-  end
-  redis.call('EXPIRE', bkey, ARGV[9])
-end
+-- A finished batch fires its callbacks once (lua/_batch_count.lua).
+--@include _batch_count
+local _, fire = batch_counting(KEYS[1], ARGV[10], ARGV[9],
+  function(queue) redis.call('PUBLISH', ARGV[1], queue) end)
 
 local total = 0
 local g = tonumber(ARGV[11])
@@ -100,5 +83,7 @@ for k = 1, g do
   i = i + 2 + n
 end
 
-if total == 0 then finish_if_done() end  -- an empty batch is done at once
+if total == 0 and tonumber(redis.call('HGET', bkey, 'pending')) == 0 then
+  fire(bkey)  -- an empty batch is done at once
+end
 return tonumber(redis.call('HGET', bkey, 'pending'))
