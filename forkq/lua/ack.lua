@@ -40,7 +40,7 @@
 --                second copy of a unique job.
 --          A batch member that is settled counts in its batch: 'k' succeeded, 'r' a
 --          failure (still pending), 'd'/'K' a failure and dead; when nothing of the
---          batch is pending its callbacks are pushed, each once (see batch_push.lua).
+--          batch is pending its callbacks are pushed, each once (lua/_batch_count.lua).
 -- ARGV[#ARGV-1] queue key prefix ("<prefix>queue:"), where batch callbacks are pushed
 -- ARGV[#ARGV]   seconds a finished batch is kept (its hash's TTL)
 --
