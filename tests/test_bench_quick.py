@@ -45,3 +45,18 @@ def test_quick_bench_processes_every_job_on_forkq(tmp_path: Path) -> None:
             assert r["timeouts"] == 0 and r["p50_ms"] >= 0, r
     assert "| forkq |" in res.stdout
     assert (out / "results.md").read_text().startswith("# forkq benchmark")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_floor_bench_runs_the_bodies_alone_and_through_forkq() -> None:
+    """bench/floor.py's smoke run: both the queue-less floor and forkq finish every job
+    (its waits raise on a missing one) and the table has a row for each system."""
+    res = subprocess.run(
+        [sys.executable, "bench/floor.py", "--workloads", "i,j8", "--reps", "1", "--scale", "0.02"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert res.returncode == 0, f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-3000:]}"
+    assert res.stdout.count("floor: the bodies alone") == 2 and res.stdout.count("| | forkq |") == 2
+    bad = subprocess.run([sys.executable, "bench/floor.py", "--workloads", "nope"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown workload" in bad.stderr
