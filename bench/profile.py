@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Profile forkq's hot path on the no-op workload: where the CPU goes, per job.
+"""Profile forkq's hot path (no-op jobs, or a realistic body with --job): where the CPU goes, per job.
 
-    python bench/profile.py [--n 300000] [--rate 100] [--out bench/results/profile]
+    python bench/profile.py [--n 300000] [--job noop|incr|sleep10incr] [--rate 100] [--out bench/results/profile]
 
 Runs the real CLI (``python -m forkq -p 2 -c 10 bench.jobs``) over a backlog of
 ``--n`` no-op jobs on a private redis-server and reports:
@@ -111,6 +111,8 @@ def _thread_role(funcs: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/profile.py")
     ap.add_argument("--n", type=int, default=300_000)
+    ap.add_argument("--job", default="noop", choices=("noop", "incr", "sleep10incr", "sleep100incr"),
+                    help="the job body (bench/jobs.py): incr is one real INCR on its own connection")
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--threads", type=int, default=10)
@@ -127,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                **{URL_ENV: server.url, "FORKQ_REDIS_URL": server.url})
     rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                          text=True).stdout.strip()
-    report: list[str] = [f"# forkq hot-path profile (no-op jobs), tree {rev or '?'}", ""]
+    report: list[str] = [f"# forkq hot-path profile ({a.job} jobs), tree {rev or '?'}", ""]
     spies: list[subprocess.Popen[bytes]] = []
     master: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run([sys.executable, "-m", "bench.peers.driver", "fill", "forkq", "noop", str(a.n),
+        subprocess.run([sys.executable, "-m", "bench.peers.driver", "fill", "forkq", a.job, str(a.n),
                         "--names", str(a.names)],
                        check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         r.config_resetstat()
