@@ -96,6 +96,8 @@ def redis_cpu(r: redis.Redis) -> float:
 
 
 def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds so far of these processes and all their children (a shared
+    machine's load changes jobs/s much more than the CPU a job costs)."""
     total = 0.0
     for pid in pids:
         try:

@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import psutil  # noqa: E402
 import redis  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
 import forkq  # noqa: E402
+from bench.floor import redis_cpu, tree_cpu  # noqa: E402
 from bench.jobs import NAMESPACE  # noqa: E402
 from bench.peers._counter import DONE_KEY, URL_ENV  # noqa: E402
 from forkq.keys import Keys  # noqa: E402
@@ -47,26 +47,6 @@ BATCH = 1000
 
 def commands(r: redis.Redis) -> int:
     return sum(int(v.get("calls", 0)) for v in r.info("commandstats").values())
-
-
-def redis_cpu(r: redis.Redis) -> float:
-    info = r.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def workers_cpu(master_pid: int) -> float:
-    """CPU seconds of the master and its children so far (a shared machine's load
-    changes jobs/s, much less the CPU a job costs)."""
-    procs = [psutil.Process(master_pid)]
-    procs += procs[0].children(recursive=True)
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system
-    return total
 
 
 def start_workers(url: str) -> subprocess.Popen[bytes]:
@@ -91,7 +71,7 @@ def one(r: redis.Redis, url: str, mode: str, n: int, master_pid: int) -> dict[st
     finally:
         enq.close()
     expected = n + (0 if mode == "plain" else -(-n // BATCH))  # + one callback per batch
-    c0, rc0, w0 = commands(r), redis_cpu(r), workers_cpu(master_pid)
+    c0, rc0, w0 = commands(r), redis_cpu(r), tree_cpu([master_pid])
     r.delete(K.paused("noop"))
     r.publish(K.wake_channel, "noop")
     t_first = None
@@ -108,7 +88,7 @@ def one(r: redis.Redis, url: str, mode: str, n: int, master_pid: int) -> dict[st
         time.sleep(0.002)
     assert t_first is not None
     cmds = commands(r) - c0
-    rcpu, wcpu = redis_cpu(r) - rc0, workers_cpu(master_pid) - w0
+    rcpu, wcpu = redis_cpu(r) - rc0, tree_cpu([master_pid]) - w0
     rate = (expected - c_first) / max(now - t_first, 1e-6)
     return {"mode": mode, "rate": rate, "commands_per_job": cmds / expected,
             "redis_us": 1e6 * rcpu / expected, "worker_us": 1e6 * wcpu / expected}
