@@ -993,17 +993,39 @@ def chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    panels = [("noop", "no-op jobs/s"), ("b16", "10 ms jobs/s, concurrency 16"),
-              ("enq_single", "enqueue jobs/s, one per call"),
-              ("lat_idle_p50", "idle pickup latency p50, ms")]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    for ax, (key, label) in zip(axes.flat, panels, strict=False):
-        names = [k for k, s in summary.items() if s.get(key)]
-        vals = [summary[k][key] for k in names]
+    def io(wl: str, key: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda s: (s.get("io_" + wl) or {}).get(key)
+
+    def plain(key: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda s: s.get(key)
+
+    # Realistic bodies first (issue 12), then the empty job and the rest; a panel
+    # with no figure in this run is left out.
+    panels: list[tuple[Callable[[dict[str, Any]], Any], str, bool]] = [
+        (io("i", "rate"), "one INCR, 2 × 8: jobs/s", False),
+        (io("j50", "rate"), "10 ms + INCR, 2 × 50: jobs/s", True),
+        (io("i", "redis_cpu_us_per_job"), "one INCR: Redis CPU µs/job (lower is better)", True),
+        (io("j8", "redis_cpu_us_per_job"), "10 ms + INCR, 2 × 8: Redis CPU µs/job (lower is better)", True),
+        (plain("noop"), "no-op jobs/s", False),
+        (plain("b16"), "10 ms jobs/s, concurrency 16", True),
+        (plain("enq_single"), "enqueue jobs/s, one per call", False),
+        (plain("lat_idle_p50"), "idle pickup latency p50, ms", False),
+    ]
+    panels = [p for p in panels if any(p[0](s) for s in summary.values())]
+    if not panels:
+        return False
+    cols = 2 if len(panels) <= 4 else 3
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (get, label, linear) in zip(axes.flat, panels, strict=False):
+        names = [k for k, s in summary.items() if get(s)]
+        vals = [get(summary[k]) for k in names]
         colors = ["#d62728" if k == "forkq" else "#7f7f7f" for k in names]
         ax.barh(names, vals, color=colors)
         ax.set_title(label, fontsize=10)
-        if key != "b16" and vals and max(vals) / max(min(vals), 1e-9) > 20:
+        if not linear and vals and max(vals) / max(min(vals), 1e-9) > 20:
             ax.set_xscale("log")
         for y, v in enumerate(vals):
             ax.text(v, y, f" {v:,.0f}" if v >= 10 else f" {v:.2f}", va="center", fontsize=8)
