@@ -111,9 +111,18 @@ def _queues(c: Client, a: argparse.Namespace, out: TextIO) -> None:
     if not qs:
         out.write("no queues\n")
         return
-    table(("queue", "count", "latency", "paused", "served", "limits"),
+    table(("queue", "count", "latency", "paused", "served", "limits", "groups"),
           [(q.job_name, q.count, _ago(q.latency) if q.count else "-", "yes" if q.paused else "no",
-            "yes" if q.served else "NO (no live pool)", limits_text(q)) for q in qs], out)
+            "yes" if q.served else "NO (no live pool)", limits_text(q), groups_text(q)) for q in qs], out)
+
+
+def groups_text(q: Queue) -> str:
+    """Fair groups with jobs waiting: ``3 (tenant-1: 1000, tenant-2: 10, ...)``, or ``-``."""
+    if not q.groups:
+        return "-"
+    top = ", ".join(f"{g}: {n}" for g, n in q.largest_groups)
+    more = ", ..." if q.groups > len(q.largest_groups) else ""
+    return f"{q.groups} ({top}{more})"
 
 
 def limits_text(q: Queue) -> str:
@@ -201,6 +210,13 @@ def _enqueue(c: Client, a: argparse.Namespace, out: TextIO) -> None:
 
 
 def _put(enq: Enqueuer, a: argparse.Namespace, args: dict[str, Any]) -> tuple[Job | None, float | None]:
+    if a.group is not None:
+        if a.unique:
+            raise UsageError("--group and --unique cannot be combined")
+        if a.delay is not None:
+            later = enq.enqueue_in(a.name, a.delay, args, group=a.group)
+            return later.job, later.run_at
+        return enq.enqueue(a.name, args, group=a.group), None
     if a.delay is not None:
         sj = (enq.enqueue_unique_in(a.name, a.delay, args) if a.unique
               else enq.enqueue_in(a.name, a.delay, args))
@@ -403,6 +419,8 @@ def _enqueue_args(p: Parser) -> None:
                    metavar="SECONDS", help="schedule to run this many seconds from now")
     p.add_argument("--unique", action="store_true",
                    help="skip if the same name+args is already queued or scheduled")
+    p.add_argument("--group", default=None, metavar="GROUP",
+                   help="fair group (e.g. a tenant id): groups of a name are served round-robin")
     p.add_argument("--force", action="store_true",
                    help="enqueue even if no live pool serves NAME and no such queue exists")
 

@@ -44,7 +44,7 @@ from .config import Config, pool_hostname
 from .connection import ConnectionSpec, redact
 from .errors import RedisRefused
 from .executor import RUNNING, Slot
-from .job import Job, MalformedPayload, decode
+from .job import Job, MalformedPayload, decode, group_of
 from .metrics import OTHER, JobMetrics
 from .registry import WorkerPool
 from .retry import failure_settle
@@ -390,6 +390,8 @@ class _Child:
                 field=field, name=qname if opts.max_concurrency > 0 else None, data=data,
                 error_class="JobTimeout", error_message=message,
                 max_fails=opts.max_fails, skip_dead=opts.skip_dead, backoff=opts.backoff, job=job)
+            if opts.group_concurrency > 0 and (group := group_of(data)) is not None:
+                settle = replace(settle, name=qname, group=group)  # drop its group lease
             if opts.result_ttl is not None:  # its result record, written with the ack below
                 final = settle.op != "r"
                 settle = replace(settle, jid=job.id, result_ttl=opts.result_ttl, result_final=final,

@@ -188,6 +188,29 @@ class Queue:
     max_concurrency: int = 0
     rate_limit: str | None = None
     running: int = 0
+    # Fair groups (enqueue(..., group=)): how many groups have jobs waiting, how many of
+    # ``count`` are in them, and the largest few (group, waiting).  ``count`` counts jobs,
+    # not the groups' tokens in queue:<name>.
+    groups: int = 0
+    grouped: int = 0
+    largest_groups: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupInfo:
+    """One fair group of a job name (``Client.groups``)."""
+
+    group: str
+    count: int       # jobs waiting in the group
+    running: int     # jobs holding a group lease (names with group_concurrency), else 0
+    parked: bool     # at its group_concurrency cap: skipped until a lease is released
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    count: int
+    oldest: bytes | None
+    groups: list[GroupInfo]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -433,8 +456,15 @@ class Client:
         live = {self.keys.inprogress(as_text(i)) for i in self._conn.zrange(self.keys.pools, 0, -1)}
         inprogress = sorted(live | {as_text(k) for k in self._conn.scan_iter(
             match=self.keys.inprogress_glob(), count=1000)})
+        queue_keys = [self.keys.queue(n) for n in names]
+        if names:  # the lists of fair groups are queues too
+            pipe = self._conn.pipeline(transaction=False)
+            for n in names:
+                pipe.smembers(self.keys.groups(n))
+            for n, members in zip(names, pipe.execute(), strict=True):
+                queue_keys += [self.keys.group_queue(n, g) for g in sorted(as_text(m) for m in members)]
         return list(scripts.run_one(self._conn, scripts.cancel(
-            self.keys, jid=jid, queue_keys=[self.keys.queue(n) for n in names], inprogress_keys=inprogress,
+            self.keys, jid=jid, queue_keys=queue_keys, inprogress_keys=inprogress,
             locate=locate)))
 
     # -- results ------------------------------------------------------------------------
@@ -517,7 +547,8 @@ class Client:
         for f in _RESET_ON_RETRY:
             data.pop(f, None)
         data["enqueued_at"] = time.time()
-        return scripts.Promotion(member=member, name=name, payload=jobcodec.encode(data))
+        return scripts.Promotion(member=member, name=name, payload=jobcodec.encode(data),
+                                 group=jobcodec.group_of(data))
 
     def _promote(self, zset_key: str, moves: Sequence[scripts.Promotion]) -> int:
         return int(scripts.run_one(self._conn, scripts.promote(self.keys, zset_key=zset_key, moves=moves)))
@@ -553,20 +584,20 @@ class Client:
         for ident in sorted(live):
             for n, lim in live[ident].limits.items():
                 limits.setdefault(n, lim)  # pools should agree; the first (by identity) is shown
+        sizes = self._sizes(names)
         pipe = self._conn.pipeline(transaction=False)
         for n in names:
-            pipe.llen(self.keys.queue(n))
-            pipe.lindex(self.keys.queue(n), -1)
             pipe.exists(self.keys.paused(n))
         for n in names:
             if limits.get(n, (0, None))[0]:
                 pipe.zcard(self.keys.lease(n))  # expired leases are dropped by the next fetch
         res = pipe.execute()
-        leases = iter(res[3 * len(names):])
+        leases = iter(res[len(names):])
         now = time.time()
         out = []
         for i, n in enumerate(names):
-            count, oldest, paused = res[3 * i], res[3 * i + 1], res[3 * i + 2]
+            size, paused = sizes[n], res[i]
+            count, oldest = size.count, size.oldest
             latency = 0.0
             if oldest is not None:
                 try:
@@ -579,7 +610,63 @@ class Client:
             maxc, rate = limits.get(n, (0, None))
             out.append(Queue(job_name=n, count=int(count), latency=latency, paused=bool(paused),
                              served=n in served, max_concurrency=maxc, rate_limit=rate,
-                             running=int(next(leases)) if maxc else 0))
+                             running=int(next(leases)) if maxc else 0,
+                             groups=sum(1 for g in size.groups if g.count),
+                             grouped=sum(g.count for g in size.groups),
+                             largest_groups=tuple((g.group, g.count) for g in size.groups[:3] if g.count)))
+        return out
+
+    def groups(self, name: str) -> list[GroupInfo]:
+        """The fair groups of job ``name`` with jobs waiting or running, largest first."""
+        validate_job_name(name)
+        return self._sizes([name])[name].groups
+
+    def _sizes(self, names: Sequence[str]) -> dict[str, _Sizes]:
+        """Waiting jobs per name (queue entries minus group tokens, plus the groups' jobs),
+        the next to run (a token stands for its group's oldest job) and the groups.
+
+        Two pipelines; names without groups cost what they did before (LLEN, LINDEX)
+        plus one SMEMBERS.  Tokens in the queue = groups known - groups parked (the
+        invariant enqueue_group.lua/fetch.lua keep).
+        """
+        k = self.keys
+        pipe = self._conn.pipeline(transaction=False)
+        for n in names:
+            pipe.llen(k.queue(n))
+            pipe.lindex(k.queue(n), -1)
+            pipe.smembers(k.groups(n))
+            pipe.zrange(k.group_parked(n), 0, -1)
+        res = pipe.execute()
+        out: dict[str, _Sizes] = {}
+        grouped: list[tuple[str, list[str], set[str], str | None]] = []
+        pipe = self._conn.pipeline(transaction=False)
+        for i, n in enumerate(names):
+            length, oldest, members, parked = res[4 * i: 4 * i + 4]
+            out[n] = _Sizes(count=int(length), oldest=oldest, groups=[])
+            if not members:
+                continue
+            groups = sorted(as_text(g) for g in members)
+            token = jobcodec.token_group(oldest) if oldest is not None else None
+            grouped.append((n, groups, {as_text(g) for g in parked}, token))
+            for g in groups:
+                pipe.llen(k.group_queue(n, g))
+                pipe.zcard(k.group_lease(n, g))
+            if token is not None:
+                pipe.lindex(k.group_queue(n, token), -1)
+        if not grouped:
+            return out
+        res = iter(pipe.execute())
+        for n, groups, parked, token in grouped:
+            infos = []
+            for g in groups:
+                infos.append(GroupInfo(group=g, count=int(next(res)), running=int(next(res)),
+                                       parked=g in parked))
+            infos.sort(key=lambda x: (-x.count, x.group))
+            size = out[n]
+            tokens = max(0, len(groups) - len(parked))
+            oldest = next(res) if token is not None else size.oldest
+            out[n] = _Sizes(count=max(0, size.count - tokens) + sum(x.count for x in infos),
+                            oldest=oldest, groups=infos)
         return out
 
     def served_names(self) -> set[str]:
@@ -709,10 +796,7 @@ class Client:
         processed, failed, p_day, f_day, scheduled, retry, dead, queues = pipe.execute()
         queues = sorted(as_text(q) for q in queues)
         live = self._live_processes()
-        pipe = self._conn.pipeline(transaction=False)
-        for q in queues:
-            pipe.llen(k.queue(q))
-        lengths = pipe.execute() if queues else []
+        lengths = [s.count for s in self._sizes(queues).values()] if queues else []
         return Stats(
             processed=_int(processed), failed=_int(failed),
             processed_today=_int(p_day), failed_today=_int(f_day),

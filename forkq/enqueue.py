@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -167,59 +167,79 @@ class Enqueuer:
             raise TypeError(f"job args must be a mapping of keyword arguments, got {type(args).__name__}")
 
     # -- gocraft's API ---------------------------------------------------------
-    def enqueue(self, name: str, args: Mapping[str, Any] | None = None) -> Job:
+    def _push(self, name: str, payloads: Sequence[bytes], group: str | None) -> scripts.Call:
+        if group is None:
+            return scripts.enqueue(self.keys, name=name, payloads=payloads)
+        return scripts.enqueue_group(self.keys, name=name, group=group, payloads=payloads)
+
+    def enqueue(self, name: str, args: Mapping[str, Any] | None = None, *,
+                group: str | None = None) -> Job:
+        """Enqueue one job.  ``group`` (fair groups, e.g. a tenant id): the jobs of one
+        name are taken round-robin across their groups, so one group's backlog does not
+        delay another's jobs; ``@pool.job(group_concurrency=N)`` caps each group."""
         validate_job_name(name)
         self._check_args(args)
-        data = jobcodec.build_payload(name, dict(args) if args else None, now=self._now())
-        self._send(name, [data], lambda: self._run(
-            scripts.enqueue(self.keys, name=name, payloads=[self._encode(data)])))
+        if group is not None:
+            jobcodec.check_group(group)
+        data = jobcodec.build_payload(name, dict(args) if args else None, now=self._now(), group=group)
+        self._send(name, [data], lambda: self._run(self._push(name, [self._encode(data)], group)))
         return Job.from_data(data)
 
-    def enqueue_many(self, name: str, args_list: Iterable[Mapping[str, Any] | None]) -> list[Job]:
-        """Enqueue a batch of jobs of one name in one round trip, in order."""
+    def enqueue_many(self, name: str, args_list: Iterable[Mapping[str, Any] | None], *,
+                     group: str | None = None) -> list[Job]:
+        """Enqueue a batch of jobs of one name (and one ``group``) in one round trip, in order."""
         validate_job_name(name)
+        if group is not None:
+            jobcodec.check_group(group)
         now = self._now()
         datas = []
         for args in args_list:
             self._check_args(args)
-            datas.append(jobcodec.build_payload(name, dict(args) if args else None, now=now))
+            datas.append(jobcodec.build_payload(name, dict(args) if args else None, now=now, group=group))
         if otel.tracing is None:
             payloads = [self._encode(d) for d in datas]  # every payload checked before the call
             if payloads:
-                self._run(scripts.enqueue(self.keys, name=name, payloads=payloads))
+                self._run(self._push(name, payloads, group))
         elif datas:
-            self._send(name, datas, lambda: self._run(scripts.enqueue(
-                self.keys, name=name, payloads=[self._encode(d) for d in datas])))
+            self._send(name, datas, lambda: self._run(self._push(
+                name, [self._encode(d) for d in datas], group)))
         return [Job.from_data(d) for d in datas]
 
-    def enqueue_in(self, name: str, seconds: float, args: Mapping[str, Any] | None = None) -> ScheduledJob:
-        """Run ``seconds`` from now by Redis's clock (the script adds them to TIME)."""
-        return self._schedule(name, args, delay=max(0.0, float(seconds)))
+    def enqueue_in(self, name: str, seconds: float, args: Mapping[str, Any] | None = None, *,
+                   group: str | None = None) -> ScheduledJob:
+        """Run ``seconds`` from now by Redis's clock (the script adds them to TIME); a
+        ``group`` job enters its group when due."""
+        return self._schedule(name, args, delay=max(0.0, float(seconds)), group=group)
 
     def enqueue_at(self, name: str, epoch_seconds: float,
-                   args: Mapping[str, Any] | None = None) -> ScheduledJob:
+                   args: Mapping[str, Any] | None = None, *, group: str | None = None) -> ScheduledJob:
         """Run at ``epoch_seconds`` (Unix time, judged by Redis's clock: a time already
         past runs at once)."""
-        return self._schedule(name, args, run_at=float(epoch_seconds))
+        return self._schedule(name, args, run_at=float(epoch_seconds), group=group)
 
     def enqueue_in_many(self, name: str, seconds: float,
-                        args_list: Iterable[Mapping[str, Any] | None]) -> list[ScheduledJob]:
+                        args_list: Iterable[Mapping[str, Any] | None], *,
+                        group: str | None = None) -> list[ScheduledJob]:
         """Schedule a batch of jobs of one name, all due ``seconds`` from now by Redis's
         clock, in one round trip (one script: a multi-member ZADD)."""
-        return self._schedule_many(name, args_list, delay=max(0.0, float(seconds)))
+        return self._schedule_many(name, args_list, delay=max(0.0, float(seconds)), group=group)
 
     def enqueue_at_many(self, name: str, epoch_seconds: float,
-                        args_list: Iterable[Mapping[str, Any] | None]) -> list[ScheduledJob]:
+                        args_list: Iterable[Mapping[str, Any] | None], *,
+                        group: str | None = None) -> list[ScheduledJob]:
         """Schedule a batch of jobs of one name, all due at ``epoch_seconds``, in one round trip."""
-        return self._schedule_many(name, args_list, run_at=float(epoch_seconds))
+        return self._schedule_many(name, args_list, run_at=float(epoch_seconds), group=group)
 
     def _schedule(self, name: str, args: Mapping[str, Any] | None, *, delay: float | None = None,
-                  run_at: float | None = None) -> ScheduledJob:
-        return self._schedule_many(name, [args], delay=delay, run_at=run_at)[0]
+                  run_at: float | None = None, group: str | None = None) -> ScheduledJob:
+        return self._schedule_many(name, [args], delay=delay, run_at=run_at, group=group)[0]
 
     def _schedule_many(self, name: str, args_list: Iterable[Mapping[str, Any] | None], *,
-                       delay: float | None = None, run_at: float | None = None) -> list[ScheduledJob]:
+                       delay: float | None = None, run_at: float | None = None,
+                       group: str | None = None) -> list[ScheduledJob]:
         validate_job_name(name)
+        if group is not None:
+            jobcodec.check_group(group)
         now = self._now()
         # The job enters its queue when it is due: promotion moves the bytes unchanged,
         # so enqueued_at is the due time from the start (queue latency counts from then).
@@ -227,7 +247,7 @@ class Enqueuer:
         datas = []
         for args in args_list:
             self._check_args(args)
-            data = jobcodec.build_payload(name, dict(args) if args else None, now=now)
+            data = jobcodec.build_payload(name, dict(args) if args else None, now=now, group=group)
             data["enqueued_at"] = enqueued_at
             datas.append(data)
         if not datas:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from . import clock, forked, otel, results
 from .errors import JobTimeout, Shutdown
-from .job import Job, MalformedPayload, backtrace_lines, decode
+from .job import Job, MalformedPayload, backtrace_lines, decode, group_hint, group_of
 from .job_metrics import JobMetrics as SidekiqMetrics
 from .metrics import OTHER, JobMetrics
 from .reporters import ReporterHub
@@ -99,11 +99,12 @@ class Run:
     """One execution between ``Executor.begin`` and ``Executor.end``."""
 
     __slots__ = ("qname", "field", "payload", "data", "job", "spec", "opts", "lease_name", "mono",
-                 "span_end")
+                 "span_end", "group")
 
     def __init__(self, *, qname: str, field: str, payload: bytes, data: dict[str, Any], job: Job,
                  spec: JobSpec | None, opts: JobOptions, lease_name: str | None, mono: float,
-                 span_end: Callable[[BaseException | None, str | None], None] | None) -> None:
+                 span_end: Callable[[BaseException | None, str | None], None] | None,
+                 group: str | None = None) -> None:
         self.qname = qname
         self.field = field
         self.payload = payload
@@ -114,6 +115,8 @@ class Run:
         self.lease_name = lease_name
         self.mono = mono
         self.span_end = span_end
+        # The job's fair group when its name has group_concurrency (its lease to drop).
+        self.group = group
 
 
 class Executor:
@@ -129,6 +132,8 @@ class Executor:
         self._complete: Callable[[Done], None] = _not_wired
         self._reporters = reporters
         self._leased = frozenset(n for n, s in specs.items() if s.options.max_concurrency > 0)
+        # Names with group_concurrency: their settles name the job's group (its lease).
+        self._group_capped = frozenset(n for n, s in specs.items() if s.options.group_concurrency > 0)
         self._q: queue.SimpleQueue[Taken | None] = queue.SimpleQueue()
         self.slots = [Slot(i) for i in range(concurrency)]
         self._threads = [threading.Thread(target=self._loop, args=(s,), daemon=True,
@@ -301,10 +306,11 @@ class Executor:
 
     def _bury(self, item: Taken, reason: str) -> None:
         qname, field, payload = item
+        group = group_hint(payload) if qname in self._group_capped else None
         self._complete((field, Settle(
-            op="d", field=field, name=qname if qname in self._leased else None,
+            op="d", field=field, name=qname if qname in self._leased or group else None,
             payload=malformed_dead_entry(queue=qname, raw=payload, reason=reason),
-            score=clock.now())))
+            score=clock.now(), group=group)))
 
     def _run(self, slot: Slot, item: Taken) -> None:
         run = self.begin(slot, item)
@@ -388,7 +394,8 @@ class Executor:
         tracing = otel.tracing
         span_end = tracing.process(qname, job) if tracing is not None else None
         return Run(qname=qname, field=field, payload=payload, data=data, job=job, spec=spec,
-                   opts=opts, lease_name=lease_name, mono=mono, span_end=span_end)
+                   opts=opts, lease_name=lease_name, mono=mono, span_end=span_end,
+                   group=group_of(data) if qname in self._group_capped else None)
 
     def end(self, slot: Slot, run: Run, error: BaseException | None, tb: str,
             result: Any = None) -> None:
@@ -396,6 +403,7 @@ class Executor:
         qname, field, payload, data = run.qname, run.field, run.payload, run.data
         job, spec, opts, lease_name, mono = run.job, run.spec, run.opts, run.lease_name, run.mono
         reporters = self._reporters
+        complete = self._complete if run.group is None else self._grouped(qname, run.group)
         aborted = slot.aborted
         ttl = opts.result_ttl
         result_json = b"null"
@@ -415,13 +423,13 @@ class Executor:
             slot.settled = True
             bid = job.batch_id
             if ttl is not None:
-                self._complete((field, Settle(op="k", field=field, name=lease_name, batch=bid, jid=job.id,
+                complete((field, Settle(op="k", field=field, name=lease_name, batch=bid, jid=job.id,
                                               result=results.record("succeeded", result_json=result_json),
                                               result_ttl=ttl, result_final=True)))
             elif lease_name:
-                self._complete((field, Settle(op="k", field=field, name=lease_name, batch=bid)))
+                complete((field, Settle(op="k", field=field, name=lease_name, batch=bid)))
             else:
-                self._complete((field, bid))
+                complete((field, bid))
             if self._sk_metrics is not None:
                 self._sk_metrics.record(job.name, time.monotonic() - mono, False)
             if reporters is not None:
@@ -435,11 +443,11 @@ class Executor:
             # In a batch it counts as ended without success ('K'), not as a success.
             op = "K" if bid else "k"
             if ttl is not None:
-                self._complete((field, Settle(op=op, field=field, name=lease_name, batch=bid, jid=job.id,
+                complete((field, Settle(op=op, field=field, name=lease_name, batch=bid, jid=job.id,
                                               result=results.record("cancelled"), result_ttl=ttl,
                                               result_final=True)))
             else:
-                self._complete((field, Settle(op=op, field=field, name=lease_name, batch=bid)
+                complete((field, Settle(op=op, field=field, name=lease_name, batch=bid)
                                 if lease_name or bid else None))
             log.info("job %s %s was cancelled", job.name, job.id)
             if reporters is not None:
@@ -477,7 +485,7 @@ class Executor:
                              result=results.record("dead" if final else "retrying",
                                                    error=f"{error_class}: {message}"))
         slot.settled = True
-        self._complete((field, settle))
+        complete((field, settle))
         if self._sk_metrics is not None:
             self._sk_metrics.record(job.name, time.monotonic() - mono, True)
         # Failures are never silent: one WARNING per failed execution (not per success).
@@ -490,6 +498,19 @@ class Executor:
                 assert error is not None
                 reporters.emit("failure", job, error, tb)
             reporters.emit("stopped", job)
+
+    def _grouped(self, qname: str, group: str) -> Callable[[Done], None]:
+        """The ack hand-off for a job holding a group lease: every settle (a plain
+        success too) names its group, so ack.lua drops that lease."""
+        deliver = self._complete
+
+        def complete(item: Done) -> None:
+            field, settle = item
+            if settle is None or isinstance(settle, str):  # plain (a str: a batch member's)
+                settle = Settle(op="k", field=field, batch=settle)
+            deliver((field, replace(settle, name=qname, group=group)))
+
+        return complete
 
     def _chain(self, job: Job, handler: Callable[[Job], Any]) -> Any:
         mws = self._middleware

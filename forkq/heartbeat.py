@@ -91,8 +91,11 @@ class PoolInfo:
 class Heartbeat:
     def __init__(self, *, conn: redis.Redis, keys: Keys, info: PoolInfo, slots: Sequence[Slot],
                  stats: StatsBuffer, leased: frozenset[str], lease_ttl: float,
-                 interval: float = 5.0, metrics: JobMetrics | None = None) -> None:
+                 interval: float = 5.0, metrics: JobMetrics | None = None,
+                 group_leases: bool = False) -> None:
         self._metrics = metrics
+        # Whether this pool has names with group_concurrency (their group leases are renewed).
+        self._group_leases = group_leases
         self._metrics_refused = False
         self._conn = conn
         self._keys = keys
@@ -126,7 +129,8 @@ class Heartbeat:
         # of every job this pool holds.  At maxmemory only a script flagged allow-oom
         # may write (Redis >= 7).
         liveness = scripts.beat(keys, identities=[ident], leased_names=sorted(self._leased),
-                                lease_ttl=self._lease_ttl, allow_oom=self.allow_oom)
+                                lease_ttl=self._lease_ttl, allow_oom=self.allow_oom,
+                                group_leases=self._group_leases)
         scripts.add_to_pipeline(pipe, liveness)
         # Records that change slowly are refreshed every few beats (well inside their
         # TTLs): an idle pool's beat stays at a handful of commands.
@@ -256,12 +260,12 @@ class Heartbeat:
                         "the ACL line in docs/RELIABILITY.md lists +hincrby +bitfield", err)
 
 def beat_for(conn: redis.Redis, keys: Keys, identities: Sequence[str], *, leased_names: Iterable[str],
-             lease_ttl: float, allow_oom: bool = False) -> float:
+             lease_ttl: float, allow_oom: bool = False, group_leases: bool = False) -> float:
     """A master's beat for its live children (see the module docstring): refresh their
     ``pools`` scores and the leases of their jobs; never register a pool.  Returns
     Redis's time (and keeps this process's clock on it)."""
     call = scripts.beat(keys, identities=identities, leased_names=leased_names, lease_ttl=lease_ttl,
-                        allow_oom=allow_oom, only_registered=True)
+                        allow_oom=allow_oom, only_registered=True, group_leases=group_leases)
     sent = time.monotonic()
     reply = scripts.run_one(conn, call)
     t = clock.parse_time(reply)

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from . import clock
-from .errors import ArgError, JobCancelled
+from .errors import ArgError, ConfigError, JobCancelled
 from .keys import Keys
 
 _dumps = orjson.dumps
@@ -103,18 +103,25 @@ def encode(data: dict[str, Any]) -> bytes:
 
 
 def build_payload(name: str, args: dict[str, Any] | None, *, now: float | None = None,
-                  jid: str | None = None, unique_key: str | None = None) -> dict[str, Any]:
-    """The JSON object of a new job.  ``jid`` comes first, so ``jid_of`` finds it cheaply."""
+                  jid: str | None = None, unique_key: str | None = None,
+                  group: str | None = None) -> dict[str, Any]:
+    """The JSON object of a new job.  ``jid`` comes first, so ``jid_of`` finds it cheaply.
+
+    ``group`` (fair groups) comes right after ``queue``; give it through
+    :func:`check_group` first (a bad one is the caller's error, not a dead job).
+    """
     t = clock.now() if now is None else now  # Redis's time (DESIGN.md §8)
     data: dict[str, Any] = {
         "jid": jid or new_jid(),
         "class": name,
         "queue": name,
-        "args": [args if args is not None else {}],
-        "created_at": t,
-        "enqueued_at": t,
-        "retry": True,
     }
+    if group is not None:
+        data["group"] = group
+    data["args"] = [args if args is not None else {}]
+    data["created_at"] = t
+    data["enqueued_at"] = t
+    data["retry"] = True
     if unique_key is not None:
         data["unique"] = True
         data["unique_key"] = unique_key
@@ -203,6 +210,9 @@ def validate(data: dict[str, Any]) -> None:
         raise _bad("unique", unique, "true, false or null")
     if unique and not get("unique_key"):
         raise MalformedPayload("field 'unique' is true but 'unique_key' is missing")
+    group = get("group")
+    if group is not None and not valid_group(group):
+        raise _bad("group", group, GROUP_RULE)
     bid = get("bid")
     if bid is not None and not valid_bid(bid):
         raise _bad("bid", bid, f"a batch id of 1 to {MAX_BID_CHARS} letters, digits, '-' or '_'")
@@ -233,6 +243,87 @@ _BID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 def valid_bid(bid: Any) -> bool:
     """A batch id forkq will build a key from (Sidekiq Pro's ``bid`` field): short, plain."""
     return isinstance(bid, str) and 0 < len(bid) <= MAX_BID_CHARS and _BID_CHARS.issuperset(bid)
+
+
+# -- fair groups --------------------------------------------------------------------------
+# A group becomes part of key names (keys.group_queue: ``gqueue:<name>:<group>``): no
+# braces (hash tags), no ``:`` (the separator), no control characters, bounded in
+# bytes.  fetch.lua and promote_due.lua apply the same rule before building a key
+# from a payload's group (``valid_group`` there); a payload whose group fails it is
+# never routed to a group and is buried by the executor with this reason.
+MAX_GROUP_BYTES = 128
+GROUP_RULE = (f"a group: a non-empty string of at most {MAX_GROUP_BYTES} UTF-8 bytes "
+              "without '{', '}', ':' or control characters")
+_GROUP_FORBIDDEN = frozenset("{}:" + "".join(map(chr, range(32))) + "\x7f")
+# queue:<name> carries one token per non-empty group (see fetch.lua): a Sidekiq-shaped
+# job of this class, so views listing the queue (Sidekiq Web, Client) stay readable.
+GROUP_TOKEN_CLASS = "forkq.group"
+_TOKEN_PREFIX = b'{"class":"forkq.group",'
+
+
+def valid_group(group: Any) -> bool:
+    if not isinstance(group, str) or not group or _GROUP_FORBIDDEN.intersection(group):
+        return False
+    try:
+        return len(group.encode("utf-8")) <= MAX_GROUP_BYTES
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+
+
+def check_group(group: Any) -> str:
+    """A producer's ``group=`` argument, or ConfigError (a ValueError-like forkq error)."""
+    if not valid_group(group):
+        raise ConfigError(f"bad group {_short(repr(group))}: expected {GROUP_RULE}")
+    return str(group)
+
+
+def group_of(data: dict[str, Any]) -> str | None:
+    """The fair group of a (validated) job, or None."""
+    return data.get("group")
+
+
+def group_hint(payload: bytes) -> str | None:
+    """The group of a payload that may not pass :func:`decode` (to release its lease)."""
+    if b'"group"' not in payload:
+        return None
+    try:
+        data = _loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    group = data.get("group") if isinstance(data, dict) else None
+    return group if valid_group(group) else None
+
+
+def _cjson_string(text: str) -> bytes:
+    """A JSON string as Redis's cjson writes it (it also escapes ``/`` and DEL)."""
+    return _dumps(text).replace(b"/", b"\\/").replace(b"\x7f", b"\\u007f")
+
+
+def group_token(name: str, group: str) -> bytes:
+    """The entry standing for ``group`` in ``queue:<name>`` (fetch.lua recognises the
+    prefix; the jid lets Sidekiq Web's links work on it).  Byte for byte what the Lua
+    scripts' ``token_of`` builds, so one LREM/LPOS finds a token whoever wrote it."""
+    return (b'{"class":"forkq.group","queue":' + _cjson_string(name) + b',"args":['
+            + _cjson_string(group) + b'],"jid":' + _cjson_string("forkq-group-" + group)
+            + b',"retry":false}')
+
+
+def is_group_token(payload: bytes) -> bool:
+    return payload.startswith(_TOKEN_PREFIX)
+
+
+def token_group(payload: bytes) -> str | None:
+    """The group a token stands for (None for anything that is not a token)."""
+    if not is_group_token(payload):
+        return None
+    try:
+        data = _loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    args = data.get("args") if isinstance(data, dict) else None
+    if isinstance(args, list) and len(args) == 1 and valid_group(args[0]):
+        return str(args[0])
+    return None
 
 
 def bid_of(data: dict[str, Any]) -> str | None:
@@ -401,6 +492,11 @@ class Job:
         # Lone surrogates would make every heartbeat that carries it fail to encode.
         self._checkin = str(message).encode("utf-8", "backslashreplace").decode("utf-8")
         self._checkin_at = time.time()
+
+    @property
+    def group(self) -> str | None:
+        """The fair group this job was enqueued in (``enqueue(..., group=...)``), or None."""
+        return group_of(self.data)
 
     @property
     def batch_id(self) -> str | None:

@@ -108,6 +108,27 @@ class Keys:
         """A rate-limited name's state (``rate_limit``): when its next job may start."""
         return self.prefix + "rate:" + name
 
+    # Fair groups (``enqueue(name, args, group=...)``).  A group is never empty and holds
+    # no ``{``, ``}`` or ``:`` (job.validate_group), so ``<name>:<group>`` is unambiguous
+    # even for names with colons.  fetch.lua and promote_due.lua build the same names
+    # from ``prefix`` (a group is data there); tests/test_groups.py checks they agree.
+    def group_queue(self, name: str, group: str) -> str:
+        """Ready jobs of one group of ``name`` (a list, LPUSH in, RPOP out, like a queue)."""
+        return self.prefix + "gqueue:" + name + ":" + group
+
+    def group_lease(self, name: str, group: str) -> str:
+        """Running jobs of one group of a name with ``group_concurrency`` (zset, like lease:)."""
+        return self.prefix + "glease:" + name + ":" + group
+
+    def groups(self, name: str) -> str:
+        """Set of the groups of ``name`` that have a token in ``queue:<name>`` or are parked."""
+        return self.prefix + "groups:" + name
+
+    def group_parked(self, name: str) -> str:
+        """Zset group -> when to look again: groups at their ``group_concurrency`` cap,
+        whose token was taken out of ``queue:<name>`` until a lease is released."""
+        return self.prefix + "gparked:" + name
+
     def queue_prefix(self) -> str:
         """What a queue key is before its name (for scripts that move jobs of any name)."""
         return self.prefix + "queue:"

@@ -600,7 +600,9 @@ class Master:
                and c.last_report and now - c.last_report > silent_after]
         if ids:
             self.recovery.beat(ids, sorted(n for n, s in self.pool.jobs.items()
-                                           if s.options.max_concurrency > 0))
+                                           if s.options.max_concurrency > 0),
+                               group_leases=any(s.options.group_concurrency > 0
+                                                for s in self.pool.jobs.values()))
 
     def _step_recovery(self) -> None:
         self.recovery.reap()

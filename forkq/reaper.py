@@ -90,14 +90,16 @@ def recover_inprogress(conn: redis.Redis, keys: Keys, identity: str, config: Con
             data["failed_at"] = now
             settles.append(scripts.Settle(op="d", field=field, name=name,
                                           payload=jobcodec.encode(data), score=now,
-                                          batch=jobcodec.bid_of(data)))
+                                          batch=jobcodec.bid_of(data), group=jobcodec.group_of(data)))
             poisoned.append(data)
             dead += 1
         else:
             # A unique job retakes its guard as it goes back (ack.lua's 'u').
             guard = jobcodec.unique_guard_of(data, keys)
+            # A job of a fair group goes back to the head of its group (ack.lua).
             settles.append(scripts.Settle(op="u" if guard else "q", field=field, name=name,
-                                          payload=jobcodec.encode(data), guard=guard))
+                                          payload=jobcodec.encode(data), guard=guard,
+                                          group=jobcodec.group_of(data)))
             requeued += 1
     if settles:
         scripts.run_one(conn, scripts.ack(keys, identity=identity, plain_done=(), settles=settles,

@@ -72,6 +72,7 @@ class Recovery:
     # the loop never waits on Redis.
     beat_ids: tuple[str, ...] = ()
     leased_names: tuple[str, ...] = ()
+    group_leases: bool = False  # the pool has names with group_concurrency
     beating: tuple[str, ...] = ()  # what the running helper beats for
     helper: _Helper | None = None
     failures: int = 0
@@ -93,10 +94,12 @@ class Recovery:
         self.reap_exclude = tuple(exclude)
         self.next_try = 0.0
 
-    def beat(self, identities: Sequence[str], leased_names: Sequence[str]) -> None:
+    def beat(self, identities: Sequence[str], leased_names: Sequence[str], *,
+             group_leases: bool = False) -> None:
         """Refresh these live children's beats and leases (done by the next helper)."""
         self.beat_ids = tuple(identities)
         self.leased_names = tuple(leased_names)
+        self.group_leases = group_leases
 
     @property
     def busy(self) -> bool:
@@ -237,7 +240,8 @@ class Recovery:
                     if kind == "beat":
                         heartbeat.beat_for(conn, self.keys, self.beating, leased_names=self.leased_names,
                                            lease_ttl=self.config.lease_ttl,
-                                           allow_oom=scripts.supports_script_flags(conn))
+                                           allow_oom=scripts.supports_script_flags(conn),
+                                           group_leases=self.group_leases)
                     elif kind == "release":
                         what = self.pending.get(identity, identity)
                         result = reaper.release_pool(

@@ -51,7 +51,8 @@ class WorkerPool:
     def job(self, name: str | None = None, /, *, priority: int = 1, max_fails: int = 4,
             skip_dead: bool = False, max_concurrency: int = 0, backoff: Backoff | None = None,
             timeout: float | None = None, rate_limit: str | None = None,
-            result_ttl: int | None = None) -> Callable[[Handler], Handler]: ...
+            result_ttl: int | None = None,
+            group_concurrency: int = 0) -> Callable[[Handler], Handler]: ...
 
     def job(self, fn_or_name: Any = None, /, **options: Any) -> Any:
         """Register a handler: ``@pool.job``, ``@pool.job("name")`` or ``@pool.job(priority=5)``."""

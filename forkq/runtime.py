@@ -74,7 +74,8 @@ class PoolRuntime:
         self._listen_conn = spec.connect_worker(socket_timeout=None)
         self.reporters = ReporterHub(pool.reporters) if pool.reporters else None
         targets = [FetchTarget.of(self.keys, n, specs[n].options.max_concurrency,
-                                  rate=(r.gcra() if (r := specs[n].options.rate) is not None else None))
+                                  rate=(r.gcra() if (r := specs[n].options.rate) is not None else None),
+                                  group_concurrency=specs[n].options.group_concurrency)
                    for n in self._names]
         # Side by side: the fetcher hands taken jobs to the executor, the executor hands
         # finished ones back to the fetcher's ack batch.
@@ -103,7 +104,8 @@ class PoolRuntime:
                                    slots=self.executor.slots, stats=self.stats, leased=self._leased,
                                    lease_ttl=self.config.lease_ttl,
                                    interval=self.config.heartbeat_interval,
-                                   metrics=self.job_metrics)
+                                   metrics=self.job_metrics,
+                                   group_leases=any(s.options.group_concurrency > 0 for s in specs.values()))
         self._threads: list[threading.Thread] = []
         # Every pool reaps stale pools, scheduled from the oldest beat (under a prefork
         # master, which also reaps once at start, and beats for its children).
@@ -232,10 +234,12 @@ class PoolRuntime:
             if self.fetcher.idle():
                 pipe = conn.pipeline(transaction=False)
                 for n in self._names:
+                    # Waiting = queued, or in a fair group parked at its group_concurrency.
                     pipe.llen(self.keys.queue(n))
                     pipe.exists(self.keys.paused(n))
+                    pipe.exists(self.keys.group_parked(n))
                 res = pipe.execute()
-                if all(res[i] == 0 or res[i + 1] for i in range(0, len(res), 2)):
+                if all(res[i] + res[i + 2] == 0 or res[i + 1] for i in range(0, len(res), 3)):
                     return
                 self.fetcher.wake()
             if end is not None and time.monotonic() > end:

@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from . import results
 from .backoff import capped_exponential
 from .connection import REDIRECT_BACKOFF_CAP, REDIRECT_RETRIES, Locator, Redirected, sharded_pubsub
+from .job import group_token
 from .keys import CANCEL_MESSAGE, DUE_MESSAGE, Keys
 
 log = logging.getLogger("forkq.scripts")
@@ -93,6 +94,7 @@ FETCH_OOM = _allow_oom(FETCH)
 ACK_OOM = _allow_oom(ACK)
 ENQUEUE = _load("enqueue")
 ENQUEUE_UNIQUE = _load("enqueue_unique")
+ENQUEUE_GROUP = _load("enqueue_group")
 PROMOTE = _load("promote")
 PROMOTE_DUE = _load("promote_due")
 SCHEDULE = _load("schedule")
@@ -110,7 +112,7 @@ BEAT_OOM = _allow_oom(BEAT)
 
 
 # Scripts that announce wakes, and their sharded twins (picked per connection).
-_SHARDED = {s.sha: _sharded(s) for s in (ACK, ACK_OOM, ENQUEUE, ENQUEUE_UNIQUE, PROMOTE, PROMOTE_DUE,
+_SHARDED = {s.sha: _sharded(s) for s in (ACK, ACK_OOM, ENQUEUE, ENQUEUE_UNIQUE, ENQUEUE_GROUP, PROMOTE, PROMOTE_DUE,
                                          SCHEDULE, FETCH, FETCH_OOM, RELEASE_LOCK, BURY, CLAIM_POOL,
                                          RELEASE_UNIQUE, DELETE_SCHEDULED, BEAT, BEAT_OOM, BATCH_PUSH,
                                          CANCEL)
@@ -327,19 +329,25 @@ class FetchTarget:
     max_concurrency: int
     # (seconds between starts, tolerance) of a rate-limited name (spec.RateLimit), else None.
     rate: tuple[float, float] | None = None
+    # Running jobs per fair group (group_concurrency; 0 = no cap).
+    group_concurrency: int = 0
 
     @classmethod
     def of(cls, keys: Keys, name: str, max_concurrency: int,
-           rate: tuple[float, float] | None = None) -> FetchTarget:
+           rate: tuple[float, float] | None = None, group_concurrency: int = 0) -> FetchTarget:
         return cls(name=name, queue_key=keys.queue(name), paused_key=keys.paused(name),
                    lease_key=keys.lease(name), rate_key=keys.rate(name),
-                   max_concurrency=max_concurrency, rate=rate)
+                   max_concurrency=max_concurrency, rate=rate, group_concurrency=group_concurrency)
 
     def limit_arg(self) -> str:
-        """fetch.lua's per-name limit: ``"maxc"`` or ``"maxc:interval:tolerance"``."""
-        if self.rate is None:
-            return str(self.max_concurrency)
-        return f"{self.max_concurrency}:{self.rate[0]!r}:{self.rate[1]!r}"
+        """fetch.lua's per-name limit: ``"maxc"`` or ``"maxc:interval:tolerance"``, then
+        ``"/group_concurrency"`` when groups are capped."""
+        text = str(self.max_concurrency)
+        if self.rate is not None:
+            text = f"{self.max_concurrency}:{self.rate[0]!r}:{self.rate[1]!r}"
+        if self.group_concurrency > 0:
+            text += f"/{self.group_concurrency}"
+        return text
 
 
 # How long a claimed pool's fence stays: far longer than any freeze it could resume from.
@@ -439,6 +447,9 @@ class Settle:
     result_ttl: int = 0
     result_final: bool = False
     jid: str = ""
+    # The job's fair group: a requeue goes back to its group; its group lease (a name
+    # with group_concurrency) is dropped.  Needs ``name``.
+    group: str | None = None
 
 
 def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterable[Settle],
@@ -452,6 +463,7 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
     groups: list[Arg] = []
     guarded: list[tuple[Settle, int]] = []
     batched: list[tuple[str, int]] = []
+    grouped: list[tuple[str, str, int, int]] = []  # (name, group, its pair slot, pair)
     # Plain successes of batch members: one HDEL per batch counts them (ack.lua).
     members: dict[str, list[str | bytes]] = {bid: list(f) for bid, f in (batch_plain or {}).items()}
     for s in settles:
@@ -466,11 +478,23 @@ def ack(keys: Keys, *, identity: str, plain_done: Sequence[str], settles: Iterab
                 pair = pair_of[s.name] = len(pair_of) + 1
         if s.batch is not None:
             batched.append((s.batch, len(groups) + 5))
+        if s.group is not None:
+            assert s.name is not None, "a settle with a group needs its name"
+            grouped.append((s.name, s.group, len(groups) + 2, pair))
         if s.op == "u":
             guarded.append((s, len(groups) + 4))
             groups += (s.op, s.field, pair, s.payload, "", 0)
         else:
             groups += (s.op, s.field, pair, s.payload, repr(s.score), 0)
+    group_at: dict[tuple[str, str], int] = {}
+    for name, group, at, pair in grouped:
+        # Four keys per (name, group), after the pairs; the pair slot becomes "pair:index".
+        gi = group_at.get((name, group))
+        if gi is None:
+            k += (keys.group_lease(name, group), keys.group_queue(name, group), keys.groups(name),
+                  keys.group_parked(name))
+            gi = group_at[(name, group)] = len(k) - 3
+        groups[at] = f"{pair}:{gi}"
     for s, at in guarded:
         # Guard keys follow the pairs; the group's score slot names the guard's KEYS index.
         assert s.guard is not None, "a 'u' settle needs its guard key"
@@ -541,6 +565,13 @@ def enqueue(keys: Keys, *, name: str, payloads: Sequence[bytes]) -> Call:
                 args=[name, keys.wake_channel, *payloads])
 
 
+def enqueue_group(keys: Keys, *, name: str, group: str, payloads: Sequence[bytes]) -> Call:
+    """Push jobs of fair group ``group`` of ``name`` (enqueue_group.lua)."""
+    return Call(script=ENQUEUE_GROUP,
+                keys=[keys.queues, keys.queue(name), keys.group_queue(name, group), keys.groups(name)],
+                args=[name, keys.wake_channel, group, group_token(name, group), *payloads])
+
+
 def enqueue_unique(keys: Keys, *, name: str, payload: bytes, unique_key: str, jid: str,
                    ttl: int, run_at: float | None = None, delay: float | None = None) -> Call:
     """Now (neither), at epoch ``run_at``, or ``delay`` seconds after Redis's TIME."""
@@ -571,7 +602,7 @@ def promote_due(keys: Keys, *, zset_key: str, limit: int) -> Call:
     The reply is ``[moved, more, bad members...]`` (see promote_due.lua).
     """
     return Call(script=PROMOTE_DUE, keys=[zset_key, keys.queues],
-                args=[keys.queue_prefix(), keys.wake_channel, max(1, int(limit))])
+                args=[keys.queue_prefix(), keys.wake_channel, max(1, int(limit)), keys.prefix])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -579,18 +610,30 @@ class Promotion:
     member: bytes
     name: str
     payload: bytes
+    group: str | None = None  # a job of a fair group goes back to its group
 
 
 def promote(keys: Keys, *, zset_key: str, moves: Sequence[Promotion]) -> Call:
     k: list[str] = [zset_key, keys.queues]
     index: dict[str, int] = {}
     args: list[Arg] = [keys.wake_channel]
+    gindex: dict[tuple[str, str], int] = {}
+    grouped: list[tuple[int, str, str]] = []
     for m in moves:
         i = index.get(m.name)
         if i is None:
             k.append(keys.queue(m.name))
             i = index[m.name] = len(index) + 1
+        if m.group is not None:
+            grouped.append((len(args) + 1, m.name, m.group))
         args += (m.member, i, m.payload, m.name)
+    for at, name, group in grouped:
+        # After the queue keys: gqueue:<name>:<group>, groups:<name>; the index is "qi:gi".
+        gi = gindex.get((name, group))
+        if gi is None:
+            k += (keys.group_queue(name, group), keys.groups(name))
+            gi = gindex[(name, group)] = len(k) - 3
+        args[at] = f"{index[name]}:{gi}"
     return Call(script=PROMOTE, keys=k, args=args)
 
 
@@ -632,7 +675,7 @@ def store_results(keys: Keys, settles: Iterable[Settle]) -> Call:
 
 
 def beat(keys: Keys, *, identities: Sequence[str], leased_names: Iterable[str], lease_ttl: float,
-         allow_oom: bool, only_registered: bool = False) -> Call:
+         allow_oom: bool, only_registered: bool = False, group_leases: bool = False) -> Call:
     """Liveness beat for these pools, with Redis's TIME, renewing their leases.
 
     The reply is Redis's TIME.  ``only_registered``: refresh pools that are still in
@@ -641,6 +684,8 @@ def beat(keys: Keys, *, identities: Sequence[str], leased_names: Iterable[str], 
     k = [keys.pools, *(keys.inprogress(i) for i in identities), *(keys.lease(n) for n in leased_names)]
     args: list[Arg] = [len(identities), repr(float(lease_ttl)), "XX" if only_registered else "",
                        *identities, *(Keys.lease_member(i, "") for i in identities)]
+    if group_leases:  # names with group_concurrency: renew the group leases of held jobs
+        args.append(keys.prefix)
     return Call(script=BEAT_OOM if allow_oom else BEAT, keys=k, args=args)
 
 

@@ -85,6 +85,8 @@ class JobOptions:
       none).  Jobs over it stay queued (not failed, not retried) and start when due.
     result_ttl: keep the job's state and JSON return value/error this many seconds
         (``Client.result``, ``Enqueuer.wait``); None = keep nothing, cost nothing.
+    group_concurrency: cluster-wide cap of running jobs per fair group
+        (``enqueue(..., group=...)``) of this name (0 = none); leases like max_concurrency.
     """
 
     priority: int = 1
@@ -95,6 +97,7 @@ class JobOptions:
     timeout: float | None = None
     rate_limit: str | None = None
     result_ttl: int | None = None
+    group_concurrency: int = 0
 
     def __post_init__(self) -> None:
         if self.rate_limit is not None:
@@ -105,6 +108,9 @@ class JobOptions:
             raise ConfigError(f"max_fails must be an int >= 1, got {self.max_fails!r}")
         if not isinstance(self.max_concurrency, int) or self.max_concurrency < 0:
             raise ConfigError(f"max_concurrency must be an int >= 0, got {self.max_concurrency!r}")
+        if (isinstance(self.group_concurrency, bool) or not isinstance(self.group_concurrency, int)
+                or self.group_concurrency < 0):
+            raise ConfigError(f"group_concurrency must be an int >= 0, got {self.group_concurrency!r}")
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
             raise ConfigError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if self.result_ttl is not None and (isinstance(self.result_ttl, bool) or not isinstance(

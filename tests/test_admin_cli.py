@@ -81,7 +81,7 @@ def test_queues_lists_count_latency_and_paused(capsys, redis_url) -> None:
     assert run(capsys, redis_url, "pause", "beta")[0] == 0
     code, out, _ = run(capsys, redis_url, "queues")
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["queue", "count", "latency", "paused", "served", "limits"]
+    assert code == 0 and lines[0].split() == ["queue", "count", "latency", "paused", "served", "limits", "groups"]
     assert lines[1].split()[:2] == ["alpha", "3"] and lines[1].split()[3] == "no"
     assert lines[2].split()[:2] == ["beta", "1"] and lines[2].split()[3] == "yes"
     data = run_json(capsys, redis_url, "queues")

@@ -247,8 +247,9 @@ def test_a_name_served_by_a_live_pool_is_known_and_queues_marks_unserved_ones(
     assert isinstance(queues, list)
     assert {q["job_name"]: q["served"] for q in queues} == {"block": True, "orphan": False}
     text = forkq_cmd("queues", env=env).stdout
-    assert re.search(r"^orphan .*NO \(no live pool\)  +-$", text, re.M), text
-    assert re.search(r"^block .* yes +-$", text, re.M), text
+    # ... served, limits, groups
+    assert re.search(r"^orphan .*NO \(no live pool\)  +-  +-$", text, re.M), text
+    assert re.search(r"^block .* yes +-  +-$", text, re.M), text
     forkq_cmd("unpause", "block", env=env)
     r.delete(K.queue("block"))
 

@@ -41,6 +41,10 @@
 --          A batch member that is settled counts in its batch: 'k' succeeded, 'r' a
 --          failure (still pending), 'd'/'K' a failure and dead; when nothing of the
 --          batch is pending its callbacks are pushed, each once (lua/_batch_count.lua).
+--          Fair groups: the pair index is "pair:gi" for a job of a group, KEYS[gi..gi+3] being
+--          its glease:<name>:<group>, gqueue:<name>:<group>, groups:<name>, gparked:<name>:
+--          its group lease is dropped (and a group parked at its cap gets its token back),
+--          and a requeue goes to the head of its group (with a token, if it had none).
 -- ARGV[#ARGV-1] queue key prefix ("<prefix>queue:"), where batch callbacks are pushed
 -- ARGV[#ARGV]   seconds a finished batch is kept (its hash's TTL)
 --
@@ -86,6 +90,13 @@ local function tally(batch, op)
     end
   end
 end
+
+-- A fair group's token (job.group_token's shape; fetch.lua knows it by its prefix).
+local function token_of(name, g)
+  return '{"class":"forkq.group","queue":' .. cjson.encode(name) .. ',"args":[' .. cjson.encode(g)
+    .. '],"jid":' .. cjson.encode('forkq-group-' .. g) .. ',"retry":false}'
+end
+
 local settled = 0
 local any_cancelled = nil
 local wake = {}
@@ -117,6 +128,12 @@ local groups_end = #ARGV - 2
 while i + 5 <= groups_end do
   local op, field, pair, payload, score = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
   local batch = tonumber(ARGV[i + 5])
+  local gi, group = nil, nil
+  if not pair then
+    local a, b = string.match(ARGV[i + 2], '^(%d+):(%d+)$')
+    pair, gi = tonumber(a), tonumber(b)
+    group = string.match(KEYS[gi], ':([^:]*)$')
+  end
   if redis.call('HDEL', KEYS[1], field) == 1 then
     settled = settled + 1
     if batch > 0 and op ~= 'q' and op ~= 'u' then tally(batch, op) end
@@ -127,6 +144,11 @@ while i + 5 <= groups_end do
       qkey = KEYS[4 + 2 * pair]
       lkey = KEYS[5 + 2 * pair]
       if redis.call('ZREM', lkey, member_prefix .. field) == 1 then
+        wake[pair] = true
+      end
+      if gi and redis.call('ZREM', KEYS[gi], member_prefix .. field) == 1
+          and redis.call('ZREM', KEYS[gi + 3], group) == 1 then
+        redis.call('LPUSH', qkey, token_of(ARGV[7 + pair], group))  -- unparked
         wake[pair] = true
       end
     end
@@ -160,7 +182,14 @@ while i + 5 <= groups_end do
           if requeue then redis.call('EXPIRE', guard, ARGV[5]) end
         end
       end
-      if requeue then
+      if requeue and gi then
+        redis.call('RPUSH', KEYS[gi + 1], payload)
+        if redis.call('SADD', KEYS[gi + 2], group) == 1 then
+          redis.call('RPUSH', qkey, token_of(ARGV[7 + pair], group))
+        end
+        redis.call('SADD', KEYS[4], ARGV[7 + pair])
+        wake[pair] = true
+      elseif requeue then
         redis.call('RPUSH', qkey, payload)
         redis.call('SADD', KEYS[4], ARGV[7 + pair])
         wake[pair] = true

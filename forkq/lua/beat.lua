@@ -13,6 +13,10 @@
 --          pool that stopped or was claimed); "": register
 -- ARGV[4..3+n]     identities
 -- ARGV[4+n..3+2n]  lease member prefixes ("<identity>:"), same order
+-- ARGV[4+2n]       the namespace's key prefix when the pools have names with
+--                  group_concurrency (absent otherwise): the group leases of held jobs
+--                  of fair groups, glease:<name>:<group> (keys.py's names), are renewed
+--                  too (only members that exist: XX)
 --
 -- Returns Redis's TIME {seconds, microseconds} (the caller's clock follows it).
 
@@ -22,6 +26,10 @@ local n = tonumber(ARGV[1])
 local beat = string.format('%.6f', now)
 local lease_until = string.format('%.6f', now + tonumber(ARGV[2]))
 local leases = #KEYS - 1 - n
+local gprefix = ARGV[4 + 2 * n]
+local function valid_group(g)  -- job.valid_group's rule
+  return type(g) == 'string' and #g > 0 and #g <= 128 and not string.find(g, '[{}:%c]')
+end
 for i = 1, n do
   local identity = ARGV[3 + i]
   local registered = ARGV[3] ~= 'XX' or redis.call('ZSCORE', KEYS[1], identity) ~= false
@@ -34,6 +42,24 @@ for i = 1, n do
     for _, field in ipairs(fields) do
       for k = 2 + n, #KEYS do
         redis.call('ZADD', KEYS[k], 'XX', lease_until, prefix .. field)
+      end
+    end
+  end
+  if registered and gprefix then
+    local held = redis.call('HGETALL', KEYS[1 + i])
+    local prefix = ARGV[3 + n + i]
+    for k = 1, #held, 2 do
+      local payload = held[k + 1]
+      if string.find(payload, '"group"', 1, true) then
+        local ok, data = pcall(cjson.decode, payload)
+        if ok and type(data) == 'table' and valid_group(data['group']) then
+          local q = data['queue']
+          if type(q) ~= 'string' or q == '' then q = data['class'] end
+          if type(q) == 'string' then
+            redis.call('ZADD', gprefix .. 'glease:' .. q .. ':' .. data['group'], 'XX', lease_until,
+                       prefix .. held[k])
+          end
+        end
       end
     end
   end

@@ -38,6 +38,7 @@
 --          starts, and how far ahead of that a burst may run: (burst - 1) * interval).
 --          A name over its rate takes nothing, and rate_in (below) says when its next
 --          job may start, so the caller sleeps until then instead of asking again.
+--          Either form may end in "/<group_concurrency>": running jobs per fair group.
 -- ARGV[8+n] a: count of plain successes that follow
 -- ARGV[9+n .. 8+n+a] in-progress fields of jobs this pool finished with plain success
 --          (no lease, nothing to write): HDELed before anything is taken, so one call
@@ -49,6 +50,21 @@
 --          successes of that batch's members, counted in batch:<bid> as ack.lua does.
 --          The batch, queue and queues keys are built from these prefixes, all under
 --          the namespace's hash tag (so the same slot in a Cluster).
+--
+-- Fair groups: an entry of queue:<name> that starts with '{"class":"forkq.group",' is a
+--          group's token (job.group_token): taking it takes what this call still wants
+--          from gqueue:<name>:<group> and pushes the token back at the enqueue end, so the
+--          groups of a name (and its ungrouped jobs) take turns, a fetch's worth each.  A
+--          group found empty loses its token (and leaves groups:<name>); a group at its
+--          cap is parked (its token moved to gparked:<name>, by group, scored with its
+--          earliest lease expiry) until ack.lua frees a lease, or that expiry passes
+--          (looked at here, for capped names only).  The group keys are built here from
+--          the namespace's key prefix (what KEYS[2] has before "schedule"), as keys.py
+--          spells them (a group is data: it comes in a token), all in this slot:
+--          gqueue:<name>:<group> (the group's jobs), glease:<name>:<group> (leases under
+--          group_concurrency), groups:<name> (groups with a token or parked),
+--          gparked:<name> (group -> when to look again).  Ungrouped names pay one 23-byte
+--          compare per job taken.
 --
 -- Returns {due_in, suspects_left, acked, empty, rate_in, woke, idx1, field1, payload1, ...}:
 -- due_in is how many
@@ -72,6 +88,18 @@ local suspect_after = tonumber(ARGV[4])
 local out = {'', 0, 0, '', '', ''}
 local empties = {}
 local names = (#KEYS - 4) / 4
+local P = string.sub(KEYS[2], 1, #KEYS[2] - #'schedule')
+local qprefix_len = #P + #'queue:'
+local TOKEN = '{"class":"forkq.group",'
+local function valid_group(g)
+  -- job.valid_group's rule (no braces, colons or control characters; bounded)
+  return type(g) == 'string' and #g > 0 and #g <= 128 and not string.find(g, '[{}:%c]')
+end
+-- A fair group's token (job.group_token's shape; ack.lua has the same builder).
+local function token_of(name, g)
+  return '{"class":"forkq.group","queue":' .. cjson.encode(name) .. ',"args":[' .. cjson.encode(g)
+    .. '],"jid":' .. cjson.encode('forkq-group-' .. g) .. ',"retry":false}'
+end
 -- One EXISTS over the fence and every paused flag: almost always 0, and then neither
 -- needs a look of its own (one command instead of one per queue taken from).
 local flag_keys = {KEYS[#KEYS]}
@@ -79,6 +107,7 @@ for i = 1, names do flag_keys[i + 1] = KEYS[4 * i + 1] end
 local flagged = redis.call('EXISTS', unpack(flag_keys)) > 0
 if flagged and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'fenced'} end
 local may_take_suspect = ARGV[6] == '1'
+local taken, taken_of
 
 -- Redis's TIME, read only when something needs it (a lease, the due report).
 local now = nil
@@ -152,21 +181,93 @@ local function jid_of(payload)
 end
 
 -- 1. Take jobs, queue by queue, in the caller's order.
-local taken = {}   -- {name index, field, payload, leased}
-local taken_of = {}  -- name index -> how many taken now
+taken = {}   -- {name index, field, payload, leased, group lease key}
+taken_of = {}  -- name index -> how many taken now
+-- One turn of fair group (token) of name i: up to `share` of its jobs (fewer under
+-- its cap), added to `taken`.  Returns how many were taken, and true if a suspect it
+-- may not take stopped it (then the caller stops taking from this name).
+local function serve(i, base, maxc, gcap, gname, token, share)
+  local ok, tdata = pcall(cjson.decode, token)
+  local g = ok and type(tdata) == 'table' and type(tdata['args']) == 'table' and tdata['args'][1]
+  if not valid_group(g) then return 0, false end  -- not a token forkq wrote: dropped
+  local gq = P .. 'gqueue:' .. gname .. ':' .. g
+  local n, gl, free = share, nil, nil
+  if gcap > 0 then
+    gl = P .. 'glease:' .. gname .. ':' .. g
+    redis.call('ZREMRANGEBYSCORE', gl, '-inf', '(' .. string.format('%.6f', clock()))
+    free = gcap - redis.call('ZCARD', gl)
+    if free < n then n = free end
+  end
+  local count, stalled = 0, false
+  if n > 0 then
+    local jobs = redis.call('RPOP', gq, n)
+    if not jobs then
+      -- Empty: the token goes, and the group with it.
+      redis.call('SREM', P .. 'groups:' .. gname, g)
+      return 0, false
+    end
+    for k, payload in ipairs(jobs) do
+      local suspect = is_suspect(payload)
+      if suspect and not may_take_suspect then
+        -- Back to the head of the group, in order; the token goes back too.
+        for r = #jobs, k, -1 do redis.call('RPUSH', gq, jobs[r]) end
+        out[2] = 1
+        stalled = true
+        break
+      end
+      if suspect then may_take_suspect = false end
+      taken[#taken + 1] = {i, jid_of(payload), payload, maxc > 0, gl}
+      taken_of[i] = (taken_of[i] or 0) + 1
+      count = count + 1
+    end
+    want = want - count
+    if #jobs < n and not stalled then
+      redis.call('SREM', P .. 'groups:' .. gname, g)  -- emptied now: no token
+      return count, false
+    end
+  end
+  if gl and count >= free then
+    -- At its cap: parked until a lease goes (ack.lua), or its earliest lease expires.
+    local first = redis.call('ZRANGE', gl, 0, 0, 'WITHSCORES')
+    local at = clock() + tonumber(ARGV[2])
+    if first[2] and tonumber(first[2]) < at then at = tonumber(first[2]) end
+    redis.call('ZADD', P .. 'gparked:' .. gname, string.format('%.6f', at), g)
+  else
+    redis.call('LPUSH', KEYS[base], token)
+  end
+  return count, stalled
+end
+
 local rate_due = nil  -- seconds until a rate-limited name may start its next job
 local start = tonumber(ARGV[5])
 for step = 0, names - 1 do
   if want <= 0 then break end
   local i = (start + step) % names + 1
   local base = 4 * i
+  local limit = ARGV[7 + i]
+  local maxc = tonumber(limit)
+  local gcap, gname = 0, nil
+  if not maxc then
+    local rest, g = string.match(limit, '^(.-)/(%d+)$')
+    if rest then
+      limit, gcap = rest, tonumber(g)
+      maxc = tonumber(limit)
+      gname = string.sub(KEYS[base], qprefix_len + 1)
+      -- Parked groups whose earliest lease has expired get their token back (the usual
+      -- way back is ack.lua's, when a lease is released).
+      local pkey = P .. 'gparked:' .. gname
+      local back = redis.call('ZRANGEBYSCORE', pkey, '-inf', string.format('%.6f', clock()), 'LIMIT', 0, 100)
+      for _, g in ipairs(back) do
+        redis.call('ZREM', pkey, g)
+        redis.call('LPUSH', KEYS[base], token_of(gname, g))
+      end
+    end
+  end
   -- LLEN first: an idle poll costs one command per empty queue.
   local len = redis.call('LLEN', KEYS[base])
   if len == 0 then empties[#empties + 1] = i end
   if len > 0 and not (flagged and redis.call('EXISTS', KEYS[base + 1]) == 1) then
     local take = want
-    local limit = ARGV[7 + i]
-    local maxc = tonumber(limit)
     local interval, tolerance = nil, nil
     if not maxc then  -- "maxc:interval:tolerance": a rate limit too
       local m, e, t = string.match(limit, '^(%d+):([%d.e+-]+):([%d.e+-]+)$')
@@ -196,19 +297,46 @@ for step = 0, names - 1 do
     end
     if take > 0 then
       local aside = {}
-      while take > 0 and #aside < 16 do
+      local stalled = false
+      while take > 0 and #aside < 16 and not stalled do
         local got = redis.call('RPOP', KEYS[base], take)
         if not got then break end
+        local tokens = nil
         for _, payload in ipairs(got) do
-          local suspect = is_suspect(payload)
-          if suspect and not may_take_suspect then
-            aside[#aside + 1] = payload
+          if string.sub(payload, 1, 23) == TOKEN then
+            -- A group's turn comes after the jobs popped with it (see below).
+            tokens = tokens or {}
+            tokens[#tokens + 1] = payload
           else
-            if suspect then may_take_suspect = false end
-            taken[#taken + 1] = {i, jid_of(payload), payload, maxc > 0}
-            taken_of[i] = (taken_of[i] or 0) + 1
-            take = take - 1
-            want = want - 1
+            local suspect = is_suspect(payload)
+            if suspect and not may_take_suspect then
+              aside[#aside + 1] = payload
+            else
+              if suspect then may_take_suspect = false end
+              taken[#taken + 1] = {i, jid_of(payload), payload, maxc > 0}
+              taken_of[i] = (taken_of[i] or 0) + 1
+              take = take - 1
+              want = want - 1
+            end
+          end
+        end
+        if tokens then
+          -- One group takes what this call still wants (a turn is a fetch's worth, so a
+          -- turn costs a few commands, not a few per job); if it runs short (empty, at
+          -- its cap) the next token popped serves the rest.  Tokens left unserved go
+          -- back to the head, in order: they are next, for the next fetch.
+          gname = gname or string.sub(KEYS[base], qprefix_len + 1)
+          local k = 1
+          while k <= #tokens and take > 0 and not stalled do
+            local c, stop = serve(i, base, maxc, gcap, gname, tokens[k], take)
+            take = take - c
+            stalled = stop
+            k = k + 1
+          end
+          if k <= #tokens then
+            local back = {}
+            for r = #tokens, k, -1 do back[#back + 1] = tokens[r] end
+            redis.call('RPUSH', KEYS[base], unpack(back))
           end
         end
       end
@@ -254,6 +382,9 @@ if #taken > 0 then
     if t[4] then
       redis.call('ZADD', KEYS[4 * t[1] + 2], string.format('%.6f', clock() + tonumber(ARGV[2])),
                  member_prefix .. field)
+    end
+    if t[5] then  -- its group's lease (group_concurrency)
+      redis.call('ZADD', t[5], string.format('%.6f', clock() + tonumber(ARGV[2])), member_prefix .. field)
     end
     out[#out + 1] = t[1]
     out[#out + 1] = field

@@ -8,18 +8,38 @@
 -- KEYS[3..] queue:<name> for each distinct name in this batch
 -- ARGV[1]  wake channel
 -- ARGV[2..] groups of 4: original member, queue key index (1-based into KEYS[3..]),
---           payload to push, job name
+--           payload to push, job name.  A job of a fair group has "qi:gi" as its index:
+--           KEYS[2+gi] is its gqueue:<name>:<group> (pushed to), KEYS[3+gi] groups:<name>;
+--           a group added to that set gets its token in the queue (enqueue_group.lua).
 --
 -- Returns the number of jobs moved.
+
+local function token_of(name, g)  -- job.group_token's shape (fetch.lua, ack.lua)
+  return '{"class":"forkq.group","queue":' .. cjson.encode(name) .. ',"args":[' .. cjson.encode(g)
+    .. '],"jid":' .. cjson.encode('forkq-group-' .. g) .. ',"retry":false}'
+end
 
 local moved = 0
 local woken = {}
 local i = 2
 while i + 3 <= #ARGV do
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    local qkey = KEYS[2 + tonumber(ARGV[i + 1])]
+    local qi, gi = tonumber(ARGV[i + 1]), nil
+    if not qi then
+      local a, b = string.match(ARGV[i + 1], '^(%d+):(%d+)$')
+      qi, gi = tonumber(a), tonumber(b)
+    end
+    local qkey = KEYS[2 + qi]
     redis.call('SADD', KEYS[2], ARGV[i + 3])
-    if redis.call('LPUSH', qkey, ARGV[i + 2]) == 1 and not woken[qkey] then
+    local entry = ARGV[i + 2]
+    local pushed = true
+    if gi then
+      local g = string.match(KEYS[2 + gi], ':([^:]*)$')
+      redis.call('LPUSH', KEYS[2 + gi], entry)
+      entry = token_of(ARGV[i + 3], g)
+      pushed = redis.call('SADD', KEYS[3 + gi], g) == 1
+    end
+    if pushed and redis.call('LPUSH', qkey, entry) == 1 and not woken[qkey] then
       woken[qkey] = true
       redis.call('PUBLISH', ARGV[1], ARGV[i + 3])
     end

@@ -12,6 +12,11 @@
 -- ARGV[2]  wake channel: the queue's name is PUBLISHed when it goes from empty to
 --          non-empty
 -- ARGV[3]  at most this many jobs per call
+-- ARGV[4]  the namespace's key prefix ("{ns}:"): a job of a fair group (a valid "group"
+--          field) goes to gqueue:<name>:<group>, and its group gets a token in the queue
+--          if it has none (groups:<name>), as enqueue_group.lua does; names as keys.py
+--          spells them.  A group that is not valid is ignored here (the job goes to its
+--          queue, and the executor buries it with the reason).
 --
 -- Returns {moved, more, bad1, bad2, ...}: more is 1 when due jobs remain after this
 -- batch (call again at once); bad* are due members that are not jobs (not JSON, no
@@ -26,22 +31,46 @@ if #due == 0 then return out end
 
 -- forkq writes jid, class, queue first; an anchored match on that prefix reads the
 -- queue without decoding.  Anything else (Sidekiq's clients, escapes) is decoded.
+local function valid_group(g)
+  -- job.valid_group's rule (no braces, colons or control characters; bounded)
+  return type(g) == 'string' and #g > 0 and #g <= 128 and not string.find(g, '[{}:%c]')
+end
+
+-- The member's queue, and its fair group (nil if none or not valid).
 local function queue_of(member)
   local q = string.match(member, '^{"jid":"[^"\\]*","class":"[^"\\]*","queue":"([^"\\]+)"')
-  if q then return q end
+  local grouped = string.find(member, '"group"', 1, true)
+  if q and not grouped then return q, nil end
   local ok, data = pcall(cjson.decode, member)
   if not ok or type(data) ~= 'table' then return nil end
-  if type(data['queue']) == 'string' and data['queue'] ~= '' then return data['queue'] end
-  if type(data['class']) == 'string' and data['class'] ~= '' then return data['class'] end
+  local g = data['group']
+  if not valid_group(g) then g = nil end
+  if type(data['queue']) == 'string' and data['queue'] ~= '' then return data['queue'], g end
+  if type(data['class']) == 'string' and data['class'] ~= '' then return data['class'], g end
   return nil
+end
+
+local function token_of(name, g)  -- job.group_token's shape (fetch.lua, ack.lua)
+  return '{"class":"forkq.group","queue":' .. cjson.encode(name) .. ',"args":[' .. cjson.encode(g)
+    .. '],"jid":' .. cjson.encode('forkq-group-' .. g) .. ',"retry":false}'
 end
 
 local order = {}
 local groups = {}
 local moving = {}
+local gorder, glists = {}, {}  -- fair groups: {queue, group} in order, and their members
 for _, member in ipairs(due) do
-  local q = queue_of(member)
-  if q then
+  local q, fg = queue_of(member)
+  if q and fg then
+    local id = q .. ':' .. fg
+    if not glists[id] then
+      glists[id] = {}
+      gorder[#gorder + 1] = {q, fg, id}
+    end
+    local l = glists[id]
+    l[#l + 1] = member
+    moving[#moving + 1] = member
+  elseif q then
     if not groups[q] then
       groups[q] = {}
       order[#order + 1] = q
@@ -74,6 +103,17 @@ if #moving > 0 then
     chunks(g, function(...) len = redis.call('LPUSH', qkey, ...) end)
     if len == #g then
       redis.call('PUBLISH', ARGV[2], q)
+    end
+  end
+  for _, e in ipairs(gorder) do
+    local q, fg, l = e[1], e[2], glists[e[3]]
+    redis.call('SADD', KEYS[2], q)
+    local gq = ARGV[4] .. 'gqueue:' .. q .. ':' .. fg
+    chunks(l, function(...) redis.call('LPUSH', gq, ...) end)
+    if redis.call('SADD', ARGV[4] .. 'groups:' .. q, fg) == 1 then
+      if redis.call('LPUSH', ARGV[1] .. q, token_of(q, fg)) == 1 then
+        redis.call('PUBLISH', ARGV[2], q)
+      end
     end
   end
 end

@@ -274,8 +274,9 @@ class Dashboard:
         jobs, total = queries.queue_jobs(self.conn, self.keys, name, page, PER_PAGE)
         paused = self.client.is_paused(name)
         served = queries.served_queues(queries.processes(self.conn, self.keys)).get(name, 0)
+        groups = self.client.groups(name)[:100]
         return self.render(request, "queue.html", name=name, jobs=jobs, total=total, page=page,
-                           pages=_pages(total), paused=paused, served=served)
+                           pages=_pages(total), paused=paused, served=served, groups=groups)
 
     def set_page(self, request: Request) -> Response:
         which = request.path_params["which"]

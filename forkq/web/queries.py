@@ -249,15 +249,27 @@ def clear_queue(conn: redis.Redis, keys: Keys, name: str) -> int:
     it stays listed, with its paused state, at size 0.
     """
     validate_job_name(name)
+    # Fair groups: their lists, tokens and leases' bookkeeping go with the queue.
+    groups = sorted(as_text(g) for g in conn.smembers(keys.groups(name)))
     pipe = conn.pipeline(transaction=True)
     pipe.llen(keys.queue(name))
-    pipe.delete(keys.queue(name))
-    return int(pipe.execute()[0])
+    pipe.zcard(keys.group_parked(name))
+    for g in groups:
+        pipe.llen(keys.group_queue(name, g))
+    pipe.delete(keys.queue(name), keys.groups(name), keys.group_parked(name),
+                *(keys.group_queue(name, g) for g in groups))
+    res = pipe.execute()
+    tokens = max(0, len(groups) - int(res[1]))
+    return max(0, int(res[0]) - tokens) + sum(int(n) for n in res[2:2 + len(groups)])
 
 
 def delete_queue_job(conn: redis.Redis, keys: Keys, name: str, payload: bytes) -> None:
     """Remove one exact waiting entry (LREM of its bytes: a job taken meanwhile is not touched)."""
     validate_job_name(name)
+    if jobcodec.is_group_token(payload):
+        # Without its token a group would never be served again.
+        raise NotDeleted(f"that entry stands for a fair group of {name!r}, not a job: clear the "
+                         "queue or cancel the group's jobs instead")
     if not int(conn.lrem(keys.queue(name), 1, payload)):
         raise NotDeleted(f"that job is no longer waiting in queue {name!r}")
 
@@ -391,7 +403,9 @@ def _move_to_queue(conn: redis.Redis, keys: Keys, zset: str, entries: Sequence[E
         except ConfigError:
             continue
         data["enqueued_at"] = now
-        moves.append(scripts.Promotion(member=e.member, name=name, payload=jobcodec.encode(data)))
+        group = data.get("group")
+        moves.append(scripts.Promotion(member=e.member, name=name, payload=jobcodec.encode(data),
+                                       group=group if jobcodec.valid_group(group) else None))
     if not moves:
         return 0
     return int(scripts.run_one(conn, scripts.promote(keys, zset_key=zset, moves=moves)))
@@ -518,8 +532,12 @@ def locate(conn: redis.Redis, keys: Keys, jid: str, *, deadline: float = 6.0) ->
         for e in res.entries:
             if e.jid == jid:
                 out.append(Location(state=state, where=which, score=e.score, payload=e.member))
+    lists = []
     for q in sorted(as_text(n) for n in conn.smembers(keys.queues)):
-        key = keys.queue(q)
+        lists.append((q, keys.queue(q)))
+        # The lists of its fair groups are waiting jobs of q too.
+        lists += [(q, keys.group_queue(q, as_text(g))) for g in sorted(conn.smembers(keys.groups(q)))]
+    for q, key in lists:
         start = 0
         while start < LOCATE_QUEUE_LIMIT and time.monotonic() < end:
             rows = conn.lrange(key, start, start + 999)
