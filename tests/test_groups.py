@@ -426,3 +426,39 @@ def test_the_dashboard_shows_groups_and_refuses_to_delete_a_token(redis_url: str
     assert queries.clear_queue(r, KEYS, "work") == 8
     assert forkq.Client(redis_url, NS).queues()[0].count == 0
     assert _leftover_group_keys(r) == []
+
+
+@pytest.mark.slow
+def test_group_leases_under_repeated_child_kills_lose_nothing_and_leave_no_lease(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list, chaos) -> None:  # type: ignore[no-untyped-def]
+    """Children SIGKILLed every 0.25 s: with a 600 s lease TTL only release by identity
+    (recovery's ack) lets the groups finish; the cap holds throughout."""
+    import time
+
+    from procs import runs
+
+    module = write_jobs(tmp_path, CAPPED_JOBS)
+    f = start_forkq(forkqs, tmp_path, redis_url, module, ["-p", "2", "-c", "4"],
+                    env={"FORKQ_STALE_AFTER": "600", "FORKQ_LEASE_TTL": "600", "FORKQ_LOG_LEVEL": "WARNING"})
+    wait_children_ready(f, r, 2)
+    e = forkq.Enqueuer(redis_url, MNS)
+    groups = [f"t{k}" for k in range(4)]
+    jids = [j.id for g in groups for j in e.enqueue_many("capped", [{"s": 0.02}] * 150, group=g)]
+    killer = chaos(f, every=0.25, seed=11, max_kills=20)
+    seen = 0
+    t0 = time.monotonic()
+    while len(runs(r)) < len(jids) and time.monotonic() - t0 < 120:
+        seen = max([seen, *(r.zcard(MKEYS.group_lease("capped", g)) for g in groups)])
+        time.sleep(0.02)
+    kills = killer.stop()
+
+    def settled() -> bool:
+        dead = {e["jid"] for e in dead_jids(r).values()}
+        return all(j in dead or j in runs(r) for j in jids)
+
+    wait_for(settled, 60, message="every job ran or is dead")
+    assert kills > 0 and seen <= 2
+    assert max(_max_overlap(r, g) for g in groups) <= 2
+    wait_for(lambda: not any(r.exists(MKEYS.group_lease("capped", g)) for g in groups)
+             and not r.exists(MKEYS.group_parked("capped")), 10, message="no group lease left")
+    assert f.stop() == 0
