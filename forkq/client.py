@@ -621,6 +621,15 @@ class Client:
         validate_job_name(name)
         return self._sizes([name])[name].groups
 
+    def repair_groups(self, name: str) -> int:
+        """Give back their entry in ``queue:<name>`` to fair groups that lost it (deleted
+        by hand, e.g. from Sidekiq's Web UI, which forkq's own views refuse to do): such a
+        group would never be served.  Returns how many were repaired.  Scans the queue
+        once per group: an operator's action."""
+        validate_job_name(name)
+        repaired, _dropped = scripts.run_one(self._conn, scripts.repair_groups(self.keys, name=name))
+        return int(repaired)
+
     def _sizes(self, names: Sequence[str]) -> dict[str, _Sizes]:
         """Waiting jobs per name (queue entries minus group tokens, plus the groups' jobs),
         the next to run (a token stands for its group's oldest job) and the groups.

@@ -95,6 +95,7 @@ ACK_OOM = _allow_oom(ACK)
 ENQUEUE = _load("enqueue")
 ENQUEUE_UNIQUE = _load("enqueue_unique")
 ENQUEUE_GROUP = _load("enqueue_group")
+REPAIR_GROUPS = _load("repair_groups")
 PROMOTE = _load("promote")
 PROMOTE_DUE = _load("promote_due")
 SCHEDULE = _load("schedule")
@@ -112,8 +113,8 @@ BEAT_OOM = _allow_oom(BEAT)
 
 
 # Scripts that announce wakes, and their sharded twins (picked per connection).
-_SHARDED = {s.sha: _sharded(s) for s in (ACK, ACK_OOM, ENQUEUE, ENQUEUE_UNIQUE, ENQUEUE_GROUP, PROMOTE, PROMOTE_DUE,
-                                         SCHEDULE, FETCH, FETCH_OOM, RELEASE_LOCK, BURY, CLAIM_POOL,
+_SHARDED = {s.sha: _sharded(s) for s in (ACK, ACK_OOM, ENQUEUE, ENQUEUE_UNIQUE, ENQUEUE_GROUP,
+                                         REPAIR_GROUPS, PROMOTE, PROMOTE_DUE, SCHEDULE, FETCH, FETCH_OOM, RELEASE_LOCK, BURY, CLAIM_POOL,
                                          RELEASE_UNIQUE, DELETE_SCHEDULED, BEAT, BEAT_OOM, BATCH_PUSH,
                                          CANCEL)
             if "redis.call('PUBLISH'" in s.text}
@@ -570,6 +571,12 @@ def enqueue_group(keys: Keys, *, name: str, group: str, payloads: Sequence[bytes
     return Call(script=ENQUEUE_GROUP,
                 keys=[keys.queues, keys.queue(name), keys.group_queue(name, group), keys.groups(name)],
                 args=[name, keys.wake_channel, group, group_token(name, group), *payloads])
+
+
+def repair_groups(keys: Keys, *, name: str) -> Call:
+    """Tokens back for the groups of ``name`` that lost theirs (repair_groups.lua)."""
+    return Call(script=REPAIR_GROUPS, keys=[keys.queue(name), keys.groups(name), keys.group_parked(name)],
+                args=[name, keys.group_queue(name, ""), keys.wake_channel])
 
 
 def enqueue_unique(keys: Keys, *, name: str, payload: bytes, unique_key: str, jid: str,

@@ -462,3 +462,20 @@ def test_group_leases_under_repeated_child_kills_lose_nothing_and_leave_no_lease
     wait_for(lambda: not any(r.exists(MKEYS.group_lease("capped", g)) for g in groups)
              and not r.exists(MKEYS.group_parked("capped")), 10, message="no group lease left")
     assert f.stop() == 0
+
+
+def test_a_group_whose_token_was_deleted_by_hand_is_repaired(redis_url: str, pools: list,
+                                                              r: redis.Redis) -> None:
+    e = forkq.Enqueuer(redis_url, NS)
+    e.enqueue_many("work", [{"i": i} for i in range(3)], group="A")
+    e.enqueue_many("work", [{"i": i} for i in range(2)], group="B")
+    r.lrem(KEYS.queue("work"), 0, jobcodec.group_token("work", "A"))  # Sidekiq Web's delete
+    client = forkq.Client(redis_url, NS)
+    assert client.repair_groups("work") == 1
+    assert client.repair_groups("work") == 0  # nothing left to repair
+    assert sorted(jobcodec.token_group(t) for t in r.lrange(KEYS.queue("work"), 0, -1)) == ["A", "B"]
+    ran = Ran()
+    pool = forkq.WorkerPool(NS)
+    pool.register("work", ran)
+    start(pools, pool, redis_url, concurrency=2)
+    wait_for(lambda: len(ran) == 5, 10, message="both groups' jobs")
