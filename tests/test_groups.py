@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -433,8 +434,6 @@ def test_group_leases_under_repeated_child_kills_lose_nothing_and_leave_no_lease
         tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list, chaos) -> None:  # type: ignore[no-untyped-def]
     """Children SIGKILLed every 0.25 s: with a 600 s lease TTL only release by identity
     (recovery's ack) lets the groups finish; the cap holds throughout."""
-    import time
-
     from procs import runs
 
     module = write_jobs(tmp_path, CAPPED_JOBS)
@@ -479,3 +478,28 @@ def test_a_group_whose_token_was_deleted_by_hand_is_repaired(redis_url: str, poo
     pool.register("work", ran)
     start(pools, pool, redis_url, concurrency=2)
     wait_for(lambda: len(ran) == 5, 10, message="both groups' jobs")
+
+
+def test_heartbeats_renew_group_leases_of_jobs_running_longer_than_the_lease_ttl(
+        redis_url: str, pools: list, r: redis.Redis) -> None:
+    spans: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def long(job: forkq.Job) -> None:
+        t0 = time.monotonic()
+        time.sleep(job.arg_float("s"))
+        with lock:
+            spans.append((t0, time.monotonic()))
+
+    # Leases expire 1.5 s after they are taken or renewed; the jobs run 3 s each.
+    config = forkq.Config(heartbeat_interval=0.3, lease_ttl=1.5, idle_poll_interval=0.1,
+                          stale_after=5.0, shutdown_timeout=5.0)
+    pool = forkq.WorkerPool(NS, config=config)
+    pool.register("long", long, forkq.JobOptions(group_concurrency=1))
+    pool.enqueuer(redis_url).enqueue_many("long", [{"s": 3.0}, {"s": 3.0}], group="A")
+    start(pools, pool, redis_url, concurrency=4)
+    wait_for(lambda: len(spans) == 2, 20, message="both jobs")
+    (a0, a1), (b0, b1) = sorted(spans)
+    # One at a time: the first job's lease outlived its TTL (renewed), so the second
+    # waited for its end instead of starting when the lease would have expired.
+    assert b0 >= a1 - 0.05, spans

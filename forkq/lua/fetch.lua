@@ -63,7 +63,7 @@
 --          spells them (a group is data: it comes in a token), all in this slot:
 --          gqueue:<name>:<group> (the group's jobs), glease:<name>:<group> (leases under
 --          group_concurrency), groups:<name> (groups with a token or parked),
---          gparked:<name> (group -> when to look again).  Ungrouped names pay one 23-byte
+--          gparked:<name> (group -> when to look again).  Ungrouped names pay one byte
 --          compare per job taken.
 --
 -- Returns {due_in, suspects_left, acked, empty, rate_in, woke, idx1, field1, payload1, ...}:
@@ -303,7 +303,8 @@ for step = 0, names - 1 do
         if not got then break end
         local tokens = nil
         for _, payload in ipairs(got) do
-          if string.sub(payload, 1, 23) == TOKEN then
+          -- byte 3 is 'c' ({"class"...) for a token, 'j' for forkq's jobs: no substring
+          if string.byte(payload, 3) == 99 and string.sub(payload, 1, 23) == TOKEN then
             -- A group's turn comes after the jobs popped with it (see below).
             tokens = tokens or {}
             tokens[#tokens + 1] = payload
