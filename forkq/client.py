@@ -206,8 +206,10 @@ class GroupInfo:
     parked: bool     # at its group_concurrency cap: skipped until a lease is released
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Sizes:
+    """What ``Client._sizes`` reads of one name: jobs waiting, the next one, its groups."""
+
     count: int
     oldest: bytes | None
     groups: list[GroupInfo]

@@ -424,8 +424,8 @@ class Executor:
             bid = job.batch_id
             if ttl is not None:
                 complete((field, Settle(op="k", field=field, name=lease_name, batch=bid, jid=job.id,
-                                              result=results.record("succeeded", result_json=result_json),
-                                              result_ttl=ttl, result_final=True)))
+                                        result=results.record("succeeded", result_json=result_json),
+                                        result_ttl=ttl, result_final=True)))
             elif lease_name:
                 complete((field, Settle(op="k", field=field, name=lease_name, batch=bid)))
             else:
@@ -444,11 +444,11 @@ class Executor:
             op = "K" if bid else "k"
             if ttl is not None:
                 complete((field, Settle(op=op, field=field, name=lease_name, batch=bid, jid=job.id,
-                                              result=results.record("cancelled"), result_ttl=ttl,
-                                              result_final=True)))
+                                        result=results.record("cancelled"), result_ttl=ttl,
+                                        result_final=True)))
             else:
                 complete((field, Settle(op=op, field=field, name=lease_name, batch=bid)
-                                if lease_name or bid else None))
+                          if lease_name or bid else None))
             log.info("job %s %s was cancelled", job.name, job.id)
             if reporters is not None:
                 reporters.emit("aborted", job, "cancelled")

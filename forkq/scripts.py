@@ -114,9 +114,9 @@ BEAT_OOM = _allow_oom(BEAT)
 
 # Scripts that announce wakes, and their sharded twins (picked per connection).
 _SHARDED = {s.sha: _sharded(s) for s in (ACK, ACK_OOM, ENQUEUE, ENQUEUE_UNIQUE, ENQUEUE_GROUP,
-                                         REPAIR_GROUPS, PROMOTE, PROMOTE_DUE, SCHEDULE, FETCH, FETCH_OOM, RELEASE_LOCK, BURY, CLAIM_POOL,
-                                         RELEASE_UNIQUE, DELETE_SCHEDULED, BEAT, BEAT_OOM, BATCH_PUSH,
-                                         CANCEL)
+                                         REPAIR_GROUPS, PROMOTE, PROMOTE_DUE, SCHEDULE, FETCH,
+                                         FETCH_OOM, RELEASE_LOCK, BURY, CLAIM_POOL, RELEASE_UNIQUE,
+                                         DELETE_SCHEDULED, BEAT, BEAT_OOM, BATCH_PUSH, CANCEL)
             if "redis.call('PUBLISH'" in s.text}
 # FetchPlan pre-packs its EVALSHA (no per-connection choice): fetch must not publish.
 assert FETCH.sha not in _SHARDED and FETCH_OOM.sha not in _SHARDED
