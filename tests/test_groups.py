@@ -503,3 +503,20 @@ def test_heartbeats_renew_group_leases_of_jobs_running_longer_than_the_lease_ttl
     # One at a time: the first job's lease outlived its TTL (renewed), so the second
     # waited for its end instead of starting when the lease would have expired.
     assert b0 >= a1 - 0.05, spans
+
+
+def test_sidekiqs_own_api_reads_a_queue_with_group_entries(redis_url: str) -> None:
+    import test_sidekiq_interop as interop
+
+    if interop._PROBLEM is not None:
+        pytest.skip(interop._PROBLEM)
+    e = forkq.Enqueuer(redis_url, interop.NS)
+    e.enqueue_many("work", [{"i": i} for i in range(3)], group="tenant-1")
+    e.enqueue("work", {"i": 9})
+    out = interop.sidekiq(redis_url, "read")
+    (q,) = [q for q in out["queues"] if q["name"] == "work"]
+    # Sidekiq sees the group's entry as a job of class forkq.group (one per group).
+    assert q["size"] == 2
+    assert sorted(j["class"] for j in q["jobs"]) == ["forkq.group", "work"]
+    (token,) = [j for j in q["jobs"] if j["class"] == "forkq.group"]
+    assert token["args"] == ["tenant-1"]
