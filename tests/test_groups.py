@@ -520,3 +520,27 @@ def test_sidekiqs_own_api_reads_a_queue_with_group_entries(redis_url: str) -> No
     assert sorted(j["class"] for j in q["jobs"]) == ["forkq.group", "work"]
     (token,) = [j for j in q["jobs"] if j["class"] == "forkq.group"]
     assert token["args"] == ["tenant-1"]
+
+
+@pytest.mark.slow
+def test_a_dead_hosts_group_leases_are_released_by_the_reaper_of_another_host(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list) -> None:
+    """Master and children SIGKILLed together (a host gone): no one releases their pool at
+    once; another master's staleness reaper does, and with it the group leases (their TTL
+    is far longer than the test), so the parked group runs again at its cap."""
+    module = write_jobs(tmp_path, CAPPED_JOBS)
+    env = {"FORKQ_STALE_AFTER": "3", "FORKQ_LEASE_TTL": "300"}
+    e = forkq.Enqueuer(redis_url, MNS)
+    e.enqueue_many("capped", [{"s": 60.0, "hold_once": True} for _ in range(2)], group="g")
+    host_a = start_forkq(forkqs, tmp_path, redis_url, module, ["-p", "1", "-c", "4"], env=env, tag="a")
+    wait_children_ready(host_a, r, 1)
+    wait_for(lambda: r.zcard(MKEYS.group_lease("capped", "g")) == 2, 20, message="two leases held")
+    e.enqueue_many("capped", [{"s": 0.05} for _ in range(6)], group="g")
+    wait_for(lambda: r.zcard(MKEYS.group_parked("capped")) == 1, 10, message="the group parked")
+    host_a.kill_all()
+    host_b = start_forkq(forkqs, tmp_path, redis_url, module, ["-p", "1", "-c", "4"], env=env, tag="b")
+    wait_for(lambda: r.hlen("test:runs") == 8, 60, message="every job, on the other host")
+    assert _max_overlap(r, "g") == 2
+    wait_for(lambda: not r.exists(MKEYS.group_lease("capped", "g"), MKEYS.group_parked("capped")),
+             10, message="no group lease or parked group left")
+    assert host_b.stop() == 0
