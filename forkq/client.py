@@ -629,7 +629,11 @@ class Client:
         group would never be served.  Returns how many were repaired.  Scans the queue
         once per group: an operator's action."""
         validate_job_name(name)
-        repaired, _dropped = scripts.run_one(self._conn, scripts.repair_groups(self.keys, name=name))
+        groups = sorted(as_text(g) for g in self._conn.smembers(self.keys.groups(name)))
+        if not groups:
+            return 0
+        repaired, _dropped = scripts.run_one(self._conn, scripts.repair_groups(
+            self.keys, name=name, groups=groups))
         return int(repaired)
 
     def _sizes(self, names: Sequence[str]) -> dict[str, _Sizes]:

@@ -573,10 +573,10 @@ def enqueue_group(keys: Keys, *, name: str, group: str, payloads: Sequence[bytes
                 args=[name, keys.wake_channel, group, group_token(name, group), *payloads])
 
 
-def repair_groups(keys: Keys, *, name: str) -> Call:
-    """Tokens back for the groups of ``name`` that lost theirs (repair_groups.lua)."""
+def repair_groups(keys: Keys, *, name: str, groups: Sequence[str]) -> Call:
+    """Tokens back for those of ``groups`` of ``name`` that lost theirs (repair_groups.lua)."""
     return Call(script=REPAIR_GROUPS, keys=[keys.queue(name), keys.groups(name), keys.group_parked(name)],
-                args=[name, keys.group_queue(name, ""), keys.wake_channel])
+                args=[name, keys.group_queue(name, ""), keys.wake_channel, *groups])
 
 
 def enqueue_unique(keys: Keys, *, name: str, payload: bytes, unique_key: str, jid: str,
