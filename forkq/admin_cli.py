@@ -113,7 +113,7 @@ def _queues(c: Client, a: argparse.Namespace, out: TextIO) -> None:
         return
     table(("queue", "count", "latency", "paused", "served", "limits", "groups"),
           [(q.job_name, q.count, _ago(q.latency) if q.count else "-", "yes" if q.paused else "no",
-            "yes" if q.served else "NO (no live pool)", limits_text(q), groups_text(q)) for q in qs], out)
+            "yes" if q.served else "NO (no live pool)", q.limits_text, groups_text(q)) for q in qs], out)
 
 
 def groups_text(q: Queue) -> str:
@@ -123,16 +123,6 @@ def groups_text(q: Queue) -> str:
     top = ", ".join(f"{g}: {n}" for g, n in q.largest_groups)
     more = ", ..." if q.groups > len(q.largest_groups) else ""
     return f"{q.groups} ({top}{more})"
-
-
-def limits_text(q: Queue) -> str:
-    """``max 5 (3 running), 100/s``, or ``-``."""
-    parts = []
-    if q.max_concurrency:
-        parts.append(f"max {q.max_concurrency} ({q.running} running)")
-    if q.rate_limit:
-        parts.append(q.rate_limit)
-    return ", ".join(parts) or "-"
 
 
 def _batches_args(p: Parser) -> None:

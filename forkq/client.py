@@ -188,12 +188,25 @@ class Queue:
     max_concurrency: int = 0
     rate_limit: str | None = None
     running: int = 0
+    group_concurrency: int = 0
     # Fair groups (enqueue(..., group=)): how many groups have jobs waiting, how many of
     # ``count`` are in them, and the largest few (group, waiting).  ``count`` counts jobs,
     # not the groups' tokens in queue:<name>.
     groups: int = 0
     grouped: int = 0
     largest_groups: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def limits_text(self) -> str:
+        """``max 5 (3 running), 100/s, 2 per group``, or ``-`` (CLI and dashboard)."""
+        parts = []
+        if self.max_concurrency:
+            parts.append(f"max {self.max_concurrency} ({self.running} running)")
+        if self.rate_limit:
+            parts.append(self.rate_limit)
+        if self.group_concurrency:
+            parts.append(f"{self.group_concurrency} per group")
+        return ", ".join(parts) or "-"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -582,7 +595,7 @@ class Client:
             return []
         live = self._live_processes()
         served = {q for p in live.values() for q in p.queues}
-        limits: dict[str, tuple[int, str | None]] = {}
+        limits: dict[str, tuple[int, str | None, int]] = {}
         for ident in sorted(live):
             for n, lim in live[ident].limits.items():
                 limits.setdefault(n, lim)  # pools should agree; the first (by identity) is shown
@@ -591,7 +604,7 @@ class Client:
         for n in names:
             pipe.exists(self.keys.paused(n))
         for n in names:
-            if limits.get(n, (0, None))[0]:
+            if limits.get(n, (0, None, 0))[0]:
                 pipe.zcard(self.keys.lease(n))  # expired leases are dropped by the next fetch
         res = pipe.execute()
         leases = iter(res[len(names):])
@@ -609,9 +622,10 @@ class Client:
                     enq = 0.0
                 if enq > 0:
                     latency = max(0.0, now - enq)
-            maxc, rate = limits.get(n, (0, None))
+            maxc, rate, per_group = limits.get(n, (0, None, 0))
             out.append(Queue(job_name=n, count=int(count), latency=latency, paused=bool(paused),
                              served=n in served, max_concurrency=maxc, rate_limit=rate,
+                             group_concurrency=per_group,
                              running=int(next(leases)) if maxc else 0,
                              groups=sum(1 for g in size.groups if g.count),
                              grouped=sum(g.count for g in size.groups),
@@ -826,10 +840,14 @@ class Client:
 class _LiveProcess:
     queues: frozenset[str]
     in_flight: frozenset[str]  # in-progress fields (jid, or jid#n)
-    limits: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    limits: dict[str, tuple[int, str | None, int]] = field(default_factory=dict)
 
 
-def _info_limits(info: bytes | None) -> dict[str, tuple[int, str | None]]:
+def _count(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+
+def _info_limits(info: bytes | None) -> dict[str, tuple[int, str | None, int]]:
     """The flow limits a forkq pool's ``info`` declares (anything malformed is skipped:
     the hash may have been written by anyone)."""
     try:
@@ -837,14 +855,14 @@ def _info_limits(info: bytes | None) -> dict[str, tuple[int, str | None]]:
     except orjson.JSONDecodeError:
         return {}
     raw = data.get("limits") if isinstance(data, dict) else None
-    out: dict[str, tuple[int, str | None]] = {}
+    out: dict[str, tuple[int, str | None, int]] = {}
     if isinstance(raw, dict):
         for n, v in raw.items():
             if not isinstance(v, dict):
                 continue
-            m, r = v.get("max_concurrency"), v.get("rate_limit")
-            out[n] = (m if isinstance(m, int) and not isinstance(m, bool) and m >= 0 else 0,
-                      r if isinstance(r, str) and len(r) < 40 else None)
+            r = v.get("rate_limit")
+            out[n] = (_count(v.get("max_concurrency")), r if isinstance(r, str) and len(r) < 40 else None,
+                      _count(v.get("group_concurrency")))
     return out
 
 

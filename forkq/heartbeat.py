@@ -61,16 +61,18 @@ class PoolInfo:
     concurrency: int
     job_names: tuple[str, ...]
     tag: str = ""
-    # Flow limits of the names that have any: name -> {"max_concurrency": N, "rate_limit": "N/s"}.
-    limits: tuple[tuple[str, int, str], ...] = ()
+    # Flow limits of the names that have any: (name, max_concurrency, rate_limit,
+    # group_concurrency), written as name -> {"max_concurrency": N, "rate_limit": "N/s",
+    # "group_concurrency": G}.
+    limits: tuple[tuple[str, int, str, int], ...] = ()
 
     @classmethod
     def create(cls, *, identity: str, concurrency: int, job_names: Sequence[str], tag: str = "",
-               limits: Sequence[tuple[str, int, str]] = ()) -> PoolInfo:
+               limits: Sequence[tuple[str, int, str, int]] = ()) -> PoolInfo:
         return cls(identity=identity, hostname=identity.split(":", 1)[0], pid=os.getpid(),
                    started_at=time.time(), concurrency=concurrency,
                    job_names=tuple(sorted(job_names)), tag=tag,
-                   limits=tuple(sorted(x for x in limits if x[1] or x[2])))
+                   limits=tuple(sorted(x for x in limits if x[1] or x[2] or x[3])))
 
     def sidekiq_info(self) -> bytes:
         from . import __version__  # the package is fully imported by the time a pool beats
@@ -84,7 +86,8 @@ class PoolInfo:
             "version": f"forkq {__version__}", "weights": [dict.fromkeys(self.job_names, 0)],
             "embedded": False,
             # forkq's own (Sidekiq ignores it): what `forkq queues` and the dashboard show.
-            "limits": {n: {"max_concurrency": m, "rate_limit": r or None} for n, m, r in self.limits},
+            "limits": {n: {"max_concurrency": m, "rate_limit": r or None, "group_concurrency": g}
+                       for n, m, r, g in self.limits},
         })
 
 

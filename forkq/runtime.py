@@ -99,7 +99,8 @@ class PoolRuntime:
         self.info = PoolInfo.create(identity=self.identity, concurrency=concurrency,
                                     job_names=self._names, tag=tag,
                                     limits=[(n, specs[n].options.max_concurrency,
-                                             specs[n].options.rate_limit or "") for n in self._names])
+                                             specs[n].options.rate_limit or "",
+                                             specs[n].options.group_concurrency) for n in self._names])
         self.heartbeat = Heartbeat(conn=self._hk_conn, keys=self.keys, info=self.info,
                                    slots=self.executor.slots, stats=self.stats, leased=self._leased,
                                    lease_ttl=self.config.lease_ttl,

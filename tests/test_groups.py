@@ -498,6 +498,10 @@ def test_heartbeats_renew_group_leases_of_jobs_running_longer_than_the_lease_ttl
     pool.register("long", long, forkq.JobOptions(group_concurrency=1))
     pool.enqueuer(redis_url).enqueue_many("long", [{"s": 3.0}, {"s": 3.0}], group="A")
     start(pools, pool, redis_url, concurrency=4)
+    client = forkq.Client(redis_url, NS)
+    # The cap the live pool declares is what forkq queues and the dashboard show.
+    wait_for(lambda: [q.limits_text for q in client.queues() if q.job_name == "long"] == ["1 per group"],
+             10, message="the declared group_concurrency in the queue view")
     wait_for(lambda: len(spans) == 2, 20, message="both jobs")
     (a0, a1), (b0, b1) = sorted(spans)
     # One at a time: the first job's lease outlived its TTL (renewed), so the second
