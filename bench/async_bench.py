@@ -1,145 +1,126 @@
 """Async benchmark: 10 ms ``asyncio.sleep`` jobs, 1,000 in flight per worker process,
-forkq (``--async-concurrency 1000``, one child) against arq (``max_jobs=1000``, one
-process).  A backlog of N jobs is filled first (not timed); the rate is measured
-from the first completion to the last, so start-up is not counted.  Redis cost is
-the server's ``total_commands_processed`` over the run, per job, minus the
-harness's own polls and the completion counter's flushes (same for both).
+forkq (``-c 1 --async-concurrency 1000``, one child) against arq (``max_jobs``), saq
+(``concurrency``) and taskiq (``--max-async-tasks``, Redis stream broker), one worker
+process each, the same N and the same Redis.
 
-    .venv/bin/python -m bench.async_bench [--n 20000] [--systems forkq,arq]
+    .venv/bin/python bench/async_bench.py [--n 20000] [--reps 3] [--systems forkq,arq,saq,taskiq]
 
-arq runs from bench/.peers-venv/arq (``python -m bench.run`` creates it), or the
-interpreter named by ``BENCH_ARQ_PYTHON``.
+This is workload ``l`` of bench/run.py, run alone (``python bench/run.py --workloads l``
+runs the same thing beside the others): the same harness, so the same measures.  A
+backlog of N jobs is filled first (not timed); the rate is from the first completion
+to the last (start-up left out); completion is the shared counter every job bumps
+(bench/peers/_counter.py).  Worker CPU is every process of the worker's tree over
+that window; Redis commands and CPU are INFO deltas less the harness's own polls and
+the counter's flushes.  The peers run from bench/.peers-venv/<peer>, created with the
+pinned versions of ``bench.run.PEER_REQUIREMENTS`` on first use.  Every worker is
+started in its own process group and stopped by it (TERM, then KILL after 5 s), and
+every wait has a deadline.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
-import signal
-import socket
+import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
-from bench.peers._counter import DONE_KEY, URL_ENV
-
 ROOT = Path(__file__).resolve().parent.parent
-ARQ_PY = Path(os.environ.get("BENCH_ARQ_PYTHON", ROOT / "bench" / ".peers-venv" / "arq" / "bin" / "python"))
-IN_FLIGHT = 1000
+sys.path.insert(0, str(ROOT))
+
+from bench import run  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def table(summary: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| system | jobs/s | % ideal | worker CPU ms/job | Redis cmds/job | Redis µs/job |",
+             "|---|---:|---:|---:|---:|---:|"]
+    ideal = run.IDEAL["l"]
+    for system, s in summary.items():
+        v = s.get("io_l") or {}
+        if v.get("rate") is None:
+            continue
+        lines.append(f"| {system} | {run.fmt(v['rate'])} | {100 * v['rate'] / ideal:.0f}% | "
+                     f"{run.fmt(v['worker_cpu_ms_per_job'], 3)} | "
+                     f"{run.fmt(v['commands_per_job'], 2)} | "
+                     f"{run.fmt(v['redis_cpu_us_per_job'], 1)} |")
+    return lines
 
 
-def env(url: str, **extra: str) -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
-    e[URL_ENV] = url
-    e["PYTHONDONTWRITEBYTECODE"] = "1"
-    e.pop("VIRTUAL_ENV", None)
-    e.update(extra)
-    return e
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/async_bench.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=run.FULL_N["l"]["forkq"], help="jobs per run, every system")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (medians shown)")
+    ap.add_argument("--systems", default="forkq,arq,saq,taskiq")
+    ap.add_argument("--out", default=str(run.BENCH / "results" / "async"))
+    args = ap.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    bad = [s for s in systems if s not in run.FULL_N["l"]]
+    if bad:
+        print(f"bench/async_bench.py: no async jobs for {', '.join(bad)}; choose from "
+              f"{', '.join(run.FULL_N['l'])}", file=sys.stderr)
+        return 2
+    if args.n < 1 or args.reps < 1:
+        print("bench/async_bench.py: --n and --reps must be at least 1", file=sys.stderr)
+        return 2
+    plan = run.Plan(quick=False, reps=args.reps, systems=systems, workloads=["l"],
+                    idle_seconds=0.0, probes_idle=0, probes_load=0, load_rate=0.0, backlog=0,
+                    scheduled=0, async_n=args.n)
 
+    def log(msg: str) -> None:
+        print(f"async_bench: {msg}", file=sys.stderr, flush=True)
 
-def fill(system: str, url: str, n: int) -> None:
-    if system == "forkq":
-        import forkq
-
-        enq = forkq.Enqueuer(url, "bench")
-        for i in range(0, n, 5000):
-            enq.enqueue_many("asleep10", [{} for _ in range(min(5000, n - i))])
-        enq.close()
-        return
-    code = f"from bench.peers.producers import make; p = make('arq', {url!r}); p.fill('sleep10', {n}); p.close()"
-    subprocess.run([str(ARQ_PY), "-c", code], check=True, env=env(url), cwd=ROOT)
-
-
-def worker(system: str, url: str) -> subprocess.Popen[bytes]:
-    if system == "forkq":
-        cmd = [sys.executable, "-m", "forkq", "-p", "1", "-c", "1", "--async-concurrency", str(IN_FLIGHT),
-               "--redis", url, "bench.async_jobs"]
-        e = env(url, FORKQ_LOG_LEVEL="WARNING")
-    else:
-        cmd = [str(ARQ_PY), "-m", "bench.peers.arq_tasks"]
-        e = env(url, BENCH_THREADS=str(IN_FLIGHT))
-    return subprocess.Popen(cmd, env=e, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-
-
-def run(system: str, url: str, r: redis.Redis, n: int) -> tuple[float, float]:
-    r.flushall()
-    fill(system, url, n)
-    before = int(r.info("stats")["total_commands_processed"])
-    polls = 0
-    proc = worker(system, url)
+    progress = run.Progress(1)
+    b = run.Bench(argparse.Namespace(out=args.out), plan, progress)
     try:
-        first = None
-        end = time.monotonic() + 300
-        while time.monotonic() < end:
-            got = int(r.get(DONE_KEY) or 0)
-            polls += 1
-            now = time.monotonic()
-            if got and first is None:
-                first, first_count = now, got
-            if got >= n:
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"{system} worker exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            time.sleep(0.005)
-        else:
-            raise RuntimeError(f"{system}: {r.get(DONE_KEY)} of {n} done in 300 s")
-        took = now - (first or now)
-        after = int(r.info("stats")["total_commands_processed"])
-        rate = (n - first_count) / took if took > 0 else float("inf")
-        # The counter flushes (one INCRBY per 10 ms per process) and our polls are not the system's.
-        flushes = (took + 1) * 100
-        return rate, (after - before - 2 * polls - flushes) / n
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=20_000)
-    ap.add_argument("--systems", default="forkq,arq")
-    a = ap.parse_args()
-    server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    tmp = tempfile.mkdtemp(prefix="forkq-async-bench-")
-    rs = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                           "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        r = redis.Redis.from_url(url)
-        for _ in range(200):
+        for peer in systems:
+            if peer != "forkq":
+                try:
+                    b.vpy[peer] = run.ensure_peer_venv(peer, log)
+                except (RuntimeError, subprocess.CalledProcessError) as exc:
+                    b.results["failures"].append(f"{peer}: not installed: {exc}")
+                    log(f"skipping {peer}: {str(exc).splitlines()[0]}")
+        plan.systems = [s for s in systems if s == "forkq" or s in b.vpy]
+        steps = run.steps_for(plan)
+        progress.total = len(steps)
+        for step, system, rep in steps:
+            progress.step(f"{system} rep {rep + 1}")
             try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        print(f"10 ms asyncio.sleep jobs, {IN_FLIGHT} in flight, one worker process, n={a.n}")
-        print("| system | jobs/s | Redis client commands/job |")
-        print("|---|---:|---:|")
-        for system in a.systems.split(","):
-            if system == "arq" and not ARQ_PY.exists():
-                print(f"| arq | (no {ARQ_PY}: run python -m bench.run once) | |")
-                continue
-            rate, cost = run(system, url, r, a.n)
-            print(f"| {system} | {rate:,.0f} | {cost:.2f} |", flush=True)
+                run.run_step(b, step, system, rep)
+            except (RuntimeError, subprocess.TimeoutExpired, redis.RedisError) as exc:
+                b.results["failures"].append(f"{system} rep {rep + 1}: {exc}")
+                log(f"FAILED {system} rep {rep + 1}: {str(exc).splitlines()[0]}")
+            progress.finish_step()
+        progress.close()
+        summary = run.summarize(b.results["runs"])
+        redis_version = b.r.info("server").get("redis_version")
     finally:
-        rs.kill()
-        rs.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+        b.server.cleanup()
+    rates: dict[str, list[int]] = {r["system"]: [] for r in b.results["runs"]}
+    for r in b.results["runs"]:
+        rates[r["system"]].append(round(r["rate"]))
+    lines = [f"Async: 10 ms asyncio.sleep jobs, {run.ASYNC_PROCS} worker process × "
+             f"{run.ASYNC_IN_FLIGHT:,} in flight, N = {args.n:,} per run, {args.reps} rep(s), "
+             f"medians; {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+             f"Redis {redis_version}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+             f"Command: `python bench/async_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+             "", *table(summary), "",
+             "Per-rep jobs/s: " + "; ".join(f"{k} {v}" for k, v in rates.items())]
+    if b.results["failures"]:
+        lines += ["", "FAILURES:", *[f"- {f}" for f in b.results["failures"]]]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps({"summary": summary, **b.results}, indent=1,
+                                                 default=str) + "\n")
+    return 1 if b.results["failures"] else 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""forkq's benchmark harness: forkq against RQ, Dramatiq, Celery, arq and huey.
+"""forkq's benchmark harness: forkq against RQ, Dramatiq, Celery, arq, huey, saq and taskiq.
 
     python bench/run.py [--quick] [--only forkq,rq] [--workloads a,b,c] [--reps 3]
                         [--out bench/results] [--publish]
@@ -29,6 +29,11 @@ Workloads a..h are described in bench/README.md; i, j and k are the I/O ones
 (issue 12): the job body does one real ``INCR`` on its own connection, after no
 sleep (i, 2 × 8), 10 ms (j: 2 × 8 and 2 × 50) or 100 ms (k, 2 × 100); each
 reports jobs/s, worker CPU per job, Redis commands and Redis CPU per job.
+Workload l is the async one (issue 15): ``async def`` jobs awaiting
+``asyncio.sleep(0.01)``, 1,000 in flight in one worker process, for forkq
+(``-c 1 --async-concurrency 1000``) and the asyncio systems arq, saq and taskiq
+(the only workload those two run; ``bench/async_bench.py`` runs it alone), with
+the same measures as i..k.
 
 ``--quick`` is a smoke run (small N, one repetition) that checks correctness:
 every job of every run must be counted or the command exits 1.  It never
@@ -65,9 +70,11 @@ from redis_server import RedisServer  # noqa: E402  (tests/redis_server.py)
 
 from bench.peers._counter import DIRECT_ENV, DONE_KEY, LAT_KEY, URL_ENV  # noqa: E402
 
-PEERS = ("rq", "dramatiq", "celery", "arq", "huey")
+PEERS = ("rq", "dramatiq", "celery", "arq", "huey", "saq", "taskiq")
 SYSTEMS = ("forkq", *PEERS)
-WORKLOADS = tuple("abcdefghijk")
+# asyncio-only peers: they run the async workload (l) and nothing else.
+ASYNC_ONLY = ("saq", "taskiq")
+WORKLOADS = tuple("abcdefghijkl")
 VENV = BENCH / ".peers-venv"
 
 # Jobs per run of the throughput workloads, per system: forkq gets the issue's
@@ -90,13 +97,19 @@ FULL_N = {
            "rq": 1_500},
     "j50": {"forkq": 50_000, "huey": 20_000, "dramatiq": 20_000, "arq": 20_000},
     "k": {"forkq": 16_000, "huey": 10_000, "dramatiq": 10_000, "arq": 10_000},
+    # The async workload (issue 15): the same N for every system.
+    "l": {"forkq": 20_000, "arq": 20_000, "saq": 20_000, "taskiq": 20_000},
 }
+# Workload l: jobs in flight per worker process, and worker processes.
+ASYNC_IN_FLIGHT = 1000
+ASYNC_PROCS = 1
 # Ideal rate of the sleeping workloads: processes x threads / duration.
-IDEAL = {"b16": 1_600.0, "b200": 20_000.0, "j8": 1_600.0, "j50": 10_000.0, "k": 2_000.0}
+IDEAL = {"b16": 1_600.0, "b200": 20_000.0, "j8": 1_600.0, "j50": 10_000.0, "k": 2_000.0,
+         "l": ASYNC_PROCS * ASYNC_IN_FLIGHT / 0.01}
 QUICK_N = {"a": 2_000, "b16": 500, "b200": 2_000, "c_single": 500, "c_bulk": 5_000,
-           "i": 2_000, "j8": 500, "j50": 2_000, "k": 1_000}
+           "i": 2_000, "j8": 500, "j50": 2_000, "k": 1_000, "l": 2_000}
 QUICK_PEER_N = {"a": 500, "b16": 300, "b200": 500, "c_single": 300, "c_bulk": 1_000,
-                "i": 500, "j8": 300, "j50": 500, "k": 500}
+                "i": 500, "j8": 300, "j50": 500, "k": 500, "l": 2_000}
 
 
 @dataclass
@@ -112,8 +125,12 @@ class Plan:
     backlog: int
     scheduled: int
     timeout_factor: float = 1.0
+    # Workload l's size for every system (``bench/async_bench.py --n``); 0: FULL_N/QUICK_N.
+    async_n: int = 0
 
     def n(self, workload: str, system: str) -> int | None:
+        if workload == "l" and self.async_n and system in FULL_N["l"]:
+            return self.async_n
         if self.quick:
             table = FULL_N[workload]
             if system not in table:
@@ -182,6 +199,12 @@ PEER_REQUIREMENTS = {
     "celery": ["celery[redis]>=5.3", "kombu>=5.3", "redis>=5.0", "hiredis>=2.0"],
     "arq": ["arq>=0.25", "redis>=4.2", "hiredis>=2.0"],
     "huey": ["huey>=2.5", "redis>=5.0", "hiredis>=2.0"],
+    # The async-only peers (workload l), pinned to the versions measured.  saq's own
+    # ``redis`` extra caps redis-py below 8: redis-py 8 limits an asyncio pool to 100
+    # connections, and saq holds one blocking BLMOVE per concurrency slot, so at 1,000
+    # in flight every job failed with MaxConnectionsError and the run never finished.
+    "saq": ["saq[redis,hiredis]==0.26.4", "redis==7.4.1", "hiredis==3.5.0"],
+    "taskiq": ["taskiq==0.13.0", "taskiq-redis==1.2.4", "redis==8.1.0", "hiredis==3.5.0"],
 }
 
 
@@ -299,8 +322,14 @@ class Bench:
                                f"{res.stderr.decode(errors='replace')[-3000:]}")
         return dict(json.loads(res.stdout.decode().strip().splitlines()[-1]))
 
-    def worker_argvs(self, system: str, procs: int, threads: int) -> list[list[str]]:
+    def worker_argvs(self, system: str, procs: int, threads: int,
+                     aio: bool = False) -> list[list[str]]:
+        """The worker commands; ``aio``: ``threads`` is the async jobs in flight per process."""
         vbin = venv_dir(system) / "bin"
+        if system == "forkq" and aio:
+            # One thread for sync jobs (none run here), the async jobs on the child's loop.
+            return [[sys.executable, "-m", "forkq", "-p", str(procs), "-c", "1",
+                     "--async-concurrency", str(threads), "--redis", self.url, "bench.jobs"]]
         if system == "forkq":
             if self.mode == "cli":
                 return [[sys.executable, "-m", "forkq", "-p", str(procs), "-c", str(threads),
@@ -323,9 +352,17 @@ class Bench:
         if system == "huey":
             return [[str(vbin / "huey_consumer"), "bench.peers.huey_tasks.huey", "-k", "thread",
                      "-w", str(threads), "-q"] for _ in range(procs)]
+        if system == "saq":
+            # concurrency = BENCH_THREADS (bench/peers/saq_tasks.py); --workers forks the rest.
+            return [[str(vbin / "saq"), "bench.peers.saq_tasks.settings", "--workers", str(procs)]]
+        if system == "taskiq":
+            return [[str(vbin / "taskiq"), "worker", "bench.peers.taskiq_tasks:broker",
+                     "--workers", str(procs), "--max-async-tasks", str(threads),
+                     "--log-level", "WARNING"]]
         raise ValueError(system)
 
-    def start_workers(self, system: str, procs: int, threads: int, **env: str) -> Workers:
+    def start_workers(self, system: str, procs: int, threads: int, aio: bool = False,
+                      **env: str) -> Workers:
         log_path = self.out / "logs" / f"{system}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(log_path, "ab")  # noqa: SIM115 - closed with the run
@@ -334,7 +371,7 @@ class Bench:
         e = self.env(system, BENCH_THREADS=str(threads), **env)
         ps = [subprocess.Popen(argv, cwd=ROOT, env=e, stdout=logf, stderr=logf,
                                start_new_session=True)
-              for argv in self.worker_argvs(system, procs, threads)]
+              for argv in self.worker_argvs(system, procs, threads, aio)]
         logf.close()
         return Workers(system=system, procs=ps, started=time.monotonic(), log_path=log_path)
 
@@ -476,7 +513,7 @@ class Bench:
     def throughput(self, system: str, kind: str, n: int, procs: int, threads: int, *,
                    workload: str, rep: int, names: int = 0, backlog: int = 0,
                    scheduled: int = 0, env: dict[str, str] | None = None,
-                   expect_rate: float = 200.0) -> dict[str, Any]:
+                   expect_rate: float = 200.0, aio: bool = False) -> dict[str, Any]:
         """(a), (b), (g), (h): enqueue first, then time the workers through ``n`` jobs."""
         self.reset()
         fill_args = ["fill", system, kind, str(n + backlog)]
@@ -487,7 +524,7 @@ class Bench:
         self.progress.detail("enqueueing")
         filled = self.driver(system, *fill_args)
         s0 = self.snapshot()
-        w = self.start_workers(system, procs, threads, **(env or {}))
+        w = self.start_workers(system, procs, threads, aio, **(env or {}))
         # Worker CPU (every process of the tree: master, children, horses) from the first
         # completion to the last, so interpreter start-up is left out like in the rate.
         cpu0: dict[int, float] = {}
@@ -711,6 +748,10 @@ def steps_for(plan: Plan) -> list[tuple[str, str, int]]:
             continue  # measured inside (a) and (e)
         for rep in range(plan.reps):
             for system in plan.systems:
+                if system in ASYNC_ONLY and wl != "l":
+                    continue  # saq and taskiq run the async workload only
+                if wl == "l" and plan.n("l", system) is None:
+                    continue  # no asyncio jobs in the thread/process-based peers
                 if wl == "h" and system != "forkq":
                     continue
                 if wl == "e" and system != "forkq" and rep > 0:
@@ -735,14 +776,15 @@ def steps_for(plan: Plan) -> list[tuple[str, str, int]]:
 
 
 EXPECT = {"forkq": 5000.0, "huey": 1500.0, "dramatiq": 1000.0, "celery": 500.0, "arq": 300.0,
-          "rq": 100.0}
+          "rq": 100.0, "saq": 300.0, "taskiq": 300.0}
 
 
 # The I/O workloads: job kind, processes, threads.
 IO_STEPS = {"i": ("incr", 2, 8), "j8": ("sleep10incr", 2, 8), "j50": ("sleep10incr", 2, 50),
             "k": ("sleep100incr", 2, 100)}
 IO_LABELS = {"i": "one INCR, 2 × 8", "j8": "10 ms + INCR, 2 × 8", "j50": "10 ms + INCR, 2 × 50",
-             "k": "100 ms + INCR, 2 × 100"}
+             "k": "100 ms + INCR, 2 × 100",
+             "l": f"async 10 ms sleep, {ASYNC_PROCS} × {ASYNC_IN_FLIGHT:,} in flight"}
 
 
 def run_step(b: Bench, step: str, system: str, rep: int) -> None:
@@ -767,6 +809,11 @@ def run_step(b: Bench, step: str, system: str, rep: int) -> None:
         assert n is not None
         b.throughput(system, kind, n, procs, threads, workload=step, rep=rep,
                      expect_rate=min(EXPECT[system], IDEAL.get(step, EXPECT[system]) / 2))
+    elif step == "l":
+        n = plan.n("l", system)
+        assert n is not None
+        b.throughput(system, "asleep10", n, ASYNC_PROCS, ASYNC_IN_FLIGHT, workload="l", rep=rep,
+                     aio=True, expect_rate=EXPECT[system])
     elif step == "c":
         b.enqueue_rate(system, rep)
     elif step == "d":
@@ -842,7 +889,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         }
         for v in ("names100", "backlog", "scheduled", "p1"):
             s["h_" + v] = pick(system, "h:" + v, "rate")
-        for wl in ("a", *IO_STEPS):
+        for wl in ("a", *IO_STEPS, "l"):
             s["io_" + wl] = {k: pick(system, wl, k) for k in (
                 "rate", "worker_cpu_ms_per_job", "commands_per_job", "system_commands_per_job",
                 "redis_cpu_us_per_job")}
@@ -908,7 +955,7 @@ def render(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
                          f"{fmt(s['idle_cmds_s_child'], 2)} | {fmt(s['idle_cmds_s'], 1)} | "
                          f"{fmt(s['rss_idle_child'], 1)} | {fmt(s['uss_idle_child'], 1)} |")
         lines.append("")
-    io_rows = [(wl, k, s["io_" + wl]) for wl in ("a", *IO_STEPS) for k, s in summary.items()
+    io_rows = [(wl, k, s["io_" + wl]) for wl in ("a", *IO_STEPS, "l") for k, s in summary.items()
                if s.get("io_" + wl, {}).get("rate") is not None]
     if any(wl != "a" for wl, _, _ in io_rows):
         lines.append("Per-job cost (worker CPU: every process of the workers, first to last "
@@ -1044,7 +1091,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(SYSTEMS),
                     help=f"comma-separated systems ({','.join(SYSTEMS)})")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
-                    help="comma-separated workloads a..k (f and g come with a and e; i, j, k: I/O bodies)")
+                    help="comma-separated workloads a..l (f and g come with a and e; i, j, k: "
+                         "I/O bodies; l: async jobs)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
     ap.add_argument("--out", default=str(BENCH / "results"))
     ap.add_argument("--publish", action="store_true",
@@ -1061,7 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     badw = [w for w in workloads if w not in WORKLOADS]
     if badw:
-        print(f"bench/run.py: unknown workload(s) {', '.join(badw)}; choose from a..k",
+        print(f"bench/run.py: unknown workload(s) {', '.join(badw)}; choose from a..l",
               file=sys.stderr)
         return 2
     if "g" in workloads and "a" not in workloads:

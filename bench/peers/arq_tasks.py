@@ -32,6 +32,11 @@ async def sleep10(ctx: dict[str, Any]) -> None:
     done()
 
 
+async def asleep10(ctx: dict[str, Any]) -> None:
+    await asyncio.sleep(0.01)
+    done()
+
+
 async def incr(ctx: dict[str, Any]) -> None:
     await awork()
     done()
@@ -54,7 +59,7 @@ async def probe(ctx: dict[str, Any], enqueued_at: float) -> None:
 
 
 class WorkerSettings:
-    functions = [noop, sleep10, incr, sleep10incr, sleep100incr, probe]
+    functions = [noop, sleep10, asleep10, incr, sleep10incr, sleep100incr, probe]
     redis_settings = REDIS
     max_jobs = int(os.environ.get("BENCH_THREADS", "10"))
     poll_delay = 0.01

@@ -6,7 +6,9 @@ has one (forkq ``enqueue_many``, RQ ``enqueue_many`` with a pipeline), otherwise
 ``None``; ``fill(kind, n)`` puts a backlog in place as fast as the system
 allows (setup only, never timed).  Kinds: ``noop``, ``sleep10``, ``incr``,
 ``sleep10incr``, ``sleep100incr`` (one INCR on the job's own connection, after
-a 0/10/100 ms sleep), ``probe``
+a 0/10/100 ms sleep), ``asleep10`` (``await asyncio.sleep(0.01)``: an ``async def``
+job in every system; the async-only peers saq and taskiq have only it and a few
+others), ``probe``
 (a probe carries its enqueue time: forkq's payload has ``enqueued_at``, the
 peers get it as the argument).
 
@@ -21,7 +23,7 @@ import time
 from typing import Any
 
 CHUNK = 1000
-KINDS = ("noop", "sleep10", "incr", "sleep10incr", "sleep100incr", "probe")
+KINDS = ("noop", "sleep10", "incr", "sleep10incr", "sleep100incr", "probe", "asleep10")
 
 
 class Producer:
@@ -237,9 +239,63 @@ class ArqProducer(Producer):
         self.loop.close()
 
 
+class SaqProducer(Producer):
+    """saq (asyncio-only): ``Queue.enqueue`` per job, many at once on one loop."""
+
+    def __init__(self, url: str) -> None:
+        from bench.peers.saq_tasks import make_queue
+
+        self.loop = asyncio.new_event_loop()
+        self.queue = make_queue()
+        self.loop.run_until_complete(self.queue.connect())
+
+    def send(self, kind: str) -> None:
+        self.loop.run_until_complete(self.queue.enqueue(kind))
+
+    def fill(self, kind: str, n: int, names: int = 0) -> None:
+        async def go() -> None:
+            for start in range(0, n, CHUNK):
+                await asyncio.gather(*[self.queue.enqueue(kind)
+                                       for _ in range(min(CHUNK, n - start))])
+
+        self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.queue.disconnect())
+        self.loop.close()
+
+
+class TaskiqProducer(Producer):
+    """taskiq (asyncio-only): ``task.kiq()`` per job on its Redis stream broker."""
+
+    def __init__(self, url: str) -> None:
+        from bench.peers import taskiq_tasks
+
+        self.tasks = taskiq_tasks
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(taskiq_tasks.broker.startup())
+
+    def send(self, kind: str) -> None:
+        self.loop.run_until_complete(self.tasks.TASKS[kind].kiq())
+
+    def fill(self, kind: str, n: int, names: int = 0) -> None:
+        task = self.tasks.TASKS[kind]
+
+        async def go() -> None:
+            for start in range(0, n, CHUNK):
+                await asyncio.gather(*[task.kiq() for _ in range(min(CHUNK, n - start))])
+
+        self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.tasks.broker.shutdown())
+        self.loop.close()
+
+
 PRODUCERS: dict[str, type[Producer]] = {
     "forkq": ForkqProducer, "rq": RQProducer, "dramatiq": DramatiqProducer,
     "celery": CeleryProducer, "huey": HueyProducer, "arq": ArqProducer,
+    "saq": SaqProducer, "taskiq": TaskiqProducer,
 }
 
 
