@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -210,6 +212,17 @@ async def arecord(job):
     p.execute()
 
 
+@pool.job
+async def acheckin(job):
+    # Checks in, then stays running (awaiting, the loop free) until the test releases it.
+    job.checkin("step 2 of " + str(job.arg_int("steps")))
+    R().hincrby("test:starts", job.id, 1)
+    end = time.monotonic() + 60
+    while not R().exists("test:release") and time.monotonic() < end:
+        await asyncio.sleep(0.02)
+    R().hincrby("test:runs", job.id, 1)
+
+
 @pool.job(timeout=0.5, result_ttl=60)
 async def blocks_loop(job):
     R().hincrby("test:starts", job.id, 1)
@@ -263,3 +276,36 @@ def test_async_job_blocking_its_loop_is_failed_by_the_hard_timeout_and_the_child
     wait_all_done(r, jids, f, timeout=30)
     assert time.monotonic() - t0 < 30
     assert runs(r, "test:starts")[stuck] == 1
+
+
+def test_async_job_checkin_is_visible_in_the_workers_view_while_it_runs(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    mod = write_jobs(tmp_path, ASYNC_JOBS)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "1", "--async-concurrency", "4"])
+    (pid,) = wait_children_ready(f, r, 1)
+    (jid,) = enqueue(redis_url, "acheckin", [{"steps": 5}])
+    wait_for(lambda: runs(r, "test:starts").get(jid) == 1, timeout=30, message="async job started")
+    with forkq.Client(redis_url, KEYS.namespace) as c:
+        def busy() -> list[forkq.WorkerObservation]:
+            return [o for o in c.worker_observations() if o.is_busy]
+
+        (ob,) = wait_for(lambda: [o for o in busy() if o.checkin] or None, timeout=30,
+                         message="busy observation with the async job's checkin")
+        assert (ob.job_name, ob.job_id, ob.args, ob.checkin) == ("acheckin", jid, {"steps": 5}, "step 2 of 5")
+        assert abs(ob.checkin_at - time.time()) < 60 and 0 < ob.started_at <= time.time() + 1
+        (hb,) = c.worker_pool_heartbeats()
+        assert ob.worker_id in hb.worker_ids and hb.worker_pool_id.split(":")[1] == str(pid)
+        # Sidekiq's busy view (<identity>:work) lists it too, with its payload.
+        work = r.hgetall(KEYS.process_work(hb.worker_pool_id))
+        assert [orjson.loads(orjson.loads(v)["payload"])["jid"] for v in work.values()] == [jid]
+        # And the CLI's busy list, from another process.
+        out = subprocess.run([sys.executable, "-m", "forkq", "workers", "--busy", "--json",
+                              "--redis", redis_url, "-n", KEYS.namespace], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        (w,) = orjson.loads(out.stdout)
+        assert (w["job_id"], w["checkin"]) == (jid, "step 2 of 5")
+        r.set("test:release", 1)
+        wait_all_done(r, [jid], f, timeout=30)
+        wait_for(lambda: not busy(), timeout=30, message="observation cleared after the job")
+    assert f.stop() == 0
