@@ -36,13 +36,15 @@ from . import job as jobcodec
 from . import results, scripts
 from .batch import BatchStatus
 from .connection import ConnectionSpec, publish, sharded_pubsub
-from .errors import ConfigError, NotDeleted, NotRetried
+from .errors import ConfigError, ForkqError, NotDeleted, NotRetried
 from .keys import Keys, field_holds_jid, validate_job_name, worker_sort_key
 from .results import JobResult
 
 PAGE_SIZE = 20
 # Entries read per round trip when a whole zset is walked (search by jid, retry all).
 _SCAN_CHUNK = 500
+# Rounds of cancel.lua when pools or queues appear after the listing (Client._where).
+_STALE_RETRIES = 5
 
 # Fields cleared when a dead job is retried (gocraft clears fails/err/failed_at).  A
 # retried job holds no unique guard (it was released when the job first started), so
@@ -432,26 +434,29 @@ class Client:
     def cancel(self, jid: str) -> bool:
         """Cancel job ``jid``: a queued, scheduled or retrying job is removed and never
         runs; a running one is told at once (``job.cancelled``; an async job's task is
-        cancelled) and is never retried or requeued, even if its process dies.
+        cancelled) and is never retried or requeued, even if its process dies.  Every
+        copy of the jid is cancelled (a jid can be held twice, e.g. a recovered job
+        whose first run goes on): each waiting copy removed, each running one told.
 
-        Returns False if no job has that jid (unknown, or already finished).  One
-        script call, which scans the namespace's queues, schedule and retry (a cancel
-        is an operator's action; queued jobs carry their jid only inside the JSON).
+        Returns False if no job has that jid (unknown, or already finished: a job in
+        the dead set is finished, it stays there).  One script call, which scans the
+        namespace's queues, schedule and retry (a cancel is an operator's action;
+        queued jobs carry their jid only inside the JSON).
         """
         if not isinstance(jid, str) or not jid:
             raise ConfigError(f"a jid is a non-empty string, got {jid!r}")
         reply = self._where(jid, locate=False)
         if not reply:
             return False
-        state, payload = as_text(reply[0]), reply[1]
-        if state != "running" and payload:
-            guard = self._guard_of(payload)
-            if guard is not None:
-                scripts.run_one(self._conn, scripts.release_unique([(guard, jid)]))
-            bid = self._bid_of(payload)
-            if bid is not None:
-                # It will never run: its batch counts it ended (dead), else it would
-                # wait for it forever.  A running member is counted by its pool's ack.
+        if as_text(reply[0]) != "running":
+            # The removed copies will never run.  A running copy's own ack releases
+            # its guard and counts it in its batch, so then nothing is done here.
+            guards = {g for g in map(self._guard_of, reply[1:]) if g is not None}
+            if guards:
+                scripts.run_one(self._conn, scripts.release_unique([(g, jid) for g in sorted(guards)]))
+            # Its batch counts it ended (dead), once however many copies, else the
+            # batch would wait for it forever.
+            for bid in sorted({b for b in map(self._bid_of, reply[1:]) if b is not None}):
                 scripts.run_one(self._conn, scripts.batch_cancel(self.keys, bid=bid))
         return True
 
@@ -463,7 +468,32 @@ class Client:
             return None
 
     def _where(self, jid: str, *, locate: bool) -> list[Any]:
-        """cancel.lua over every queue and in-progress hash of the namespace."""
+        """cancel.lua over every queue and in-progress hash of the namespace.
+
+        The keys are listed first, then the script runs, so what appears in between is
+        not among them.  A pool that registered meanwhile may run the job: the script
+        checks the list against ``pools`` and answers ``stale``, changing nothing.  A
+        queue (or fair group) that appeared meanwhile may hold it (a scheduled job
+        promoted into a new queue): when the job was not found, the keys are listed
+        again and, if any is new, the script runs again.  A few rounds at most (it
+        takes pools or queues appearing faster than a round trip).
+        """
+        listing = self._cancel_listing()
+        for _ in range(_STALE_RETRIES):
+            reply = self._where_listed(jid, listing, locate=locate)
+            if reply == [b"stale"]:
+                listing = self._cancel_listing()
+                continue
+            if reply:
+                return reply
+            again = self._cancel_listing()
+            if set(again[0]) <= set(listing[0]) and set(again[1]) <= set(listing[1]):
+                return reply  # nowhere, and nowhere new to look
+            listing = again
+        raise ForkqError(f"cancel {jid!r}: pools or queues kept appearing while it ran; try again")
+
+    def _cancel_listing(self) -> tuple[list[str], list[str]]:
+        """The queue keys and the in-progress hashes cancel.lua must look at."""
         names = sorted(as_text(n) for n in self._conn.smembers(self.keys.queues))
         # Every registered pool's hash, even if empty now (an idle pool's hash does not
         # exist until it takes a job, maybe between this read and the script), plus the
@@ -478,9 +508,12 @@ class Client:
                 pipe.smembers(self.keys.groups(n))
             for n, members in zip(names, pipe.execute(), strict=True):
                 queue_keys += [self.keys.group_queue(n, g) for g in sorted(as_text(m) for m in members)]
+        return queue_keys, inprogress
+
+    def _where_listed(self, jid: str, listing: tuple[list[str], list[str]], *, locate: bool) -> list[Any]:
+        queue_keys, inprogress = listing
         return list(scripts.run_one(self._conn, scripts.cancel(
-            self.keys, jid=jid, queue_keys=queue_keys, inprogress_keys=inprogress,
-            locate=locate)))
+            self.keys, jid=jid, queue_keys=queue_keys, inprogress_keys=inprogress, locate=locate)))
 
     # -- results ------------------------------------------------------------------------
     def result(self, jid: str) -> JobResult | None:

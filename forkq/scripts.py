@@ -661,13 +661,14 @@ CANCEL_MARK_TTL = 7 * 86400
 
 def cancel(keys: Keys, *, jid: str, queue_keys: Sequence[str], inprogress_keys: Sequence[str],
            locate: bool = False) -> Call:
-    """Remove a waiting job by jid, or mark and announce a running one (cancel.lua);
-    ``locate``: only say where it is."""
+    """Remove every waiting copy of a job by jid, and mark and announce a running one
+    (cancel.lua); ``locate``: only say where it is.  ``[b'stale']`` when the listed keys
+    miss a pool that registered since they were listed (list again)."""
     return Call(script=CANCEL,
                 keys=[keys.cancelled, keys.schedule, keys.retry, keys.result(jid), keys.result_notify(jid),
-                      *queue_keys, *inprogress_keys],
+                      keys.pools, *queue_keys, *inprogress_keys],
                 args=[jid, len(queue_keys), keys.wake_channel, CANCEL_MESSAGE, CANCEL_MARK_TTL,
-                      "1" if locate else "0", results.record("cancelled")])
+                      "1" if locate else "0", results.record("cancelled"), keys.inprogress("")])
 
 
 def store_results(keys: Keys, settles: Iterable[Settle]) -> Call:
