@@ -1,6 +1,6 @@
 """The benchmark harness's smoke run works end to end on forkq (correctness only, never speed).
 
-``python bench/run.py --quick --only forkq`` runs every workload (a..k) through the
+``python bench/run.py --quick --only forkq`` runs every workload (a..l) through the
 real CLI and exits non-zero if any run lost a job; this test checks that it exits
 0 and that its JSON shows every run's jobs all counted.  ~14 s: marked slow, so the
 default ``-m "not slow"`` run skips it and CI (which runs everything) keeps it.
@@ -31,7 +31,7 @@ def test_quick_bench_processes_every_job_on_forkq(tmp_path: Path) -> None:
     runs = data["runs"]
     workloads = {r["workload"] for r in runs}
     assert {"a", "b16", "b200", "c", "d", "e", "h:names100", "h:backlog", "h:scheduled",
-            "h:p1", "i", "j8", "j50", "k"} <= workloads
+            "h:p1", "i", "j8", "j50", "k", "l"} <= workloads
     for r in runs:
         assert r["system"] == "forkq"
         if "done" in r:  # throughput runs: every enqueued job was processed
