@@ -1053,6 +1053,7 @@ def chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> bool:
         (io("j50", "rate"), "10 ms + INCR, 2 × 50: jobs/s", True),
         (io("i", "redis_cpu_us_per_job"), "one INCR: Redis CPU µs/job (lower is better)", True),
         (io("j8", "redis_cpu_us_per_job"), "10 ms + INCR, 2 × 8: Redis CPU µs/job (lower is better)", True),
+        (io("l", "rate"), f"async 10 ms, {ASYNC_PROCS} × {ASYNC_IN_FLIGHT:,} in flight: jobs/s", False),
         (plain("noop"), "no-op jobs/s", False),
         (plain("b16"), "10 ms jobs/s, concurrency 16", True),
         (plain("enq_single"), "enqueue jobs/s, one per call", False),
