@@ -224,10 +224,13 @@ def ensure_peer_venv(peer: str, log: Callable[[str], None]) -> Path:
     if venv_python(peer).exists() and marker.exists() and marker.read_text() == want:
         return venv_python(peer)
     log(f"installing {peer} into {venv_dir(peer).relative_to(ROOT)} (first run only)")
-    if not venv_python(peer).exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv_dir(peer))], check=True)
-    res = subprocess.run([str(venv_python(peer)), "-m", "pip", "install", "-q",
-                          "--disable-pip-version-check", *reqs], capture_output=True)
+    try:  # with deadlines: a stalled index must not hang the whole run
+        if not venv_python(peer).exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv_dir(peer))], check=True, timeout=300)
+        res = subprocess.run([str(venv_python(peer)), "-m", "pip", "install", "-q",
+                              "--disable-pip-version-check", *reqs], capture_output=True, timeout=900)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"installing {peer} took longer than {exc.timeout:.0f}s") from None
     if res.returncode != 0:
         raise RuntimeError(f"pip could not install {peer} ({' '.join(reqs)}):\n"
                            f"{res.stderr.decode(errors='replace')[-2000:]}")
