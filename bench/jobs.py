@@ -7,7 +7,6 @@ ones, for the 1-vs-100-job-names scaling workload.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 
@@ -28,13 +27,6 @@ def noop(job: Job) -> None:
 @pool.job("sleep10")
 def sleep10(job: Job) -> None:
     time.sleep(0.01)
-    done()
-
-
-@pool.job("asleep10")
-async def asleep10(job: Job) -> None:
-    # The async workload (l): runs on each child's event loop (--async-concurrency).
-    await asyncio.sleep(0.01)
     done()
 
 

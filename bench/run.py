@@ -332,7 +332,7 @@ class Bench:
         if system == "forkq" and aio:
             # One thread for sync jobs (none run here), the async jobs on the child's loop.
             return [[sys.executable, "-m", "forkq", "-p", str(procs), "-c", "1",
-                     "--async-concurrency", str(threads), "--redis", self.url, "bench.jobs"]]
+                     "--async-concurrency", str(threads), "--redis", self.url, "bench.async_jobs"]]
         if system == "forkq":
             if self.mode == "cli":
                 return [[sys.executable, "-m", "forkq", "-p", str(procs), "-c", str(threads),
