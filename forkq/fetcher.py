@@ -113,7 +113,12 @@ class Fetcher(threading.Thread):
                  stats: StatsBuffer,
                  pending: Callable[[], int] | None = None,
                  take_back: Callable[[], list[Taken]] | None = None,
-                 job_seconds: Callable[[], float] | None = None) -> None:
+                 job_seconds: Callable[[], float] | None = None,
+                 split: tuple[int, int, frozenset[str]] | None = None) -> None:
+        """``split``: for a pool with both sync and async jobs, (threads, async slots,
+        async names): each kind is fetched only up to its own free slots, so sync
+        jobs never fill the async budget (they would wait in this child for a thread
+        while other pools idle), nor async jobs the threads'."""
         super().__init__(name="forkq-fetcher", daemon=True)
         self._conn = conn
         self._runner = scripts.Runner(conn)
@@ -128,6 +133,16 @@ class Fetcher(threading.Thread):
         self._index = {n.encode(): i for i, n in enumerate(self._names)}
         self._first = FirstPick([float(p) for p in priorities])
         self._concurrency = concurrency
+        self._split = split
+        # Mixed pools (split): the 1-based positions of the async names, the fields of
+        # async jobs taken and not finished, and whether the last fetch found every
+        # queue of a kind empty (sync, async).
+        self._async_pos = set()
+        if split is not None:
+            self._async_pos = {i + 1 for i, n in enumerate(self._names) if n in split[2]}
+        self._async_pos_arg = ",".join(str(p) for p in sorted(self._async_pos))
+        self._async_held: set[str] = set()
+        self._kind_empty = (False, False)
         self._stats = stats
         # Monotonic time the earliest scheduled/retry job is due (0: promote at once).
         self._due_at = 0.0
@@ -186,6 +201,8 @@ class Fetcher(threading.Thread):
             if not self._done:
                 self._done_since = now
             self._done.append(item)
+            if self._async_held:
+                self._async_held.discard(item[0])
             self._last_done_at = now
             self._completions += 1
             if self._waiting and len(self._done) >= self._notify_at:
@@ -243,7 +260,7 @@ class Fetcher(threading.Thread):
             return set(self._held)
 
     # -- the loop ---------------------------------------------------------------------
-    def _depth(self) -> int:
+    def _depth(self, slots: int | None = None) -> int:
         """How many jobs beyond its threads this pool may hold now (0: no prefetch)."""
         if not self._prefetch or self._completions < self._no_prefetch_until:
             return 0
@@ -251,7 +268,26 @@ class Fetcher(threading.Thread):
         avg = self._job_seconds()
         if avg == float("inf"):
             return 0
-        return min(self._concurrency, int(self._concurrency * PREFETCH_WINDOW / max(avg, 1e-6)))
+        n = self._concurrency if slots is None else slots
+        return min(n, int(n * PREFETCH_WINDOW / max(avg, 1e-6)))
+
+    def _split_now(self, busy: int, depth: int) -> tuple[int, int] | None:
+        """A mixed pool's room per kind now (sync: free threads and their prefetch;
+        async: free async slots), or None for a pool of one kind.  Under the lock."""
+        if self._split is None:
+            return None
+        threads, slots, _ = self._split
+        async_busy = len(self._async_held)
+        sync_room = threads + (self._depth(threads) if depth else 0) - (busy - async_busy)
+        return max(0, sync_room), max(0, slots - async_busy)
+
+    def _has_work(self, split: tuple[int, int] | None) -> bool:
+        """Whether a fetch now may find something: the last one did not come back short
+        (one kind), or a kind with room had work left (mixed pools)."""
+        if split is None:
+            return not self._last_empty
+        sync_empty, async_empty = self._kind_empty
+        return (split[0] > 0 and not sync_empty) or (split[1] > 0 and not async_empty)
 
     def run(self) -> None:
         while True:
@@ -265,8 +301,11 @@ class Fetcher(threading.Thread):
                     idle_threads = self._concurrency - busy
                     depth = self._depth()
                     room = self._concurrency + depth - busy
+                    split = self._split_now(busy, depth)
+                    if split is not None:
+                        room = min(room, split[0] + split[1])
                     can_fetch = (not self._quiet and room > 0 and
-                                 (self._woken or not self._last_empty or now >= self._next_poll))
+                                 (self._woken or self._has_work(split) or now >= self._next_poll))
                     buffered = self._pending() if self._pending is not None and idle_threads <= 0 else 0
                     if (can_fetch and 0 < idle_threads < self._batch_min and not self._last_empty
                             and not self._woken):
@@ -330,7 +369,7 @@ class Fetcher(threading.Thread):
                 self.give_back_pending()
                 continue
             try:
-                self._round_trip(done, want, polled, promote, report_due)
+                self._round_trip(done, want, polled, promote, report_due, split if can_fetch else None)
             finally:
                 with self._cv:
                     self._in_round_trip = False
@@ -375,6 +414,7 @@ class Fetcher(threading.Thread):
             with self._cv:
                 self._inflight -= len(items)
                 self._held.difference_update(fields)
+                self._async_held.difference_update(fields)
             try:
                 recover_inprogress(self._conn, self._keys, self._identity, self._config,
                                    only=fields, count_recovery=False)
@@ -390,7 +430,8 @@ class Fetcher(threading.Thread):
             return len(items)
 
     def _round_trip(self, done: list[Done], want: int, polled: bool = False,
-                    promote: bool = False, report_due: bool = True) -> None:
+                    promote: bool = False, report_due: bool = True,
+                    split: tuple[int, int] | None = None) -> None:
         keys = self._keys
         calls: list[scripts.Call] = []
         plain: list[str] = []
@@ -428,7 +469,8 @@ class Fetcher(threading.Thread):
             start = self._start()
             calls.append(self._plan.call(start=start, want=want, may_take_suspect=self._suspect is None,
                                          allow_oom=self.allow_oom, report_due=report_due,
-                                         acks=merged, members=members))
+                                         acks=merged, members=members,
+                                         split=f"{split[0]}:{split[1]}:{self._async_pos_arg}" if split else ""))
         sent = time.monotonic()
         try:
             results = self._runner.run(calls)
@@ -496,8 +538,15 @@ class Fetcher(threading.Thread):
         # Names found empty are not tried first next time (see _start); names that
         # gave jobs are known not to be.
         empty = self._empty
-        if fetched[3]:
-            empty.update(int(i) - 1 for i in fetched[3].split(b","))
+        found_empty = {int(i) for i in fetched[3].split(b",")} if fetched[3] else set()
+        empty.update(i - 1 for i in found_empty)
+        if self._async_pos:
+            # Per kind: did every queue of it come back empty (names the call did not
+            # reach count as having work: at worst one fetch more).
+            n_names = len(self._names)
+            self._kind_empty = (
+                all(p in found_empty for p in range(1, n_names + 1) if p not in self._async_pos),
+                all(p in found_empty for p in self._async_pos))
         if fetched[5]:
             # A batch finished in this call and its callback made a queue non-empty:
             # the fetch script does not publish, so the wake goes from here (rare).
@@ -511,6 +560,9 @@ class Fetcher(threading.Thread):
             with self._cv:
                 self._inflight += n
                 self._held.update(fields)
+                if self._async_pos:
+                    self._async_held.update(fields[k] for k, j in enumerate(range(6, len(fetched), 3))
+                                            if fetched[j] in self._async_pos)
             for k, j in enumerate(range(6, len(fetched), 3)):
                 empty.discard(fetched[j] - 1)
                 payload = fetched[j + 2]

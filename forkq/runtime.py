@@ -85,16 +85,23 @@ class PoolRuntime:
                                  async_runner=AsyncRunner)
         # One budget for the fetcher: free threads + free async slots (forkq.aio); the
         # threads do not count in a pool whose every job is async def.
+        split: tuple[int, int, frozenset[str]] | None = None
         if self.executor.aio is not None:
             n_async = len(self.executor.aio.slots)
-            concurrency = n_async if all(s.is_async for s in specs.values()) else concurrency + n_async
+            if all(s.is_async for s in specs.values()):
+                concurrency = n_async
+            else:
+                # Both kinds: the fetch takes each kind only up to its own free slots.
+                split = (concurrency, n_async, frozenset(n for n, s in specs.items() if s.is_async))
+                concurrency += n_async
             self.concurrency = concurrency
         self.fetcher = Fetcher(
             conn=self.conn, keys=self.keys, identity=self.identity, config=self.config,
             targets=targets, priorities=[specs[n].options.priority for n in self._names],
             concurrency=concurrency, stats=self.stats,
             submit=self.executor.submit, pending=self.executor.pending,
-            take_back=self.executor.discard_pending, job_seconds=self.executor.job_seconds)
+            take_back=self.executor.discard_pending, job_seconds=self.executor.job_seconds,
+            split=split)
         self.executor.deliver_to(self.fetcher.complete)
         self.info = PoolInfo.create(identity=self.identity, concurrency=concurrency,
                                     job_names=self._names, tag=tag,

@@ -384,7 +384,7 @@ class FetchPlan:
         self._fixed = (_bulk(repr(float(lease_ttl)).encode())
                        + _bulk(Keys.lease_member(identity, "").encode())
                        + _bulk(str(SUSPECT_AFTER).encode()))
-        self._argc = 3 + len(key_list) + 7 + len(targets) + 2  # + the two counts
+        self._argc = 3 + len(key_list) + 7 + len(targets) + 3  # + the two counts and the split
         self._batch_fixed = b"".join(_bulk(str(v).encode()) for v in (
             keys.batch(""), keys.queue_prefix(), keys.queues, BATCH_TTL))
         self._tails = {
@@ -394,11 +394,12 @@ class FetchPlan:
 
     def call(self, *, start: int, want: int, may_take_suspect: bool = True,
              allow_oom: bool = False, report_due: bool = True, acks: Sequence[str] = (),
-             members: Mapping[str, Sequence[str]] | None = None) -> Call:
+             members: Mapping[str, Sequence[str]] | None = None, split: str = "") -> Call:
         """Fetch up to ``want`` jobs trying name ``start`` first (result indices are 1-based),
         after acking ``acks`` (in-progress fields of plain successes: no lease, no write)
         and ``members`` (bid -> fields of batch members' plain successes, counted in
-        their batch: as hot as plain ones, so they ride here too, not in ack.lua).
+        their batch: as hot as plain ones, so they ride here too, not in ack.lua);
+        ``split`` caps each kind in a pool with sync and async jobs (see fetch.lua).
 
         Reply: ``[due_in, suspects_left, acked, empty, rate_in, woke, idx, field, payload, ...]``
         (see fetch.lua);
@@ -420,7 +421,7 @@ class FetchPlan:
             _bulk(str(start).encode()), _bulk(b"1" if may_take_suspect else b"0"),
             _bulk(b"1" if report_due else b"0"), self._limits_packed,
             _bulk(str(len(acks)).encode()), *[_bulk(f.encode()) for f in acks],
-            _bulk(str(len(members or ())).encode()), *sections))
+            _bulk(str(len(members or ())).encode()), *sections, _bulk(split.encode())))
         return Call(script=script, keys=(), args=(), packed=packed)
 
 

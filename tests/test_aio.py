@@ -309,3 +309,51 @@ def test_async_job_checkin_is_visible_in_the_workers_view_while_it_runs(
         wait_all_done(r, [jid], f, timeout=30)
         wait_for(lambda: not busy(), timeout=30, message="observation cleared after the job")
     assert f.stop() == 0
+
+
+def test_a_mixed_pool_takes_sync_jobs_only_for_its_threads_so_other_pools_share_the_backlog(
+        redis_url: str, r: redis.Redis, fast_config: forkq.Config, pools: list) -> None:
+    """A pool with both kinds must not fill its async slots with sync jobs: they would
+    wait in it for a thread while another pool's threads sat idle."""
+    gate = threading.Event()
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def make(tag: int) -> forkq.WorkerPool:
+        pool = _pool(fast_config, async_concurrency=50)
+
+        @pool.job
+        def blocking(job: forkq.Job) -> None:
+            with lock:
+                started.append(tag)
+            gate.wait(30)
+
+        @pool.job
+        async def nap(job: forkq.Job) -> None:
+            await asyncio.sleep(0.01)
+
+        return pool
+
+    first = make(1)
+    first.enqueuer(redis_url).enqueue_many("blocking", [{"i": i} for i in range(20)])
+    try:
+        start(pools, first, redis_url, concurrency=2)
+        wait_for(lambda: len(started) == 2, 10, message="the first pool's two threads busy")
+        second = start(pools, make(2), redis_url, concurrency=2)
+        wait_for(lambda: started.count(2) == 2, 10,
+                 message="the second pool's threads running jobs of the backlog the first left")
+        # Each pool holds what its threads run: the rest waits in Redis for any pool.
+        assert r.hlen(K.inprogress(_ident(first))) == 2
+        assert r.hlen(K.inprogress(_ident(second))) == 2
+        assert r.llen(K.queue("blocking")) == 16
+        # Async jobs still get the async slots meanwhile (every thread is blocked).
+        first.enqueuer(redis_url).enqueue_many("nap", [{}] * 30)
+        wait_for(lambda: r.llen(K.queue("nap")) == 0 and r.hlen(K.inprogress(_ident(first))) <= 2
+                 and r.hlen(K.inprogress(_ident(second))) <= 2, 10, message="the async jobs ran")
+    finally:
+        gate.set()
+
+
+def _ident(pool: forkq.WorkerPool) -> str:
+    assert pool.runtime is not None
+    return pool.runtime.identity

@@ -179,17 +179,21 @@ def test_cancel_for_a_job_taken_but_not_started_ends_it_at_its_start(
         gate.wait(20)
 
     @pool.job
-    async def other(job: forkq.Job) -> None:  # pragma: no cover - never enqueued
-        pass
+    def quick(job: forkq.Job) -> None:
+        ran.add(job.id)
 
-    # One thread, and async slots in the budget: the second job is taken and waits in
-    # the pool for the thread (in progress, not started).
-    first, second = pool.enqueuer(redis_url).enqueue_many("step", [{}, {}])
+    # One thread, and short jobs first: the pool then prefetches, so of the two step
+    # jobs the second is taken with the first and waits in the pool for the thread (in
+    # progress, not started).
+    enq = pool.enqueuer(redis_url)
+    enq.enqueue_many("quick", [{}] * 50)
     start(pools, pool, redis_url, concurrency=1)
-    wait_for(lambda: len(ran) == 1, 10, message="first running")
+    wait_for(lambda: len(ran) == 50, 10, message="the short jobs")
+    first, second = enq.enqueue_many("step", [{}, {}])
+    wait_for(lambda: len(ran) == 51, 10, message="first running")
     wait_for(lambda: r.hlen(K.inprogress(pools[0].runtime.identity)) >= 1 and r.llen(K.queue("step")) == 0,
              10, message="both taken")
-    waiting = second.id if ran.snapshot() == [first.id] else first.id
+    waiting = second.id if ran.snapshot()[-1] == first.id else first.id
     with forkq.Client(redis_url, NS) as c:
         assert c.cancel(waiting) is True
     # The pool heard the cancel (wake channel) before the job could start.

@@ -50,6 +50,9 @@
 --          successes of that batch's members, counted in batch:<bid> as ack.lua does.
 --          The batch, queue and queues keys are built from these prefixes, all under
 --          the namespace's hash tag (so the same slot in a Cluster).
+-- ARGV[after the sections] split: "" for a pool whose jobs are all sync or all async;
+--          else "S:A:positions": take at most S jobs of sync names and A of async ones
+--          (positions: the 1-based positions of the async names, "2,5").
 --
 -- Fair groups: an entry of queue:<name> that starts with '{"class":"forkq.group",' is a
 --          group's token (job.group_token): taking it takes what this call still wants
@@ -150,6 +153,18 @@ if sections > 0 then
     at = at + 2 + c
   end
   out[6] = table.concat(woke, ',')
+else
+  at = at + 1
+end
+
+-- A pool with both sync and async jobs: how many of each it may take now (its free
+-- threads, plus its prefetch, and its free async slots), so one kind never fills the
+-- other's budget (sync jobs waiting in a child for a thread while other pools idle).
+local split_s, split_a, is_async = nil, nil, nil
+if ARGV[at] and ARGV[at] ~= '' then
+  local s, a, pos = string.match(ARGV[at], '^(%d+):(%d+):([%d,]*)$')
+  split_s, split_a, is_async = tonumber(s), tonumber(a), {}
+  for p in string.gmatch(pos, '%d+') do is_async[tonumber(p)] = true end
 end
 
 -- A suspect carries a top-level "recovered" count.  The substring test is only a
@@ -244,6 +259,8 @@ for step = 0, names - 1 do
   if want <= 0 then break end
   local i = (start + step) % names + 1
   local base = 4 * i
+  local before, cap = #taken, want
+  if is_async then cap = is_async[i] and split_a or split_s end
   local limit = ARGV[7 + i]
   local maxc = tonumber(limit)
   local gcap, gname = 0, nil
@@ -266,8 +283,8 @@ for step = 0, names - 1 do
   -- LLEN first: an idle poll costs one command per empty queue.
   local len = redis.call('LLEN', KEYS[base])
   if len == 0 then empties[#empties + 1] = i end
-  if len > 0 and not (flagged and redis.call('EXISTS', KEYS[base + 1]) == 1) then
-    local take = want
+  if len > 0 and cap > 0 and not (flagged and redis.call('EXISTS', KEYS[base + 1]) == 1) then
+    local take = math.min(want, cap)
     local interval, tolerance = nil, nil
     if not maxc then  -- "maxc:interval:tolerance": a rate limit too
       local m, e, t = string.match(limit, '^(%d+):([%d.e+-]+):([%d.e+-]+)$')
@@ -356,6 +373,9 @@ for step = 0, names - 1 do
         end
       end
     end
+  end
+  if is_async then
+    if is_async[i] then split_a = split_a - (#taken - before) else split_s = split_s - (#taken - before) end
   end
 end
 
