@@ -1,7 +1,8 @@
 """``async def`` jobs: one asyncio event loop per pool, on a thread beside the workers.
 
-The fetcher takes jobs for threads and async slots from one budget (threads +
-``async_concurrency``) and hands every job to ``Executor.submit``, which routes
+The fetcher takes jobs for threads and async slots in one call, each kind up to
+its own free slots (threads, ``async_concurrency``), and hands every job to
+``Executor.submit``, which routes
 jobs of ``async def`` names here by their queue name (no decode).  Each job gets
 one of ``async_concurrency`` slots (the same ``Slot`` records the heartbeat, the
 hard-timeout check and the metrics read for threads) and runs as one task;

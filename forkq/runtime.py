@@ -83,8 +83,9 @@ class PoolRuntime:
                                  reporters=self.reporters, sidekiq_metrics=self.job_metrics,
                                  async_concurrency=self.config.async_concurrency,
                                  async_runner=AsyncRunner)
-        # One budget for the fetcher: free threads + free async slots (forkq.aio); the
-        # threads do not count in a pool whose every job is async def.
+        # The fetcher's budget: free threads + free async slots (forkq.aio), each kind
+        # capped by its own (split); the threads do not count in a pool whose every job
+        # is async def.
         split: tuple[int, int, frozenset[str]] | None = None
         if self.executor.aio is not None:
             n_async = len(self.executor.aio.slots)
