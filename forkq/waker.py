@@ -175,6 +175,9 @@ class Waker:
 
     def _listen(self, conn: redis.Connection) -> None:
         renew_at = time.monotonic() + RENEW_EVERY
+        # Loaded once per takeover, so an announcement is one EVALSHA, never a NOSCRIPT
+        # and a second one (a server restarted since is still handled by scripts.run).
+        self._client().script_load(scripts.script_for(self._client(), scripts.WAKE_IDLE).text)
         # Anything pushed before we listened is found by one check.
         self._announce(self._names)
         while not self._stop.is_set():
