@@ -153,6 +153,15 @@ class Fetcher(threading.Thread):
         # The field of the suspect job this pool runs (at most one; see fetch.lua).
         self._suspect: str | None = None
         self._woken = True
+        # The earliest due time we know may be out of date (start, a reconnect, a due
+        # message): the next fetch reads it again.  A wake for a job name does not.
+        self._due_stale = True
+        # The last fetch left this pool in idle:<name> (fetch.lua): one that fills it
+        # must take it out, or an enqueue would wake it while others are free.
+        self._registered = False
+        # Indices of the names under which it is not registered (None: any of them may
+        # be missing), so a woken idle fetch writes no registration it already has.
+        self._unregistered: set[int] | None = None
         self._waiting = False
         self._batch_min = max(1, concurrency // BATCH_FRACTION)
         self._notify_at = 1
@@ -220,15 +229,43 @@ class Fetcher(threading.Thread):
         """Fetch soon; ``name`` (a wake message) is a job name whose queue got jobs."""
         with self._cv:
             self._woken = True
-            if name is not None:
-                i = self._index.get(name)
-                if i is not None:
-                    self._empty.discard(i)
+            i = self._index.get(name) if name is not None else None
+            if i is not None:
+                self._empty.discard(i)
+                if self._unregistered is not None:
+                    # A wake to every pool for this name: an enqueue found no registered pool
+                    # there (or it came from elsewhere); registering again costs one ZADD.
+                    self._unregistered.add(i)
+            else:  # a due message, a reconnect, a drain: read the due time again too
+                self._due_stale = True
+            if name is None:
+                # (Re)subscribed: an enqueue meanwhile found us deaf and dropped us.
+                self._unregistered = None
             self._cv.notify()
+
+    def wake_direct(self, name: bytes) -> bool:
+        """An enqueue woke this pool alone (it was registered idle for ``name``).
+
+        Returns False when this pool cannot fetch now (quiet, or its slots filled
+        since it registered): the caller passes the wake on to every pool instead.
+        """
+        with self._cv:
+            if self._quiet or self._stopping:
+                return False
+            busy = self._inflight - len(self._done)
+            if self._concurrency + self._depth() - busy <= 0:
+                return False
+            self._woken = True
+            i = self._index.get(name)
+            if i is not None:
+                self._empty.discard(i)
+            self._cv.notify()
+            return True
 
     def set_quiet(self, quiet: bool = True) -> None:
         with self._cv:
             self._quiet = quiet
+            self._unregistered = None  # a quiet pool leaves the idle registry (runtime.quiet)
             self._woken = True
             self._cv.notify()
 
@@ -360,10 +397,16 @@ class Fetcher(threading.Thread):
                     # A fetch made only because the poll timer ran out finds jobs nobody
                     # announced (pushed by a non-forkq client).
                     polled = can_fetch and not self._woken and self._last_empty and not promote
-                    report_due = (promote or self._woken or self._last_empty
+                    # Only when it may have changed: a wake for a job name does not change
+                    # it (one trickled job then costs one lean fetch, not three reads more).
+                    report_due = (promote or self._due_stale
                                   or now >= self._due_checked + DUE_REFRESH)
                     if can_fetch:
                         self._woken = False
+                        if report_due:
+                            # Cleared when asked, not when answered: a due message that
+                            # comes while this fetch is out makes the next one ask again.
+                            self._due_stale = False
             if give_back:
                 self._no_prefetch_until = self._completions + self._concurrency
                 self.give_back_pending()
@@ -465,11 +508,26 @@ class Fetcher(threading.Thread):
         report_due = report_due or promote
         if promote:
             calls += self._promote_calls
+        register: set[int] | None = None
         if want:
             start = self._start()
+            skip: list[int] = []
+            with self._cv:
+                # A poll re-registers everywhere: whatever was lost, it heals every interval.
+                register = None if polled or self._unregistered is None else set(self._unregistered)
+                if (self._last_empty and not polled and not promote and not self._async_pos
+                        and len(self._empty) < len(self._names)):
+                    # An idle pool woken for some names need not look at the ones it found
+                    # empty since (any job pushed there with a wake named them: see wake);
+                    # a poll looks at all, for pushes that announce nothing, and so does a
+                    # promotion (this very round trip may fill any queue, with no wake).
+                    # A mixed pool looks at all: it tells per kind what was found empty.
+                    skip = sorted(self._empty)
             calls.append(self._plan.call(start=start, want=want, may_take_suspect=self._suspect is None,
                                          allow_oom=self.allow_oom, report_due=report_due,
-                                         acks=merged, members=members,
+                                         acks=merged, members=members, registered=self._registered,
+                                         register=None if register is None else sorted(register),
+                                         skip=skip,
                                          split=f"{split[0]}:{split[1]}:{self._async_pos_arg}" if split else ""))
         sent = time.monotonic()
         try:
@@ -538,11 +596,12 @@ class Fetcher(threading.Thread):
         # Names found empty are not tried first next time (see _start); names that
         # gave jobs are known not to be.
         empty = self._empty
-        found_empty = {int(i) for i in fetched[3].split(b",")} if fetched[3] else set()
-        empty.update(i - 1 for i in found_empty)
+        empty_now = [int(i) - 1 for i in fetched[3].split(b",")] if fetched[3] else []
+        empty.update(empty_now)
         if self._async_pos:
             # Per kind: did every queue of it come back empty (names the call did not
             # reach count as having work: at worst one fetch more).
+            found_empty = {i + 1 for i in empty_now}
             n_names = len(self._names)
             self._kind_empty = (
                 all(p in found_empty for p in range(1, n_names + 1) if p not in self._async_pos),
@@ -575,7 +634,17 @@ class Fetcher(threading.Thread):
             if polled:
                 self._relay_wake({names[fetched[j] - 1] for j in range(6, len(fetched), 3)})
         with self._cv:
+            if n < want:
+                # Registered now under every name it left empty (approximated here by the
+                # empty ones and those it took from) that it asked for.
+                drained = set(empty_now)
+                drained.update(fetched[j] - 1 for j in range(6, len(fetched), 3))
+                asked = set(range(len(self._names))) if register is None else register
+                self._unregistered = asked - drained
+            elif self._registered:
+                self._unregistered = None  # the script took it out of every registry
             self._last_empty = n < want
+            self._registered = self._last_empty
             if self._last_empty:
                 # Sleep until the poll fallback, or exactly until the next scheduled/retry
                 # job is due.  Jittered, so the pools of a cluster poll at different moments.
@@ -647,6 +716,7 @@ class Fetcher(threading.Thread):
             self._done[:0] = done
             self._inflight += len(done)
             self._woken = True
+            self._due_stale = True
         if want:
             # A fetch may have run with its reply lost: its jobs sit in our
             # in-progress hash; give back whatever we do not hold once Redis answers.

@@ -129,6 +129,20 @@ class Keys:
         whose token was taken out of ``queue:<name>`` until a lease is released."""
         return self.prefix + "gparked:" + name
 
+    def idle(self, name: str) -> str:
+        """zset of pools idle for ``name`` (their identities): an enqueue wakes only as
+        many of them as it has jobs (fetch.lua registers, enqueue.lua pops)."""
+        return self.prefix + "idle:" + name
+
+    def pool_wake_prefix(self) -> str:
+        """A pool's own wake channel is this prefix and its identity (see ``pool_wake``)."""
+        return self.prefix + "wake:"
+
+    def pool_wake(self, identity: str) -> str:
+        """The channel on which an enqueue wakes this one idle pool (in ``{ns}``'s slot,
+        as a Redis Cluster shard channel must be)."""
+        return self.pool_wake_prefix() + identity
+
     def queue_prefix(self) -> str:
         """What a queue key is before its name (for scripts that move jobs of any name)."""
         return self.prefix + "queue:"

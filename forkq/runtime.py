@@ -22,7 +22,7 @@ from . import clock, reaper, scheduler, scripts
 from .aio import AsyncRunner
 from .backoff import capped_exponential
 from .config import pool_hostname
-from .connection import ConnectionSpec, sharded_pubsub
+from .connection import ConnectionSpec, publish, sharded_pubsub
 from .errors import ConfigError, RedisRefused
 from .executor import Executor
 from .fetcher import Fetcher
@@ -186,7 +186,22 @@ class PoolRuntime:
     def quiet(self) -> None:
         """Stop taking jobs; running ones finish (Sidekiq's quiet, SIGTSTP)."""
         self.fetcher.set_quiet(True)
+        self._unregister_idle()
         self._beat_safely()
+
+    def _unregister_idle(self) -> None:
+        """Leave every idle:<name> registry: a quiet pool must not be woken alone.
+
+        Best effort: a wake that still reaches it is passed on (see ``_listen``), and
+        one sent after it exits reaches nobody, so the enqueue tries the next pool.
+        """
+        try:
+            pipe = self._hk_conn.pipeline(transaction=False)
+            for n in self._names:
+                pipe.zrem(self.keys.idle(n), self.identity)
+            pipe.execute()
+        except RedisError as exc:
+            log.debug("could not leave the idle registry: %s", exc)
 
     def stop(self, timeout: float) -> int:
         """Stop; wait up to ``timeout`` for running jobs; requeue the rest.  Returns how many."""
@@ -194,6 +209,7 @@ class PoolRuntime:
             return 0
         self._stopped = True
         self.fetcher.set_quiet(True)
+        self._unregister_idle()
         deadline = time.monotonic() + max(0.0, timeout)
         # Prefetched jobs no thread started go back at once, not after the running ones.
         self.fetcher.give_back_pending()
@@ -264,14 +280,17 @@ class PoolRuntime:
         (``sunsubscribe``) and we subscribe again at the new owner.
         """
         sharded = sharded_pubsub(self._listen_conn)
+        # This pool's own channel: an enqueue that found it in idle:<name> wakes it alone.
+        own = self.keys.pool_wake(self.identity)
+        own_b = own.encode()
         errors = 0
         while not self._stop.is_set():
             ps = self._listen_conn.pubsub(ignore_subscribe_messages=not sharded)
             try:
                 if sharded:
-                    ps.ssubscribe(self.keys.wake_channel)
+                    ps.ssubscribe(self.keys.wake_channel, own)
                 else:
-                    ps.subscribe(self.keys.wake_channel)
+                    ps.subscribe(self.keys.wake_channel, own)
                 # Anything pushed while we were not subscribed is found by one fetch,
                 # and cancels announced meanwhile by their marks.
                 self.fetcher.wake()
@@ -285,7 +304,12 @@ class PoolRuntime:
                         self._listen_conn.connection_pool.connection_kwargs["locator"].invalidate()
                         raise redis.ConnectionError(f"{self.keys.wake_channel}: the slot moved")
                     data = msg.get("data")
-                    if data in self._name_set:
+                    if msg.get("channel") == own_b:
+                        if data in self._name_set and not self.fetcher.wake_direct(data):
+                            # Woken alone but cannot fetch (quiet, every slot taken since
+                            # it registered): pass the wake on to every pool.
+                            self._relay_wake(data)
+                    elif data in self._name_set:
                         self.fetcher.wake(data)
                     elif isinstance(data, bytes) and data.startswith(_CANCEL_PREFIX):
                         self.executor.cancel(data[len(_CANCEL_PREFIX):].decode("utf-8", "replace"))
@@ -301,6 +325,13 @@ class PoolRuntime:
                     ps.close()  # its socket: the next subscription dials where the locator says
                 except Exception:  # noqa: BLE001, S110 - already broken
                     pass
+
+    def _relay_wake(self, name: bytes) -> None:
+        try:
+            publish(self._hk_conn, sharded_pubsub(self._hk_conn), self.keys.wake_channel,
+                    name.decode("utf-8", "replace"))
+        except RedisError as exc:
+            log.debug("could not relay a wake: %s", exc)
 
     def _cancels_missed(self) -> None:
         """Cancels of jobs we hold that were announced while we were not subscribed."""

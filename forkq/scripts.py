@@ -109,6 +109,7 @@ STORE_RESULTS = _load("store_results")
 BEAT = _load("beat")
 BATCH_PUSH = _load("batch_push")
 BATCH_CANCEL = _load("batch_cancel")
+WAKE_IDLE = _load("wake_idle")
 BEAT_OOM = _allow_oom(BEAT)
 
 
@@ -116,7 +117,8 @@ BEAT_OOM = _allow_oom(BEAT)
 _SHARDED = {s.sha: _sharded(s) for s in (ACK, ACK_OOM, ENQUEUE, ENQUEUE_UNIQUE, ENQUEUE_GROUP,
                                          REPAIR_GROUPS, PROMOTE, PROMOTE_DUE, SCHEDULE, FETCH,
                                          FETCH_OOM, RELEASE_LOCK, BURY, CLAIM_POOL, RELEASE_UNIQUE,
-                                         DELETE_SCHEDULED, BEAT, BEAT_OOM, BATCH_PUSH, CANCEL)
+                                         DELETE_SCHEDULED, BEAT, BEAT_OOM, BATCH_PUSH, CANCEL,
+                                         WAKE_IDLE)
             if "redis.call('PUBLISH'" in s.text}
 # FetchPlan pre-packs its EVALSHA (no per-connection choice): fetch must not publish.
 assert FETCH.sha not in _SHARDED and FETCH_OOM.sha not in _SHARDED
@@ -379,12 +381,16 @@ class FetchPlan:
         key_list = [keys.inprogress(identity), keys.schedule, keys.retry]
         key_list += [k for t in targets for k in (t.queue_key, t.paused_key, t.lease_key, t.rate_key)]
         key_list.append(keys.fence(identity))
+        key_list += [keys.idle(t.name) for t in targets]
         self._keys_packed = b"".join(_bulk(k.encode()) for k in key_list)
         self._limits_packed = b"".join(_bulk(t.limit_arg().encode()) for t in targets)
         self._fixed = (_bulk(repr(float(lease_ttl)).encode())
                        + _bulk(Keys.lease_member(identity, "").encode())
                        + _bulk(str(SUSPECT_AFTER).encode()))
-        self._argc = 3 + len(key_list) + 7 + len(targets) + 3  # + the two counts and the split
+        self._identity = _bulk(identity.encode())
+        # + the ack and batch-section counts, + identity, registered, register, skip,
+        # + the split
+        self._argc = 3 + len(key_list) + 7 + len(targets) + 2 + 4 + 1
         self._batch_fixed = b"".join(_bulk(str(v).encode()) for v in (
             keys.batch(""), keys.queue_prefix(), keys.queues, BATCH_TTL))
         self._tails = {
@@ -394,11 +400,17 @@ class FetchPlan:
 
     def call(self, *, start: int, want: int, may_take_suspect: bool = True,
              allow_oom: bool = False, report_due: bool = True, acks: Sequence[str] = (),
-             members: Mapping[str, Sequence[str]] | None = None, split: str = "") -> Call:
+             members: Mapping[str, Sequence[str]] | None = None,
+             registered: bool = False, register: Sequence[int] | None = None,
+             skip: Sequence[int] = (), split: str = "") -> Call:
         """Fetch up to ``want`` jobs trying name ``start`` first (result indices are 1-based),
         after acking ``acks`` (in-progress fields of plain successes: no lease, no write)
         and ``members`` (bid -> fields of batch members' plain successes, counted in
-        their batch: as hot as plain ones, so they ride here too, not in ack.lua);
+        their batch: as hot as plain ones, so they ride here too, not in ack.lua).
+        ``registered``: the previous fetch left this pool idle (registered in ``idle:<name>``),
+        so a fetch that fills it must take it out.  ``register``: 0-based indices of the
+        names under which it is not registered now (None: all of them).  ``skip``: 0-based
+        indices of names known to be empty, which the script does not look at.
         ``split`` caps each kind in a pool with sync and async jobs (see fetch.lua).
 
         Reply: ``[due_in, suspects_left, acked, empty, rate_in, woke, idx, field, payload, ...]``
@@ -419,7 +431,11 @@ class FetchPlan:
             b"*%d\r\n" % argc, self._tails[script.sha], self._keys_packed,
             _bulk(str(want).encode()), self._fixed,
             _bulk(str(start).encode()), _bulk(b"1" if may_take_suspect else b"0"),
-            _bulk(b"1" if report_due else b"0"), self._limits_packed,
+            _bulk(b"1" if report_due else b"0"), self._identity,
+            _bulk(b"1" if registered else b"0"),
+            _bulk(b"*" if register is None else ",".join(str(i + 1) for i in register).encode()),
+            _bulk(",".join(str(i + 1) for i in skip).encode()),
+            self._limits_packed,
             _bulk(str(len(acks)).encode()), *[_bulk(f.encode()) for f in acks],
             _bulk(str(len(members or ())).encode()), *sections, _bulk(split.encode())))
         return Call(script=script, keys=(), args=(), packed=packed)
@@ -563,8 +579,16 @@ def batch_push(keys: Keys, *, bid: str, add: bool, jobs: Sequence[tuple[str, Seq
 
 
 def enqueue(keys: Keys, *, name: str, payloads: Sequence[bytes]) -> Call:
-    return Call(script=ENQUEUE, keys=[keys.queues, keys.queue(name)],
-                args=[name, keys.wake_channel, *payloads])
+    """Push ``payloads`` and wake registered idle pools, as many as the jobs need."""
+    return Call(script=ENQUEUE, keys=[keys.queues, keys.queue(name), keys.idle(name)],
+                args=[name, keys.wake_channel, keys.pool_wake_prefix(), *payloads])
+
+
+def wake_idle(keys: Keys, *, name: str) -> Call:
+    """Wake as many registered idle pools as ``name``'s queue holds jobs (the waker's
+    announcement of a push that published nothing; wake_idle.lua)."""
+    return Call(script=WAKE_IDLE, keys=[keys.queue(name), keys.idle(name)],
+                args=[name, keys.wake_channel, keys.pool_wake_prefix()])
 
 
 def enqueue_group(keys: Keys, *, name: str, group: str, payloads: Sequence[bytes]) -> Call:

@@ -10,8 +10,9 @@ tell it about every write to a queue key: ``CLIENT TRACKING ON BCAST PREFIX
 ``__redis__:invalidate``.  That costs no command at all while idle (Redis pushes
 the key names; core Redis >= 6, unlike keyspace notifications, which managed
 Redis often disables).  On a write it checks which of those queues hold jobs
-(one LINDEX per queue: a new next job) and PUBLISHes their names on the wake
-channel, so idle pools fetch at once.  Jobs taken within the coalescing window publish nothing.
+(one LINDEX per queue: a new next job) and, per such queue, wakes as many registered
+idle pools as it holds jobs (wake_idle.lua; every pool when none is registered), so
+idle pools fetch at once.  Jobs taken within the coalescing window publish nothing.
 Where tracking is refused (Redis < 6, an ACL), the elected pool polls EXISTS
 every ``POLL_EVERY`` seconds instead: still one pool per namespace, not per child.
 
@@ -32,8 +33,9 @@ from collections.abc import Iterable
 import redis
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
+from . import scripts
 from .backoff import capped_exponential
-from .connection import ConnectionSpec, publish, sharded_pubsub
+from .connection import ConnectionSpec
 from .keys import Keys
 
 log = logging.getLogger("forkq.waker")
@@ -173,6 +175,9 @@ class Waker:
 
     def _listen(self, conn: redis.Connection) -> None:
         renew_at = time.monotonic() + RENEW_EVERY
+        # Loaded once per takeover, so an announcement is one EVALSHA, never a NOSCRIPT
+        # and a second one (a server restarted since is still handled by scripts.run).
+        self._client().script_load(scripts.script_for(self._client(), scripts.WAKE_IDLE).text)
         # Anything pushed before we listened is found by one check.
         self._announce(self._names)
         while not self._stop.is_set():
@@ -253,11 +258,10 @@ class Waker:
                 self._announced_at[n] = now
                 found.append(n)
         if found:
-            pipe = c.pipeline(transaction=False)
-            sharded = sharded_pubsub(c)
-            for n in found:
-                publish(pipe, sharded, self._keys.wake_channel, n)
-            pipe.execute()
+            # As many registered idle pools as each queue holds jobs, not every pool: a
+            # forkq enqueue's job seen here before its pool took it costs one fetch, not
+            # one per pool (the pools that never register get the classic wake).
+            scripts.run(c, [scripts.wake_idle(self._keys, name=n) for n in found])
 
     def _poll(self) -> None:
         """Fallback without tracking: one EXISTS over this pool's queues every POLL_EVERY."""

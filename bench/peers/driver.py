@@ -4,6 +4,7 @@
     python -m bench.peers.driver rate SYSTEM single|bulk N
     python -m bench.peers.driver schedule-rate SYSTEM single|bulk N
     python -m bench.peers.driver latency SYSTEM idle|load --probes K [--load-rate R]
+    python -m bench.peers.driver trickle SYSTEM --rate R --seconds S
 
 Each prints one JSON object on stdout.  The harness (bench/run.py) runs it with
 forkq's interpreter for forkq and with the peers' virtualenv for the peers, so
@@ -119,6 +120,28 @@ def cmd_latency(a: argparse.Namespace) -> dict[str, object]:
     return {"latencies": lat, "timeouts": timeouts}
 
 
+def cmd_trickle(a: argparse.Namespace) -> dict[str, object]:
+    """Probes at a steady ``rate``/s for ``seconds`` (bench/trickle.py), one call each,
+    paced on the monotonic clock; then wait until every probe has started."""
+    p = producers.make(a.system, _url())
+    r = redis.Redis.from_url(_url())
+    base = r.llen(LAT_KEY)
+    n = int(a.rate * a.seconds)
+    t0 = time.monotonic()
+    for i in range(n):
+        wait = t0 + i / a.rate - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        p.send("probe")
+    sent_for = time.monotonic() - t0
+    end = time.monotonic() + a.timeout
+    while r.llen(LAT_KEY) < base + n and time.monotonic() < end:
+        time.sleep(0.01)
+    lat = [float(x) for x in r.lrange(LAT_KEY, base, -1)]
+    p.close()
+    return {"latencies": lat, "sent": n, "send_seconds": sent_for, "timeouts": max(0, n - len(lat))}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.peers.driver")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -142,9 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     lt.add_argument("--probes", type=int, default=100)
     lt.add_argument("--load-rate", type=float, default=400.0)
     lt.add_argument("--timeout", type=float, default=3.0)
+    tr = sub.add_parser("trickle")
+    tr.add_argument("system")
+    tr.add_argument("--rate", type=float, default=200.0)
+    tr.add_argument("--seconds", type=float, default=30.0)
+    tr.add_argument("--timeout", type=float, default=30.0)
     a = ap.parse_args(argv)
     out = {"fill": cmd_fill, "rate": cmd_rate, "schedule-rate": cmd_schedule_rate,
-           "latency": cmd_latency}[a.cmd](a)
+           "latency": cmd_latency, "trickle": cmd_trickle}[a.cmd](a)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -11,9 +11,13 @@
 --          queue:<name> (list), paused:<name> (string), lease:<name> (zset),
 --          rate:<name> (string: a rate-limited name's GCRA state, the epoch at which
 --          its next job may start; expires when the bucket is full again)
--- KEYS[last] fence:<identity>     string: present once a reaper claimed this pool; then
+-- KEYS[4+4n] fence:<identity>    string: present once a reaper claimed this pool; then
 --          nothing is taken and the reply is {"fenced"}: the pool was frozen, not
 --          dead, and must stop instead of running jobs now owned by others
+-- KEYS[5+4n..4+5n] idle:<name> per job name, same order (zset, see enqueue.lua): a
+--          fetch that leaves this pool with free slots registers it (ARGV[8]) under the
+--          names of ARGV[10] whose queue it left empty, so an enqueue wakes it alone;
+--          a fetch that fills the pool takes it out of all of them again (ARGV[9])
 -- ARGV[1]  want: maximum number of jobs to take
 -- ARGV[2]  lease TTL in seconds: leases taken now expire at TIME + this; leases
 --          whose expiry is before TIME are dropped
@@ -33,17 +37,27 @@
 -- ARGV[7]  "1" to report due_in (below), "0" to skip it: a busy pool that already knows
 --          the due time (and is told by a wake when an earlier one is written) saves
 --          the two ZRANGEs.  When skipped, due_in is "-" (unknown, not "none").
--- ARGV[8..7+n] limits per name, same order as the keys: max_concurrency (0 = unlimited),
+-- ARGV[8]  this pool's identity (its member in idle:<name>)
+-- ARGV[9]  "1" if this pool's previous fetch registered it idle (then a fetch that
+--          fills it removes it: a busy pool must not swallow a wake meant for a free one)
+-- ARGV[10] the names (1-based positions, "2,5"; "*" = all) under which this pool is not
+--          registered now: the caller knows where it is (a pool stays registered until
+--          a fetch fills it), so a woken idle fetch writes nothing there
+-- ARGV[11] names (1-based positions, "3,4") the caller believes empty (a recent fetch
+--          found them so and no wake since named them): one EXISTS over them all, and
+--          when it says none has jobs they are not looked at one by one, so a pool with
+--          many job names pays one LLEN for the name it was woken for, not one each
+-- ARGV[12..11+n] limits per name, same order as the keys: max_concurrency (0 = unlimited),
 --          or "max_concurrency:interval:tolerance" for a rate-limited name (seconds between
 --          starts, and how far ahead of that a burst may run: (burst - 1) * interval).
 --          A name over its rate takes nothing, and rate_in (below) says when its next
 --          job may start, so the caller sleeps until then instead of asking again.
 --          Either form may end in "/<group_concurrency>": running jobs per fair group.
--- ARGV[8+n] a: count of plain successes that follow
--- ARGV[9+n .. 8+n+a] in-progress fields of jobs this pool finished with plain success
+-- ARGV[12+n] a: count of plain successes that follow
+-- ARGV[13+n .. 12+n+a] in-progress fields of jobs this pool finished with plain success
 --          (no lease, nothing to write): HDELed before anything is taken, so one call
 --          acks a batch and refills it (what ack.lua does for them, minus a call).
--- ARGV[9+n+a] m: count of batch sections that follow (0: nothing more).  When m > 0:
+-- ARGV[13+n+a] m: count of batch sections that follow (0: nothing more).  When m > 0:
 --          batch hash prefix ("<prefix>batch:"), queue key prefix, the queues set key,
 --          the wake channel, a finished batch's TTL (what _batch_count needs to push
 --          callbacks), then per batch: its bid, count c, c in-progress fields of plain
@@ -86,11 +100,13 @@
 -- an entry with no jid.
 
 local want = tonumber(ARGV[1])
+local want0 = want
 local member_prefix = ARGV[3]
 local suspect_after = tonumber(ARGV[4])
 local out = {'', 0, 0, '', '', ''}
 local empties = {}
-local names = (#KEYS - 4) / 4
+local names = (#KEYS - 4) / 5
+local fence = KEYS[4 + 4 * names]
 local P = string.sub(KEYS[2], 1, #KEYS[2] - #'schedule')
 local qprefix_len = #P + #'queue:'
 local TOKEN = '{"class":"forkq.group",'
@@ -105,10 +121,10 @@ local function token_of(name, g)
 end
 -- One EXISTS over the fence and every paused flag: almost always 0, and then neither
 -- needs a look of its own (one command instead of one per queue taken from).
-local flag_keys = {KEYS[#KEYS]}
+local flag_keys = {fence}
 for i = 1, names do flag_keys[i + 1] = KEYS[4 * i + 1] end
 local flagged = redis.call('EXISTS', unpack(flag_keys)) > 0
-if flagged and redis.call('EXISTS', KEYS[#KEYS]) == 1 then return {'fenced'} end
+if flagged and redis.call('EXISTS', fence) == 1 then return {'fenced'} end
 local may_take_suspect = ARGV[6] == '1'
 local taken, taken_of
 
@@ -132,9 +148,9 @@ local function hdel(first, last)
   end
   return gone
 end
-local acks = tonumber(ARGV[8 + names])
-out[3] = hdel(9 + names, 8 + names + acks)
-local at = 9 + names + acks
+local acks = tonumber(ARGV[12 + names])
+out[3] = hdel(13 + names, 12 + names + acks)
+local at = 13 + names + acks
 local sections = tonumber(ARGV[at])
 if sections > 0 then
 --@include _batch_count
@@ -198,6 +214,7 @@ end
 -- 1. Take jobs, queue by queue, in the caller's order.
 taken = {}   -- {name index, field, payload, leased, group lease key}
 taken_of = {}  -- name index -> how many taken now
+local drained = {}  -- name indices whose queue this call left empty
 -- One turn of fair group (token) of name i: up to `share` of its jobs (fewer under
 -- its cap), added to `taken`.  Returns how many were taken, and true if a suspect it
 -- may not take stopped it (then the caller stops taking from this name).
@@ -255,13 +272,25 @@ end
 
 local rate_due = nil  -- seconds until a rate-limited name may start its next job
 local start = tonumber(ARGV[5])
+-- Names the caller believes empty are skipped only if one EXISTS over all of them says
+-- so (jobs promoted or requeued into a queue that already had some wake nobody, so the
+-- belief can be stale); then one command stands for their LLENs.
+local skip = {}
+if ARGV[11] ~= '' then
+  local believed, qkeys = {}, {}
+  for d in string.gmatch(ARGV[11], '%d+') do
+    believed[tonumber(d)] = true
+    qkeys[#qkeys + 1] = KEYS[4 * tonumber(d)]
+  end
+  if redis.call('EXISTS', unpack(qkeys)) == 0 then skip = believed end
+end
 for step = 0, names - 1 do
   if want <= 0 then break end
   local i = (start + step) % names + 1
   local base = 4 * i
   local before, cap = #taken, want
   if is_async then cap = is_async[i] and split_a or split_s end
-  local limit = ARGV[7 + i]
+  local limit = ARGV[11 + i]
   local maxc = tonumber(limit)
   local gcap, gname = 0, nil
   if not maxc then
@@ -281,8 +310,12 @@ for step = 0, names - 1 do
     end
   end
   -- LLEN first: an idle poll costs one command per empty queue.
-  local len = redis.call('LLEN', KEYS[base])
-  if len == 0 then empties[#empties + 1] = i end
+  local len = 0
+  if not skip[i] then len = redis.call('LLEN', KEYS[base]) end
+  if len == 0 and not skip[i] then
+    empties[#empties + 1] = i
+    drained[#drained + 1] = i
+  end
   if len > 0 and cap > 0 and not (flagged and redis.call('EXISTS', KEYS[base + 1]) == 1) then
     local take = math.min(want, cap)
     local interval, tolerance = nil, nil
@@ -316,6 +349,7 @@ for step = 0, names - 1 do
       local aside = {}
       local stalled = false
       while take > 0 and #aside < 16 and not stalled do
+        local asked = take
         local got = redis.call('RPOP', KEYS[base], take)
         if not got then break end
         local tokens = nil
@@ -357,7 +391,11 @@ for step = 0, names - 1 do
             redis.call('RPUSH', KEYS[base], unpack(back))
           end
         end
+        if #got < asked then break end  -- the queue is empty now: no RPOP just to see nil
       end
+      -- Asked for more than the queue held: it is empty now (suspects put back count
+      -- as empty: a job pushed behind them must still wake this pool).
+      if take > 0 and #aside < 16 then drained[#drained + 1] = i end
       if #aside > 0 then
         -- Back to the head, in their order, for a pool that holds no suspect.
         for k = #aside, 1, -1 do redis.call('RPUSH', KEYS[base], aside[k]) end
@@ -412,6 +450,21 @@ if #taken > 0 then
     out[#out + 1] = t[3]
   end
   redis.call('HSET', KEYS[1], unpack(hset))
+end
+
+-- 3. The idle registry (enqueue.lua wakes registered pools one by one).
+--    Score 0 for all: enqueue.lua's ZRANGE then picks by identity, so a trickle keeps
+--    going to the same pool while it has free slots (warm) and the other pools sleep.
+if #taken < want0 then
+  local all, unregistered = ARGV[10] == '*', {}
+  if not all then
+    for d in string.gmatch(ARGV[10], '%d+') do unregistered[tonumber(d)] = true end
+  end
+  for _, i in ipairs(drained) do
+    if all or unregistered[i] then redis.call('ZADD', KEYS[4 + 4 * names + i], 0, ARGV[8]) end
+  end
+elseif ARGV[9] == '1' then
+  for i = 1, names do redis.call('ZREM', KEYS[4 + 4 * names + i], ARGV[8]) end
 end
 
 out[4] = table.concat(empties, ',')
