@@ -131,7 +131,7 @@ class Keys:
 
     def idle(self, name: str) -> str:
         """zset of pools idle for ``name`` (their identities): an enqueue wakes only as
-        many of them as it has jobs (fetch.lua registers, enqueue.lua pops)."""
+        many of them as it has jobs (fetch.lua registers, enqueue.lua reads; a dead one is dropped)."""
         return self.prefix + "idle:" + name
 
     def pool_wake_prefix(self) -> str:
