@@ -20,6 +20,19 @@ from redis_server import RedisServer, wait_for  # noqa: E402
 
 import forkq  # noqa: E402
 
+_os_kill = os.kill
+
+
+def _kill_one_process(pid: int, sig: int) -> None:
+    """Tests kill by pid only: ``os.kill(0, ...)`` (a pid read as None or 0) would signal
+    the whole process group, the test runner and CI with it."""
+    if pid <= 0:
+        raise AssertionError(f"os.kill({pid}, {sig}) would signal a process group; kill by pid")
+    _os_kill(pid, sig)
+
+
+os.kill = _kill_one_process
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:

@@ -362,8 +362,11 @@ def test_group_leases_of_a_killed_child_are_released_and_the_group_runs_at_its_c
     # At its cap: the group is parked, its jobs wait (6 free threads notwithstanding).
     wait_for(lambda: r.zcard(MKEYS.group_parked("capped")) == 1, 10, message="the group parked")
     assert r.llen(MKEYS.group_queue("capped", "g")) == 10
-    # SIGKILL the children running the two long jobs, mid-job.
+    # SIGKILL the children running the two long jobs, mid-job (once both bodies have
+    # recorded their pid: a lease is taken at fetch, before the body starts).
+    wait_for(lambda: all(r.hget("test:pids", j.id) for j in long_jobs), 20, message="both bodies running")
     for pid in {int(r.hget("test:pids", j.id) or 0) for j in long_jobs}:
+        assert pid > 1, pid
         os.kill(pid, signal.SIGKILL)
     # Recovery drops their leases (else the group stays blocked until they expire) and
     # requeues them to the head of the group: all 12 run, two at a time, at the cap.
