@@ -246,17 +246,24 @@ class Fetcher(threading.Thread):
     def wake_direct(self, name: bytes) -> bool:
         """An enqueue woke this pool alone (it was registered idle for ``name``).
 
-        Returns False when this pool cannot fetch now (quiet, or its slots filled
-        since it registered): the caller passes the wake on to every pool instead.
+        Returns False when this pool cannot fetch now (quiet, or the slots of this name's
+        kind filled since it registered; a mixed pool stays registered while the other
+        kind has room): the caller passes the wake on to every pool instead.
         """
         with self._cv:
             if self._quiet or self._stopping:
                 return False
             busy = self._inflight - len(self._done)
-            if self._concurrency + self._depth() - busy <= 0:
+            depth = self._depth()
+            i = self._index.get(name)
+            split = self._split_now(busy, depth)
+            if split is None:
+                room = self._concurrency + depth - busy
+            else:  # a mixed pool: room for this name's kind (registered while the other's was free)
+                room = split[1] if i is not None and i + 1 in self._async_pos else split[0]
+            if room <= 0:
                 return False
             self._woken = True
-            i = self._index.get(name)
             if i is not None:
                 self._empty.discard(i)
             self._cv.notify()

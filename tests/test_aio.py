@@ -357,3 +357,43 @@ def test_a_mixed_pool_takes_sync_jobs_only_for_its_threads_so_other_pools_share_
 def _ident(pool: forkq.WorkerPool) -> str:
     assert pool.runtime is not None
     return pool.runtime.identity
+
+
+def test_a_mixed_pool_with_busy_threads_passes_on_a_sync_wake_it_cannot_take(
+        redis_url: str, r: redis.Redis, fast_config: forkq.Config, pools: list) -> None:
+    """An enqueue wakes one registered idle pool.  A mixed pool stays registered while
+    its async slots are free; woken for a sync job while its threads are busy, it must
+    pass the wake on (to every pool), not swallow it until a poll 30 s later."""
+    r.set(K.waker_lock, "someone-else", px=120_000)  # no waker: only wake messages count
+    gate = threading.Event()
+    ran_in: dict[str, str] = {}
+
+    def make(tag: str, mixed: bool) -> forkq.WorkerPool:
+        pool = _pool(fast_config, idle_poll_interval=30.0, async_concurrency=10)
+
+        @pool.job
+        def blocking(job: forkq.Job) -> None:
+            ran_in[job.id] = tag
+            gate.wait(30)
+
+        if mixed:
+            @pool.job
+            async def nap(job: forkq.Job) -> None:
+                await asyncio.sleep(0.01)
+
+        return pool
+
+    # Identities sort "a" first: the enqueue's pick of a registered pool is by identity.
+    for tag, mixed in (("a", True), ("b", False)):
+        pools.append(make(tag, mixed).start(redis_url, concurrency=1, identity=f"{tag}-host:1:{tag}"))
+    try:
+        wait_for(lambda: r.zcard(K.idle("blocking")) == 2, 10, message="both pools registered idle")
+        enq = forkq.Enqueuer(redis_url, NS)
+        first = enq.enqueue("blocking", {})
+        wait_for(lambda: ran_in.get(first.id) == "a", 10, message="the first job in the mixed pool")
+        # The mixed pool still has free async slots: it stays registered, and is woken first.
+        assert r.zscore(K.idle("blocking"), "a-host:1:a") is not None
+        second = enq.enqueue("blocking", {})
+        wait_for(lambda: ran_in.get(second.id) == "b", 5, message="the second job, in the free pool")
+    finally:
+        gate.set()
