@@ -91,11 +91,7 @@ local function tally(batch, op)
   end
 end
 
--- A fair group's token (job.group_token's shape; fetch.lua knows it by its prefix).
-local function token_of(name, g)
-  return '{"class":"forkq.group","queue":' .. cjson.encode(name) .. ',"args":[' .. cjson.encode(g)
-    .. '],"jid":' .. cjson.encode('forkq-group-' .. g) .. ',"retry":false}'
-end
+--@include _groups
 
 local settled = 0
 local any_cancelled = nil

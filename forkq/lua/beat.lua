@@ -27,9 +27,7 @@ local beat = string.format('%.6f', now)
 local lease_until = string.format('%.6f', now + tonumber(ARGV[2]))
 local leases = #KEYS - 1 - n
 local gprefix = ARGV[4 + 2 * n]
-local function valid_group(g)  -- job.valid_group's rule
-  return type(g) == 'string' and #g > 0 and #g <= 128 and not string.find(g, '[{}:%c]')
-end
+--@include _groups
 for i = 1, n do
   local identity = ARGV[3 + i]
   local registered = ARGV[3] ~= 'XX' or redis.call('ZSCORE', KEYS[1], identity) ~= false

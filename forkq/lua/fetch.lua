@@ -59,8 +59,8 @@
 --          acks a batch and refills it (what ack.lua does for them, minus a call).
 -- ARGV[13+n+a] m: count of batch sections that follow (0: nothing more).  When m > 0:
 --          batch hash prefix ("<prefix>batch:"), queue key prefix, the queues set key,
---          the wake channel, a finished batch's TTL (what _batch_count needs to push
---          callbacks), then per batch: its bid, count c, c in-progress fields of plain
+--          a finished batch's TTL (what _batch_count needs to push callbacks), then
+--          per batch: its bid, count c, c in-progress fields of plain
 --          successes of that batch's members, counted in batch:<bid> as ack.lua does.
 --          The batch, queue and queues keys are built from these prefixes, all under
 --          the namespace's hash tag (so the same slot in a Cluster).
@@ -110,15 +110,7 @@ local fence = KEYS[4 + 4 * names]
 local P = string.sub(KEYS[2], 1, #KEYS[2] - #'schedule')
 local qprefix_len = #P + #'queue:'
 local TOKEN = '{"class":"forkq.group",'
-local function valid_group(g)
-  -- job.valid_group's rule (no braces, colons or control characters; bounded)
-  return type(g) == 'string' and #g > 0 and #g <= 128 and not string.find(g, '[{}:%c]')
-end
--- A fair group's token (job.group_token's shape; ack.lua has the same builder).
-local function token_of(name, g)
-  return '{"class":"forkq.group","queue":' .. cjson.encode(name) .. ',"args":[' .. cjson.encode(g)
-    .. '],"jid":' .. cjson.encode('forkq-group-' .. g) .. ',"retry":false}'
-end
+--@include _groups
 -- One EXISTS over the fence and every paused flag: almost always 0, and then neither
 -- needs a look of its own (one command instead of one per queue taken from).
 local flag_keys = {fence}

@@ -14,10 +14,7 @@
 --
 -- Returns the number of jobs moved.
 
-local function token_of(name, g)  -- job.group_token's shape (fetch.lua, ack.lua)
-  return '{"class":"forkq.group","queue":' .. cjson.encode(name) .. ',"args":[' .. cjson.encode(g)
-    .. '],"jid":' .. cjson.encode('forkq-group-' .. g) .. ',"retry":false}'
-end
+--@include _groups
 
 local moved = 0
 local woken = {}

@@ -29,14 +29,11 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', n
 local out = {0, 0}
 if #due == 0 then return out end
 
--- forkq writes jid, class, queue first; an anchored match on that prefix reads the
--- queue without decoding.  Anything else (Sidekiq's clients, escapes) is decoded.
-local function valid_group(g)
-  -- job.valid_group's rule (no braces, colons or control characters; bounded)
-  return type(g) == 'string' and #g > 0 and #g <= 128 and not string.find(g, '[{}:%c]')
-end
+--@include _groups
 
--- The member's queue, and its fair group (nil if none or not valid).
+-- The member's queue, and its fair group (nil if none or not valid).  forkq writes
+-- jid, class, queue first; an anchored match on that prefix reads the queue without
+-- decoding.  Anything else (Sidekiq's clients, escapes) is decoded.
 local function queue_of(member)
   local q = string.match(member, '^{"jid":"[^"\\]*","class":"[^"\\]*","queue":"([^"\\]+)"')
   local grouped = string.find(member, '"group"', 1, true)
@@ -50,10 +47,6 @@ local function queue_of(member)
   return nil
 end
 
-local function token_of(name, g)  -- job.group_token's shape (fetch.lua, ack.lua)
-  return '{"class":"forkq.group","queue":' .. cjson.encode(name) .. ',"args":[' .. cjson.encode(g)
-    .. '],"jid":' .. cjson.encode('forkq-group-' .. g) .. ',"retry":false}'
-end
 
 local order = {}
 local groups = {}

@@ -15,10 +15,7 @@
 --
 -- Returns {repaired, dropped}.
 
-local function token_of(name, g)  -- job.group_token's shape (fetch.lua, ack.lua)
-  return '{"class":"forkq.group","queue":' .. cjson.encode(name) .. ',"args":[' .. cjson.encode(g)
-    .. '],"jid":' .. cjson.encode('forkq-group-' .. g) .. ',"retry":false}'
-end
+--@include _groups
 
 -- The tokens in the queue now.
 local present = {}
