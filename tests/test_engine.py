@@ -413,6 +413,10 @@ def test_idle_pool_sleeps_instead_of_polling(redis_url, pools, r) -> None:
     pool.register("idle", lambda job: None)
     start(pools, pool, redis_url, concurrency=4)
     wait_for(lambda: r.zscore(K.pools, pool.runtime.identity) is not None, 10, message="first beat")
+    # Start-up is over (the waker took its lock and made its first look, whose
+    # announcement may wake the pool once), and the pool is asleep: count from there.
+    wait_for(lambda: r.exists(K.waker_lock), 10, message="the waker's lock taken")
+    wait_scripts_idle(r)
     before = commandstat_calls(r, "evalsha")
     time.sleep(3.0)
     fetches = commandstat_calls(r, "evalsha") - before
