@@ -148,6 +148,10 @@ class Fetcher(threading.Thread):
         self._due_at = 0.0
         self._cv = threading.Condition(threading.Lock())
         self._done: list[Done] = []
+        # Every item of _done is a plain success (no lease, retry or dead to write): such
+        # acks may wait for the next fetch to carry them (ACK_WINDOW); the others may free
+        # a lease another pool waits for, so they go at once.
+        self._done_plain = True
         self._inflight = 0
         self._held: set[str] = set()
         # The field of the suspect job this pool runs (at most one; see fetch.lua).
@@ -209,7 +213,10 @@ class Fetcher(threading.Thread):
         with self._cv:
             if not self._done:
                 self._done_since = now
+                self._done_plain = True
             self._done.append(item)
+            if item[1] is not None and not isinstance(item[1], str):
+                self._done_plain = False
             if self._async_held:
                 self._async_held.discard(item[0])
             self._last_done_at = now
@@ -373,9 +380,13 @@ class Fetcher(threading.Thread):
                         can_fetch = buffered <= low and room >= max(1, depth // 2)
                     go = can_fetch
                     if not go and self._done:
-                        # Acks ride the next refill while the buffer keeps the threads busy
-                        # (bounded by ACK_WINDOW); otherwise they go at once.
-                        go = (self._quiet or self._last_empty or idle_threads > 0 or depth == 0
+                        # Plain successes ride the next fetch, bounded by ACK_WINDOW: the
+                        # refill while the buffer keeps the threads busy, or the wake of a
+                        # trickle (an idle pool's next job), so a trickled job costs two
+                        # round trips (enqueue, fetch), not three.  Other outcomes, and
+                        # acks of a stopping pool, go at once.
+                        go = (self._quiet or not self._done_plain
+                              or (not self._last_empty and (idle_threads > 0 or depth == 0))
                               or now - self._done_since >= ACK_WINDOW)
                     if go:
                         break

@@ -191,11 +191,46 @@ def test_lost_fetch_reply_is_reconciled(redis_url, fast_config, pools, r) -> Non
     identity = pool.runtime.identity
     job = forkq.Enqueuer(r, NS).enqueue("work", {"i": 1})
     wait_for(lambda: seen == [job.id], 5, message="first run")
+    # Its ack may wait for the next fetch (ACK_WINDOW): settled before the simulation.
+    wait_for(lambda: r.hlen(K.inprogress(identity)) == 0, 5, message="first run acked")
     # Simulate a fetch whose reply was lost: the job sits in our hash, unknown to us.
     r.hset(K.inprogress(identity), job.id, orjson.dumps(job.data))
     pool.runtime.fetcher.request_reconcile()
     wait_for(lambda: seen == [job.id, job.id], 5, message="job given back and run again")
     wait_for(lambda: r.hlen(K.inprogress(identity)) == 0, 5, message="in-progress empty")
+
+
+def test_an_ack_between_a_claim_and_the_recovery_settles_and_the_next_fetch_fences(r, fast_config) -> None:
+    """ack.lua looks at the fence only when a job it was told of is gone: a pool claimed a
+    moment ago whose jobs were not yet recovered settles them (once: the recovery then
+    finds nothing), and its next fetch, which always looks, stops it."""
+    identity = "justclaimed:1:x"
+    (jid,) = _fake_dead_pool(r, identity, time.time(), 1)
+    r.set(K.fence(identity), b"1", ex=60)  # claim_pool.lua's write, before recover_inprogress
+    ack = scripts.ack(K, identity=identity, plain_done=[jid], settles=(), dead_cutoff=0, dead_max=10)
+    assert scripts.run_one(r, ack) == [1, 0, 0]
+    assert not r.exists(K.inprogress(identity))
+    plan = scripts.FetchPlan(K, identity=identity, targets=[scripts.FetchTarget.of(K, "work", 0)],
+                             lease_ttl=60)
+    assert scripts.Runner(r).run([plan.call(start=0, want=5)]) == [[b"fenced"]]
+
+
+def test_a_single_taken_job_whose_jid_is_held_gets_a_field_of_its_own(r, fast_config) -> None:
+    """A copy of a jid the pool already holds (a producer that pushed it twice), taken by
+    a fetch of its own, gets ``#2``: the first copy is not overwritten."""
+    identity = "dup:1:x"
+    payload = orjson.dumps({"jid": "d" * 24, "class": "work", "queue": "work", "args": [1]})
+    r.lpush(K.queue("work"), payload)
+    plan = scripts.FetchPlan(K, identity=identity, targets=[scripts.FetchTarget.of(K, "work", 0)],
+                             lease_ttl=60)
+    runner = scripts.Runner(r)
+    first = runner.run([plan.call(start=0, want=1)])[0]
+    assert first[7] == b"d" * 24
+    second_payload = payload.replace(b"[1]", b"[2]")
+    r.lpush(K.queue("work"), second_payload)
+    second = runner.run([plan.call(start=0, want=1)])[0]
+    assert second[7] == b"d" * 24 + b"#2"
+    assert r.hgetall(K.inprogress(identity)) == {b"d" * 24: payload, b"d" * 24 + b"#2": second_payload}
 
 
 def test_an_ack_batch_sent_twice_is_counted_once(r, fast_config) -> None:

@@ -50,13 +50,16 @@
 --
 -- Returns {processed, failed, fenced}: executions really settled by this call (fields
 -- that were still in progress), and 1 if this pool was claimed by a reaper (it must
--- stop: its jobs were handed to others).  A batch sent again after a lost reply settles nothing
--- and counts nothing, so stats built on this stay exact.
+-- stop: its jobs were handed to others; looked at when a field was no longer there).
+-- A batch sent again after a lost reply settles nothing and counts nothing, so stats
+-- built on this stay exact.
 
 local p = tonumber(ARGV[7])
 local n = tonumber(ARGV[8 + p])
 local member_prefix = ARGV[1]
 local processed, failed = 0, 0
+-- Fields asked about, and how many of them were still in progress (see the end).
+local asked, found = n, 0
 if n > 0 then
   local start = 9 + p
   local last = 8 + p + n
@@ -65,6 +68,7 @@ if n > 0 then
     processed = processed + redis.call('HDEL', KEYS[1], unpack(ARGV, start, stop))
     start = stop + 1
   end
+  found = processed
 end
 
 --@include _batch_count
@@ -108,6 +112,7 @@ for _ = 1, tonumber(ARGV[9 + p + n]) do
     ok = ok + redis.call('HDEL', KEYS[1], unpack(ARGV, start, stop))
     start = stop + 1
   end
+  asked, found = asked + c, found + ok
   if ok > 0 then
     processed = processed + ok
     local t = tallies[batch]
@@ -130,8 +135,10 @@ while i + 5 <= groups_end do
     pair, gi = tonumber(a), tonumber(b)
     group = string.match(KEYS[gi], ':([^:]*)$')
   end
+  asked = asked + 1
   if redis.call('HDEL', KEYS[1], field) == 1 then
     settled = settled + 1
+    found = found + 1
     if batch > 0 and op ~= 'q' and op ~= 'u' then tally(batch, op) end
     if op ~= 'q' and op ~= 'u' then processed = processed + 1 end
     if op == 'K' or op == 'r' or op == 'd' then failed = failed + 1 end
@@ -213,4 +220,10 @@ if dead_written then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[4]) + 1))
 end
-return {processed, failed, redis.call('EXISTS', KEYS[5])}
+-- Fenced (claimed by a reaper, its jobs handed to others) is looked at only when a job
+-- asked about was no longer in progress: a pool whose every job here was still its own
+-- has not been recovered (if it was claimed a moment ago, its next fetch, which always
+-- looks, stops it; what was settled here is settled once either way).
+local fenced = 0
+if found < asked or asked == 0 then fenced = redis.call('EXISTS', KEYS[5]) end
+return {processed, failed, fenced}

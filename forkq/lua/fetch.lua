@@ -44,9 +44,10 @@
 --          registered now: the caller knows where it is (a pool stays registered until
 --          a fetch fills it), so a woken idle fetch writes nothing there
 -- ARGV[11] names (1-based positions, "3,4") the caller believes empty (a recent fetch
---          found them so and no wake since named them): one EXISTS over them all, and
---          when it says none has jobs they are not looked at one by one, so a pool with
---          many job names pays one LLEN for the name it was woken for, not one each
+--          found them so and no wake since named them): their queues join the EXISTS
+--          over the fence and the paused flags, and when it says none has jobs they are
+--          not looked at one by one, so a pool with many job names pays one command for
+--          all of them and for its flags, and one RPOP for the name it was woken for
 -- ARGV[12..11+n] limits per name, same order as the keys: max_concurrency (0 = unlimited),
 --          or "max_concurrency:interval:tolerance" for a rate-limited name (seconds between
 --          starts, and how far ahead of that a burst may run: (burst - 1) * interval).
@@ -111,11 +112,33 @@ local P = string.sub(KEYS[2], 1, #KEYS[2] - #'schedule')
 local qprefix_len = #P + #'queue:'
 local TOKEN = '{"class":"forkq.group",'
 --@include _groups
--- One EXISTS over the fence and every paused flag: almost always 0, and then neither
--- needs a look of its own (one command instead of one per queue taken from).
+-- One EXISTS over the fence, every paused flag and the queues the caller believes
+-- empty (ARGV[11]): almost always 0, and then none needs a look of its own (one
+-- command instead of one per queue taken from, and one for the belief).  Names believed
+-- empty are skipped only when that says so (jobs promoted or requeued into a queue that
+-- already had some wake nobody, so the belief can be stale); then one command stands
+-- for their LLENs.
 local flag_keys = {fence}
 for i = 1, names do flag_keys[i + 1] = KEYS[4 * i + 1] end
-local flagged = redis.call('EXISTS', unpack(flag_keys)) > 0
+local believed, skip = nil, {}
+local probe = flag_keys
+if ARGV[11] ~= '' then
+  believed, probe = {}, {unpack(flag_keys)}
+  for d in string.gmatch(ARGV[11], '%d+') do
+    believed[tonumber(d)] = true
+    probe[#probe + 1] = KEYS[4 * tonumber(d)]
+  end
+end
+local found = redis.call('EXISTS', unpack(probe))
+local flagged = found > 0
+if flagged and believed then
+  -- Something exists: a flag, a job in a queue believed empty, or both.
+  local flags = redis.call('EXISTS', unpack(flag_keys))
+  flagged = flags > 0
+  if found == flags then skip = believed end
+elseif believed then
+  skip = believed
+end
 if flagged and redis.call('EXISTS', fence) == 1 then return {'fenced'} end
 local may_take_suspect = ARGV[6] == '1'
 local taken, taken_of
@@ -264,18 +287,6 @@ end
 
 local rate_due = nil  -- seconds until a rate-limited name may start its next job
 local start = tonumber(ARGV[5])
--- Names the caller believes empty are skipped only if one EXISTS over all of them says
--- so (jobs promoted or requeued into a queue that already had some wake nobody, so the
--- belief can be stale); then one command stands for their LLENs.
-local skip = {}
-if ARGV[11] ~= '' then
-  local believed, qkeys = {}, {}
-  for d in string.gmatch(ARGV[11], '%d+') do
-    believed[tonumber(d)] = true
-    qkeys[#qkeys + 1] = KEYS[4 * tonumber(d)]
-  end
-  if redis.call('EXISTS', unpack(qkeys)) == 0 then skip = believed end
-end
 for step = 0, names - 1 do
   if want <= 0 then break end
   local i = (start + step) % names + 1
@@ -301,9 +312,16 @@ for step = 0, names - 1 do
       end
     end
   end
-  -- LLEN first: an idle poll costs one command per empty queue.
+  -- A name with no limit, not paused, with room: its RPOP below is the look (nil:
+  -- empty), so taking costs no LLEN.  Others look first (LLEN), before their limits
+  -- are read: an idle poll costs one command per empty queue either way.
   local len = 0
-  if not skip[i] then len = redis.call('LLEN', KEYS[base]) end
+  local probing = not skip[i] and maxc == 0 and gcap == 0 and not flagged and cap > 0
+  if probing then
+    len = 1
+  elseif not skip[i] then
+    len = redis.call('LLEN', KEYS[base])
+  end
   if len == 0 and not skip[i] then
     empties[#empties + 1] = i
     drained[#drained + 1] = i
@@ -343,7 +361,12 @@ for step = 0, names - 1 do
       while take > 0 and #aside < 16 and not stalled do
         local asked = take
         local got = redis.call('RPOP', KEYS[base], take)
-        if not got then break end
+        if not got then
+          if probing and #aside == 0 and (taken_of[i] or 0) == 0 then
+            empties[#empties + 1] = i  -- found empty (drained: below)
+          end
+          break
+        end
         local tokens = nil
         for _, payload in ipairs(got) do
           -- byte 3 is 'c' ({"class"...) for a token, 'j' for forkq's jobs: no substring
