@@ -337,6 +337,17 @@ def _unpause(c: Client, a: argparse.Namespace, out: TextIO) -> None:
         out.write(f"unpaused {a.name}\n")
 
 
+def _repair_groups(c: Client, a: argparse.Namespace, out: TextIO) -> None:
+    repaired = c.repair_groups(a.name)
+    if a.json:
+        _json({"name": a.name, "repaired": repaired}, out)
+    elif repaired:
+        out.write(f"gave {repaired} fair group{'s' if repaired != 1 else ''} of {a.name} "
+                  "their turn back\n")
+    else:
+        out.write(f"every fair group of {a.name} has its turn (nothing to repair)\n")
+
+
 def _cancel(c: Client, a: argparse.Namespace, out: TextIO) -> None:
     if not c.cancel(a.jid):
         raise Failed(f"no queued, scheduled, retrying or running job {a.jid!r} (unknown or already finished)")
@@ -491,6 +502,10 @@ _TABLE: tuple[Verb, ...] = (
          description="Stop workers from taking jobs of NAME."),
     Verb(name="unpause", run=_unpause, arguments=_name_args,
          description="Let workers take jobs of NAME again."),
+    Verb(name="repair-groups", run=_repair_groups, arguments=_name_args,
+         description="Give their turn back to fair groups of NAME whose entry in the queue was "
+                     "deleted by hand (e.g. from Sidekiq's Web UI): such a group is never served "
+                     "until then."),
     Verb(name="cancel", run=_cancel, arguments=_jid_args,
          description="Cancel job JID: a waiting one is removed, a running one is told to stop; "
                      "exits 1 if no such job is waiting or running."),

@@ -332,7 +332,7 @@ def test_help_exits_zero(capsys) -> None:
 def test_every_verb_reports_an_unreachable_redis_in_one_line(capsys, verb) -> None:
     url = f"redis://admin:hunter2@127.0.0.1:{free_port()}/0"
     extra = {"enqueue": ["x", "{}"], "dead": ["list"], "pause": ["x"], "unpause": ["x"],
-             "cancel": ["jid1"], "result": ["jid1"]}.get(verb, [])
+             "cancel": ["jid1"], "result": ["jid1"], "repair-groups": ["x"]}.get(verb, [])
     code = main([verb, "--redis", url, *extra])
     cap = capsys.readouterr()
     assert_one_line_error(code, cap.out, cap.err, "cannot reach Redis", "127.0.0.1")
@@ -398,3 +398,26 @@ def test_subprocess_redis_embedded_points_at_the_embedded_servers_socket(tmp_pat
     assert done.returncode == 5 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1
     assert "cannot reach Redis" in done.stderr and str(tmp_path / "redis.sock") in done.stderr
+
+
+# -- repair-groups ---------------------------------------------------------------------------
+
+def test_repair_groups_gives_a_group_whose_token_was_deleted_its_turn_back(capsys, redis_url, r) -> None:
+    enq = forkq.Enqueuer(redis_url, NS)
+    enq.enqueue_many("work", [{"i": i} for i in range(3)], group="tenant-a")
+    enq.enqueue_many("work", [{"i": i} for i in range(2)], group="tenant-b")
+    r.lrem(K.queue("work"), 0, jobcodec.group_token("work", "tenant-a"))  # Sidekiq Web's delete
+    code, out, err = run(capsys, redis_url, "repair-groups", "work")
+    assert code == 0 and err == ""
+    assert out == "gave 1 fair group of work their turn back\n"
+    tokens = sorted(jobcodec.token_group(t) for t in r.lrange(K.queue("work"), 0, -1))
+    assert tokens == ["tenant-a", "tenant-b"]
+    assert run_json(capsys, redis_url, "repair-groups", "work") == {"name": "work", "repaired": 0}
+    code, out, err = run(capsys, redis_url, "repair-groups", "work")
+    assert code == 0 and "nothing to repair" in out
+
+
+def test_repair_groups_refuses_a_bad_job_name_in_one_line(capsys, redis_url) -> None:
+    code, out, err = run(capsys, redis_url, "repair-groups", "bad name\n")
+    assert_one_line_error(code, out, err)
+    assert code == 2
