@@ -255,7 +255,8 @@ def test_whole_host_killed_its_jobs_come_back_within_stale_after_plus_a_few_seco
     assert took < 3.0 + 4.0, took  # stale_after 3 s + beat interval + scheduling slack
     done = wait_all_done(r, jids, survivor, timeout=30)
     assert all(v == 1 for v in done.values())
-    assert inprogress_total(r) == 0
+    # The survivor's acks of plain successes may wait for a fetch (ACK_WINDOW, 20 ms).
+    wait_for(lambda: inprogress_total(r) == 0, timeout=5, message="the survivor acked both")
     assert survivor.stop() == 0
 
 
