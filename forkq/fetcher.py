@@ -26,7 +26,10 @@ pushed by non-forkq clients).  Idle cost: one fetch per interval.
 Due jobs are promoted in batches of ``scheduler.PROMOTE_BATCH`` inside Redis in
 the same round trip as the fetch that takes them; a full batch makes the next
 round trip promote again at once, so a burst of due jobs moves at the rate the
-pools take them (tens of thousands a second), not one batch per poll.
+pools take them (tens of thousands a second), not one batch per poll.  One pool
+per namespace promotes on time (``leads``: the waker lock's holder; with no room it
+promotes alone, and the promotion wakes idle pools for what it moved); the others
+only look ``FOLLOWER_GRACE`` later, so a due time wakes one pool, not all of them.
 """
 
 from __future__ import annotations
@@ -80,6 +83,11 @@ STALL_GIVE_BACK = 0.1
 DUE_REFRESH = 1.0
 # How long a pool trusts that a queue it found empty stays so (its wake says otherwise).
 EMPTY_REFRESH = 1.0
+# One pool per namespace (the waker lock's holder) promotes due jobs at their due time;
+# the others look this much later, and promote only what is still due by then: the
+# fallback when the leader is dead, frozen or cut off.  Without it every idle pool woke
+# at each due time (a scheduled trickle into 16 pools cost 59 script calls a job).
+FOLLOWER_GRACE = 0.5
 
 
 class FirstPick:
@@ -114,11 +122,13 @@ class Fetcher(threading.Thread):
                  pending: Callable[[], int] | None = None,
                  take_back: Callable[[], list[Taken]] | None = None,
                  job_seconds: Callable[[], float] | None = None,
-                 split: tuple[int, int, frozenset[str]] | None = None) -> None:
+                 split: tuple[int, int, frozenset[str]] | None = None,
+                 leads: Callable[[], bool] | None = None) -> None:
         """``split``: for a pool with both sync and async jobs, (threads, async slots,
         async names): each kind is fetched only up to its own free slots, so sync
         jobs never fill the async budget (they would wait in this child for a thread
-        while other pools idle), nor async jobs the threads'."""
+        while other pools idle), nor async jobs the threads'.  ``leads``: whether this
+        pool is the namespace's promoter now (default: always; see FOLLOWER_GRACE)."""
         super().__init__(name="forkq-fetcher", daemon=True)
         self._conn = conn
         self._runner = scripts.Runner(conn)
@@ -127,8 +137,9 @@ class Fetcher(threading.Thread):
         self._config = config
         self._plan = scripts.FetchPlan(keys, identity=identity, targets=targets,
                                        lease_ttl=config.lease_ttl)
-        self._promote_calls = [scripts.promote_due(keys, zset_key=z, limit=scheduler.PROMOTE_BATCH)
-                               for z in (keys.schedule, keys.retry)]
+        self._leads = leads if leads is not None else (lambda: True)
+        # The last due report said a job was due already (a follower promotes only such).
+        self._overdue = False
         self._names = self._plan.names
         self._index = {n.encode(): i for i, n in enumerate(self._names)}
         self._first = FirstPick([float(p) for p in priorities])
@@ -348,6 +359,7 @@ class Fetcher(threading.Thread):
                     if self._stopping and not self._done:
                         return
                     now = time.monotonic()
+                    leading = self._leads()
                     busy = self._inflight - len(self._done)  # taken, unfinished: running or buffered
                     idle_threads = self._concurrency - busy
                     depth = self._depth()
@@ -378,7 +390,11 @@ class Fetcher(threading.Thread):
                         low = min(depth, max(1, depth // 4,
                                              int(self._rtt * self._concurrency / max(avg, 1e-6)) + 1))
                         can_fetch = buffered <= low and room >= max(1, depth // 2)
-                    go = can_fetch
+                    # The promoter promotes on time even with no room (quiet, or every slot
+                    # taken): its promotion wakes idle pools for the jobs it moves.
+                    promote_only = (leading and not can_fetch and not self._stopping
+                                    and now >= self._due_at)
+                    go = can_fetch or promote_only
                     if not go and self._done:
                         # Plain successes ride the next fetch, bounded by ACK_WINDOW: the
                         # refill while the buffer keeps the threads busy, or the wake of a
@@ -404,6 +420,9 @@ class Fetcher(threading.Thread):
                     if buffered > 0:
                         left = max(self._last_done_at, self._last_fetch_at) + STALL_GIVE_BACK - now
                         timeout = left if timeout is None else min(timeout, left)
+                    if leading and self._due_at != float("inf"):
+                        left = self._due_at - now
+                        timeout = left if timeout is None else min(timeout, left)
                     self._cv.wait(None if timeout is None else max(0.0, timeout))
                     self._waiting = False
                 if not give_back:
@@ -411,14 +430,18 @@ class Fetcher(threading.Thread):
                     done, self._done = self._done, []
                     self._inflight -= len(done)
                     want = room if can_fetch else 0
-                    promote = can_fetch and now >= self._due_at
+                    if leading:
+                        promote = (can_fetch or promote_only) and now >= self._due_at
+                    else:  # a follower: only what is still due FOLLOWER_GRACE after its time
+                        promote = can_fetch and self._overdue and now >= self._due_at + FOLLOWER_GRACE
                     # A fetch made only because the poll timer ran out finds jobs nobody
                     # announced (pushed by a non-forkq client).
                     polled = can_fetch and not self._woken and self._last_empty and not promote
                     # Only when it may have changed: a wake for a job name does not change
                     # it (one trickled job then costs one lean fetch, not three reads more).
-                    report_due = (promote or self._due_stale
-                                  or now >= self._due_checked + DUE_REFRESH)
+                    report_due = (promote or promote_only or self._due_stale
+                                  or now >= self._due_checked + DUE_REFRESH
+                                  or (not leading and now >= self._due_at + FOLLOWER_GRACE))
                     if can_fetch:
                         self._woken = False
                         if report_due:
@@ -430,7 +453,8 @@ class Fetcher(threading.Thread):
                 self.give_back_pending()
                 continue
             try:
-                self._round_trip(done, want, polled, promote, report_due, split if can_fetch else None)
+                self._round_trip(done, want, polled, promote, report_due, split if can_fetch else None,
+                                 promote_only=promote_only)
             finally:
                 with self._cv:
                     self._in_round_trip = False
@@ -492,7 +516,7 @@ class Fetcher(threading.Thread):
 
     def _round_trip(self, done: list[Done], want: int, polled: bool = False,
                     promote: bool = False, report_due: bool = True,
-                    split: tuple[int, int] | None = None) -> None:
+                    split: tuple[int, int] | None = None, promote_only: bool = False) -> None:
         keys = self._keys
         calls: list[scripts.Call] = []
         plain: list[str] = []
@@ -507,7 +531,8 @@ class Fetcher(threading.Thread):
                 settles.append(settle)
         # Plain successes ride in the fetch call (one script call, one HDEL); the rest
         # (retry, dead, leases) need ack.lua.
-        merging = bool(want) and self._merge_acks
+        fetching = bool(want) or promote_only  # a fetch call (want 0: the due report only)
+        merging = fetching and self._merge_acks
         merged: list[str] = plain if merging else []
         members: dict[str, list[str]] = batch_plain if merging else {}
         acking = bool(settles) or (bool(plain) and not merged) or (bool(batch_plain) and not members)
@@ -522,12 +547,15 @@ class Fetcher(threading.Thread):
             if kept:
                 calls.append(scripts.store_results(keys, kept))
         start = 0
-        promote = promote and want > 0
+        promote = promote and fetching
         report_due = report_due or promote
         if promote:
-            calls += self._promote_calls
+            # The fetch right after takes up to `want` of them: idle pools are woken for the rest.
+            calls += [scripts.promote_due(keys, zset_key=z, limit=scheduler.PROMOTE_BATCH,
+                                          identity=self._identity, room=want)
+                      for z in (keys.schedule, keys.retry)]
         register: set[int] | None = None
-        if want:
+        if fetching:
             start = self._start()
             skip: list[int] = []
             with self._cv:
@@ -574,18 +602,19 @@ class Fetcher(threading.Thread):
             if fenced:
                 self._on_fenced()
                 return
-        if want and results[-1][:1] == [b"fenced"]:
+        if fetching and results[-1][:1] == [b"fenced"]:
             self._on_fenced()
             return
         if merged or members:
             self._stats.add(int(results[-1][2]), 0)
         if self._reconcile:
             self._reconcile_inprogress()
-        if not want:
+        if not fetching:
             return
         received = time.monotonic()
         self._rtt += (received - sent - self._rtt) * 0.1
-        self._last_fetch_at = received
+        if want:
+            self._last_fetch_at = received
         fetched = results[-1]
         moved = more = False
         if promote:
@@ -598,6 +627,7 @@ class Fetcher(threading.Thread):
         if fetched[0] != b"-":  # not asked: the due time we know stands
             self._due_checked = received
             due_in = float(fetched[0]) if fetched[0] else None
+            self._overdue = due_in is not None and due_in <= 0
             if due_in is None:
                 self._due_at = float("inf")
             elif due_in > 0:
@@ -606,11 +636,18 @@ class Fetcher(threading.Thread):
                 # Due now: promote in the next round trip; at once if this one moved jobs
                 # (a burst drains at fetch speed), a little later if another pool is on it.
                 self._due_at = received if (moved or more) else received + MIN_POLL_GAP
+                if more and not self._leads():
+                    self._due_at -= FOLLOWER_GRACE  # a follower on a burst goes on at once
+            elif not self._leads():
+                # A follower: when it was due (it promotes FOLLOWER_GRACE after that).
+                self._due_at = received + due_in
             else:
                 # Due now and not promoted in this round trip: never push the promotion
                 # later (a busy pool's round trips come faster than MIN_POLL_GAP, and
                 # resetting it each time starved promotion until the housekeeper's beat).
                 self._due_at = min(self._due_at, received)
+        if not want:
+            return  # a promoter's promotion without a fetch: nothing taken, nothing to note
         # Names found empty are not tried first next time (see _start); names that
         # gave jobs are known not to be.
         empty = self._empty
@@ -670,7 +707,8 @@ class Fetcher(threading.Thread):
                                          * random.uniform(0.75, 1.25))
                 # A rate-limited name (rate_limit) said when it may start its next job.
                 rate_at = received + max(0.0, float(fetched[4])) + DUE_MARGIN if fetched[4] else poll_at
-                self._next_poll = min(poll_at, self._due_at, rate_at)
+                due_at = self._due_at + (0.0 if self._leads() else FOLLOWER_GRACE)
+                self._next_poll = min(poll_at, due_at, rate_at)
 
     def _bury(self, zset: str, members: list[bytes]) -> None:
         """Due entries that are not jobs go to dead (rare: written by hand or a foreign client)."""

@@ -102,7 +102,7 @@ class PoolRuntime:
             concurrency=concurrency, stats=self.stats,
             submit=self.executor.submit, pending=self.executor.pending,
             take_back=self.executor.discard_pending, job_seconds=self.executor.job_seconds,
-            split=split)
+            split=split, leads=self._leads_promotion)
         self.executor.deliver_to(self.fetcher.complete)
         self.info = PoolInfo.create(identity=self.identity, concurrency=concurrency,
                                     job_names=self._names, tag=tag,
@@ -122,8 +122,15 @@ class PoolRuntime:
         # One pool per namespace wakes the others for jobs pushed by non-forkq clients.
         self.waker = Waker(spec=spec, keys=self.keys, identity=self.identity, names=self._names,
                            stop=self._stop)
+        self.waker.on_lead = self.fetcher.wake
         # Set by a prefork child: how a Web UI "Stop" reaches the master.
         self.on_remote_stop: Callable[[], None] | None = None
+
+    def _leads_promotion(self) -> bool:
+        """Whether this pool promotes due jobs on time: unless another pool holds the
+        waker lock (one promoter per namespace; the others are its fallback)."""
+        waker = getattr(self, "waker", None)
+        return waker is None or not waker.follows
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:

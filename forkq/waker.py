@@ -28,7 +28,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import redis
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
@@ -76,6 +76,11 @@ class Waker:
         self._deferred: set[str] = set()
         self.holding = False
         self.mode = ""  # "tracking" or "polling" while holding
+        # True once a try found the lock held by another pool (until this one takes it):
+        # that pool leads the namespace's promotion of due jobs (see fetcher.FOLLOWER_GRACE).
+        self.follows = False
+        # Called when this pool takes the lock (its fetcher's due timer loses its grace).
+        self.on_lead: Callable[[], None] | None = None
 
     # -- election -----------------------------------------------------------------------
     def _client(self) -> redis.Redis:
@@ -114,9 +119,15 @@ class Waker:
                 try:
                     if self._acquire():
                         self.holding = True
+                        self.follows = False
+                        if self.on_lead is not None:
+                            self.on_lead()
                         self._serve()
+                    else:
+                        self.follows = True
                     errors = 0
                 except RedisError as exc:
+                    self.follows = False  # unknown: lead (promote on time) rather than wait
                     errors += 1
                     if errors == 1:
                         log.debug("waker: %s", exc)  # the pool's own loops report outages

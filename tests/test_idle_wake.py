@@ -51,6 +51,7 @@ def R():
 @pool.job
 def tick(job):
     R().hincrby("test:starts", job.id, 1)
+    R().hsetnx("test:started_at", job.id, time.time())
     end = time.time() + job.arg_float("s")
     while time.time() < end:
         time.sleep(0.02)
@@ -186,3 +187,77 @@ def test_a_plain_lpush_is_announced_by_the_waker_to_one_idle_pool(
     fetches = _fetches(r) - before
     assert 1 <= fetches <= 3, f"{fetches} fetches for one pushed job over {children} idle pools"
     assert f.stop() == 0
+
+
+def _start_led(tmp_path: Path, redis_url: str, forkqs: list[ForkqProc], r: redis.Redis,
+               children: int) -> tuple[ForkqProc, str]:
+    """Pools with a real waker: one takes its lock and leads the promotion of due jobs."""
+    (tmp_path / "idlejobs.py").write_text(JOBS.format(ns=NS))
+    f = start_forkq(forkqs, tmp_path, redis_url, "idlejobs", ["-p", str(children), "-c", "2"],
+                    env=QUIET_ENV)
+    wait_children_ready(f, r, children)
+    wait_for(lambda: r.zcard(IDLE) == children, timeout=20, message=f"{children} pools registered idle")
+    leader = wait_for(lambda: r.get(K.waker_lock), timeout=20, message="a pool holds the waker lock")
+    # Each pool's first try of the lock comes within 1 s of its start (jittered): after
+    # that the others know they follow.  There is nothing in Redis to wait on for it.
+    time.sleep(1.5)
+    return f, leader.decode()
+
+
+def _script_calls(r: redis.Redis) -> int:
+    stats = r.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+def test_a_trickle_of_due_jobs_is_promoted_by_one_pool_on_time_not_by_every_pool(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    """Every idle pool used to wake at each due time and promote, and the promotion's
+    broadcast woke them all again (16 pools: 59 script calls per scheduled job).  Now the
+    waker lock's holder promotes on time, waking pools only for jobs it does not take."""
+    children, jobs = 6, 20
+    f, _ = _start_led(tmp_path, redis_url, forkqs, r, children)
+    enq = forkq.Enqueuer(redis_url, NS)
+    try:
+        now = float(r.time()[0]) + r.time()[1] / 1e6
+        scheduled = [enq.enqueue_at(NAME, now + 1.0 + 0.05 * i, {"s": 0}) for i in range(jobs)]
+        due = {sj.job.id: sj.run_at for sj in scheduled}
+    finally:
+        enq.close()
+    before_fetches, before_calls = _fetches(r), _script_calls(r)
+    wait_for(lambda: set(due) <= set(runs(r)), timeout=20, message="every due job ran")
+    fetches, calls = _fetches(r) - before_fetches, _script_calls(r) - before_calls
+    started = {k.decode(): float(v) for k, v in r.hgetall("test:started_at").items()}
+    late = sorted(started[j] - t for j, t in due.items())
+    assert late[-1] < 0.3, f"due jobs started up to {late[-1]:.3f}s late (the promoter is on time)"
+    # One promoting pool: its round trip (2 promote calls and the fetch) per due job, the
+    # acks riding them, plus the followers' look every FOLLOWER_GRACE.  Every pool waking
+    # at each due time cost at least `children` fetches per job.
+    assert fetches <= 3 * jobs, f"{fetches} fetches for {jobs} due jobs over {children} pools"
+    assert calls <= 6 * jobs, f"{calls} script calls for {jobs} due jobs over {children} pools"
+    assert f.stop() == 0
+
+
+def test_due_jobs_run_on_another_pool_when_the_promoting_one_is_frozen(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    """The followers are the fallback: a frozen leader keeps its lock, and they promote
+    what is still due FOLLOWER_GRACE after its time (the beats alone would take 5 s)."""
+    f, leader = _start_led(tmp_path, redis_url, forkqs, r, 3)
+    pid = int(leader.split(":")[-2])
+    assert pid in f.child_pids()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        enq = forkq.Enqueuer(redis_url, NS)
+        try:
+            now = float(r.time()[0]) + r.time()[1] / 1e6
+            sj = enq.enqueue_at(NAME, now + 0.3, {"s": 0})
+            jid = sj.job.id
+        finally:
+            enq.close()
+        wait_for(lambda: jid in runs(r), timeout=10, message="the due job ran elsewhere")
+        late = float(r.hget("test:started_at", jid) or 0) - sj.run_at
+        assert late < 2.0, f"started {late:.2f}s late with the promoter frozen"
+        assert int(r.hget("test:pids", jid) or 0) != pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert f.stop() == 0
+

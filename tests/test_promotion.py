@@ -273,3 +273,39 @@ def test_a_pool_holding_a_suspect_does_not_spin_on_the_next_one(redis_url, r, po
     finally:
         release.set()
     assert started.acquire(timeout=10)  # the second suspect runs once the first is done
+
+
+def _wakes(ps) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """Messages received so far: (channel, data), until none comes for 0.2 s."""
+    got = []
+    while (msg := ps.get_message(timeout=0.2)) is not None:
+        if msg["type"] == "message":
+            got.append((msg["channel"].decode(), msg["data"].decode()))
+    return got
+
+
+@pytest.mark.parametrize("caller_registered, room, woken", [
+    (True, 1, ["a", "b"]),    # 3 due, the caller takes 1: two others are woken
+    (True, 3, []),            # the caller takes them all: nobody is woken
+    (False, 3, ["a", "b"]),   # the caller is not idle for the name: every registered other
+])
+def test_promotion_wakes_registered_idle_pools_only_for_jobs_the_caller_does_not_take(
+        r, caller_registered: bool, room: int, woken: list[str]) -> None:
+    name = "work"
+    pools = {"a": "a:1:x", "b": "b:1:x", "c": "c:1:x"}
+    r.zadd(K.idle(name), {pools["a"]: 0, pools["b"]: 0})
+    if caller_registered:
+        r.zadd(K.idle(name), {pools["c"]: 0})
+    ps = r.pubsub()
+    ps.subscribe(K.wake_channel, *[K.pool_wake(p) for p in pools.values()])
+    _wakes(ps)  # the four subscribe confirmations
+    past = clock.now() - 10
+    r.zadd(K.schedule, {jobcodec.encode(jobcodec.build_payload(name, {"i": i})): past for i in range(3)})
+    reply = scripts.run_one(r, scripts.promote_due(K, zset_key=K.schedule, limit=100,
+                                                   identity=pools["c"], room=room))
+    assert int(reply[0]) == 3 and r.llen(K.queue(name)) == 3
+    by_channel = {p: k for k, p in pools.items()}
+    got = _wakes(ps)
+    ps.close()
+    assert sorted(by_channel[ch[len(K.pool_wake("")):]] for ch, _ in got) == woken
+    assert all(data == name for _, data in got)  # never the broadcast, never the caller

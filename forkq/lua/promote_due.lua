@@ -9,15 +9,26 @@
 -- ARGV[1]  queue key prefix ("{ns}:queue:", from keys.py): a job's queue key is
 --          prefix .. its queue name (the names are data, so they cannot be KEYS;
 --          every such key carries the namespace hash tag, so it is in this slot)
--- ARGV[2]  wake channel: the queue's name is PUBLISHed when it goes from empty to
---          non-empty
+-- ARGV[2]  wake channel (every pool listens): the queue's name is PUBLISHed when it
+--          goes from empty to non-empty and no registered idle pool took the wake
+--          (pools that never register, or all of them gone), as enqueue.lua does
 -- ARGV[3]  at most this many jobs per call
 -- ARGV[4]  the namespace's key prefix ("{ns}:"): a job of a fair group (a valid "group"
 --          field) goes to gqueue:<name>:<group>, and its group gets a token in the queue
 --          if it has none (groups:<name>), as enqueue_group.lua does; names as keys.py
 --          spells them.  A group that is not valid is ignored here (the job goes to its
 --          queue, and the executor buries it with the reason).
+-- ARGV[5]  a pool's own wake channel is this prefix .. its identity; idle:<name> is
+--          ARGV[4] .. 'idle:' .. name (keys.py's spelling; in this slot too)
+-- ARGV[6]  the calling pool's identity ("" for a caller that fetches nothing after)
+-- ARGV[7]  how many jobs the caller's fetch, right after this call in the same round
+--          trip, may take ("0" for none)
 --
+-- Wakes: per queue it fills, as many registered idle pools (idle:<name>, see
+-- enqueue.lua) as it moved jobs there, less what the caller takes itself when it is
+-- registered idle for that name (it fetches next, so waking it or another pool for
+-- those would cost a fetch that finds nothing); never the caller.  So a trickle of due
+-- jobs costs the promoting pool's round trip alone, not a fetch of every pool.
 -- Returns {moved, more, bad1, bad2, ...}: more is 1 when due jobs remain after this
 -- batch (call again at once); bad* are due members that are not jobs (not JSON, no
 -- queue/class): left in place for the caller to bury in dead with their bytes.
@@ -85,6 +96,36 @@ local function chunks(list, fn)
   end
 end
 
+local caller, room = ARGV[6], tonumber(ARGV[7])
+-- Wake pools for `jobs` new jobs of queue q (its queue was empty before when `was_empty`).
+local function wake(q, jobs, was_empty)
+  local idle = ARGV[4] .. 'idle:' .. q
+  if caller ~= '' and room > 0 and redis.call('ZSCORE', idle, caller) then
+    local mine = math.min(room, jobs)
+    room = room - mine
+    jobs = jobs - mine
+  end
+  local woken, rank = 0, 0
+  while woken < jobs do
+    -- Pools woken so far and the caller hold the ranks before `rank` (the dead are gone).
+    local pools = redis.call('ZRANGE', idle, rank, rank + (jobs - woken) - 1)
+    if #pools == 0 then break end
+    for _, pool in ipairs(pools) do
+      if pool == caller then
+        rank = rank + 1
+      elseif redis.call('PUBLISH', ARGV[5] .. pool, q) > 0 then
+        woken = woken + 1
+        rank = rank + 1
+      else
+        redis.call('ZREM', idle, pool)
+      end
+    end
+  end
+  if jobs > 0 and woken == 0 and was_empty then
+    redis.call('PUBLISH', ARGV[2], q)
+  end
+end
+
 if #moving > 0 then
   chunks(moving, function(...) redis.call('ZREM', KEYS[1], ...) end)
   for _, q in ipairs(order) do
@@ -94,9 +135,7 @@ if #moving > 0 then
     local len = 0
     -- Earliest first: LPUSH puts it furthest right, where workers take from.
     chunks(g, function(...) len = redis.call('LPUSH', qkey, ...) end)
-    if len == #g then
-      redis.call('PUBLISH', ARGV[2], q)
-    end
+    wake(q, #g, len == #g)
   end
   for _, e in ipairs(gorder) do
     local q, fg, l = e[1], e[2], glists[e[3]]
@@ -104,9 +143,7 @@ if #moving > 0 then
     local gq = ARGV[4] .. 'gqueue:' .. q .. ':' .. fg
     chunks(l, function(...) redis.call('LPUSH', gq, ...) end)
     if redis.call('SADD', ARGV[4] .. 'groups:' .. q, fg) == 1 then
-      if redis.call('LPUSH', ARGV[1] .. q, token_of(q, fg)) == 1 then
-        redis.call('PUBLISH', ARGV[2], q)
-      end
+      wake(q, 1, redis.call('LPUSH', ARGV[1] .. q, token_of(q, fg)) == 1)
     end
   end
 end
