@@ -2,7 +2,7 @@
 """Many children, a trickle of jobs: what each job costs Redis when most pools are idle.
 
     python bench/trickle.py [--reps 3] [--only forkq,huey,dramatiq] [--procs 16]
-                            [--threads 4] [--rate 200] [--seconds 30] [--out DIR]
+                            [--threads 4] [--rate 200] [--seconds 30] [--delay 0] [--out DIR]
 
 Issue 12: with ``forkq -p 16 -c 4`` and 200 enqueues/s, every enqueue to an empty
 queue used to PUBLISH a wake that every idle pool answered with a fetch (up to 16
@@ -25,6 +25,12 @@ run reports, from the first probe sent to the last one started:
 - worker CPU per job (psutil, every process of the workers' tree);
 - pickup latency (start - enqueue, one host's clock) p50 and p99.
 
+``--delay S``: a scheduled trickle instead: each probe is scheduled S seconds ahead
+through the system's own scheduled API (forkq ``enqueue_in``, huey
+``schedule(delay=)``, Dramatiq ``send_with_options(delay=)``), so each job is also
+promoted; the latency is then start minus due time.  Before one promoter per
+namespace (forkq/fetcher.py, FOLLOWER_GRACE), every idle pool woke at each due time.
+
 Medians of ``--reps`` repetitions; every repetition is in ``results.json``.
 """
 
@@ -46,7 +52,8 @@ from bench.run import BENCH, Bench, Plan, Progress, _cpu, ensure_peer_venv, pct 
 SYSTEMS = ("forkq", "huey", "dramatiq")
 
 
-def run_one(b: Bench, system: str, procs: int, threads: int, rate: float, seconds: float) -> dict[str, Any]:
+def run_one(b: Bench, system: str, procs: int, threads: int, rate: float, seconds: float,
+            delay: float = 0.0) -> dict[str, Any]:
     b.reset()
     w = b.start_workers(system, procs, threads)
     try:
@@ -59,9 +66,10 @@ def run_one(b: Bench, system: str, procs: int, threads: int, rate: float, second
         cpu0 = {p.pid: _cpu(p) for p in w.tree()}
         t0 = time.monotonic()
         res = b.driver(system, "trickle", system, "--rate", str(rate), "--seconds", str(seconds),
-                       timeout=seconds + 120)
+                       "--timeout", str(30.0 + delay), "--delay", str(delay),
+                       timeout=seconds + delay + 120)
         n = int(res["sent"])
-        b.wait_count(base + n, 30.0, w, f"{system} trickle")
+        b.wait_count(base + n, 30.0 + delay, w, f"{system} trickle")
         dt = time.monotonic() - t0
         s1 = b.snapshot()
         cpu1 = {p.pid: _cpu(p) for p in w.tree()}
@@ -79,6 +87,7 @@ def run_one(b: Bench, system: str, procs: int, threads: int, rate: float, second
     scripts = sum(v for k, v in per_cmd.items() if k in ("evalsha", "eval"))
     return {
         "system": system, "processes": procs, "threads": threads, "rate": rate, "seconds": seconds,
+        "delay": delay,
         "sent": n, "done": done, "ok": done >= n and not res["timeouts"],
         "send_seconds": res["send_seconds"], "window_seconds": dt,
         "commands_per_job": cost["commands_per_job"] - flushes / max(1, n),
@@ -98,12 +107,15 @@ KEYS = ("commands_per_job", "script_calls_per_job", "redis_cpu_us_per_job", "wor
 
 
 def render(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = [f"# Trickle: {meta['rate']:.0f} enqueues/s for {meta['seconds']:.0f} s into "
+    what = (f"Scheduled trickle: {meta['rate']:.0f} jobs/s, each due {meta['delay']:g} s after its enqueue,"
+            if meta.get("delay") else f"Trickle: {meta['rate']:.0f} enqueues/s")
+    pickup = "start − due" if meta.get("delay") else "pickup"
+    lines = [f"# {what} for {meta['seconds']:.0f} s into "
              f"{meta['procs']} processes x {meta['threads']} threads ({meta['when']})", "",
              f"`{meta['command']}`; Redis {meta['redis']}, {meta['cpus']} CPUs; medians of "
              f"{meta['reps']} (all repetitions in results.json). {meta['note']}".rstrip(), "",
              "| system | Redis commands / job | script calls / job | Redis CPU / job | worker CPU / job "
-             "| pickup p50 | pickup p99 | max | runs ok |",
+             f"| {pickup} p50 | {pickup} p99 | max | runs ok |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for system in meta["systems"]:
         rs = [r for r in runs if r["system"] == system]
@@ -132,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--delay", type=float, default=0.0,
+                    help="a scheduled trickle: each job due this many seconds after its enqueue")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", default=str(BENCH / "results" / "trickle"))
+    ap.add_argument("--out", default=None, help="default bench/results/trickle (or trickle-scheduled)")
     ap.add_argument("--note", default="")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = str(BENCH / "results" / ("trickle-scheduled" if args.delay else "trickle"))
     systems = [s for s in SYSTEMS if s in args.only.split(",")]
     plan = Plan(quick=False, reps=args.reps, systems=systems, workloads=[], idle_seconds=0.0,
                 probes_idle=0, probes_load=0, load_rate=0.0, backlog=0, scheduled=0)
@@ -150,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in systems:  # interleaved: machine noise spreads over every system
                 print(f"trickle: {s} rep {rep + 1}", file=sys.stderr, flush=True)
                 try:
-                    r = run_one(b, s, args.procs, args.threads, args.rate, args.seconds)
+                    r = run_one(b, s, args.procs, args.threads, args.rate, args.seconds, args.delay)
                 except RuntimeError as exc:
                     failures.append(f"{s} rep {rep + 1}: {exc}")
                     continue
@@ -162,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": "python bench/trickle.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "redis": b.r.info("server").get("redis_version"), "cpus": __import__("os").cpu_count(),
                 "reps": args.reps, "procs": args.procs, "threads": args.threads, "rate": args.rate,
-                "seconds": args.seconds, "systems": systems, "note": args.note}
+                "seconds": args.seconds, "delay": args.delay, "systems": systems, "note": args.note}
         text = render(runs, meta)
         if failures:
             text += "\nFAILURES:\n" + "\n".join(f"- {f}" for f in failures) + "\n"

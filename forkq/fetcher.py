@@ -287,6 +287,12 @@ class Fetcher(threading.Thread):
             self._cv.notify()
             return True
 
+    def poke(self) -> None:
+        """Look at the timers again (this pool just became the promoter: its due timer
+        loses FOLLOWER_GRACE); no round trip unless one is due."""
+        with self._cv:
+            self._cv.notify()
+
     def set_quiet(self, quiet: bool = True) -> None:
         with self._cv:
             self._quiet = quiet
@@ -368,7 +374,8 @@ class Fetcher(threading.Thread):
                     if split is not None:
                         room = min(room, split[0] + split[1])
                     can_fetch = (not self._quiet and room > 0 and
-                                 (self._woken or self._has_work(split) or now >= self._next_poll))
+                                 (self._woken or self._has_work(split) or now >= self._next_poll
+                                  or (leading and now >= self._due_at)))
                     buffered = self._pending() if self._pending is not None and idle_threads <= 0 else 0
                     if (can_fetch and 0 < idle_threads < self._batch_min and not self._last_empty
                             and not self._woken):

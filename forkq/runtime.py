@@ -122,7 +122,7 @@ class PoolRuntime:
         # One pool per namespace wakes the others for jobs pushed by non-forkq clients.
         self.waker = Waker(spec=spec, keys=self.keys, identity=self.identity, names=self._names,
                            stop=self._stop)
-        self.waker.on_lead = self.fetcher.wake
+        self.waker.on_lead = self.fetcher.poke
         # Set by a prefork child: how a Web UI "Stop" reaches the master.
         self.on_remote_stop: Callable[[], None] | None = None
 

@@ -132,7 +132,10 @@ def cmd_trickle(a: argparse.Namespace) -> dict[str, object]:
         wait = t0 + i / a.rate - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-        p.send("probe")
+        if a.delay:
+            p.send_probe_in(a.delay)
+        else:
+            p.send("probe")
     sent_for = time.monotonic() - t0
     end = time.monotonic() + a.timeout
     while r.llen(LAT_KEY) < base + n and time.monotonic() < end:
@@ -170,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--rate", type=float, default=200.0)
     tr.add_argument("--seconds", type=float, default=30.0)
     tr.add_argument("--timeout", type=float, default=30.0)
+    tr.add_argument("--delay", type=float, default=0.0,
+                    help="schedule each probe this many seconds ahead (its own scheduled API)")
     a = ap.parse_args(argv)
     out = {"fill": cmd_fill, "rate": cmd_rate, "schedule-rate": cmd_schedule_rate,
            "latency": cmd_latency, "trickle": cmd_trickle}[a.cmd](a)

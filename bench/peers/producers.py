@@ -51,6 +51,11 @@ class Producer:
     def send_in_many(self, seconds: float, n: int) -> None:
         raise NotImplementedError
 
+    # Scheduled trickle (bench/trickle.py --delay): a latency probe due ``seconds`` from
+    # now, carrying its due time (the probe records start minus that).
+    def send_probe_in(self, seconds: float) -> None:
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -103,6 +108,10 @@ class ForkqProducer(Producer):
 
     def send_in(self, seconds: float) -> None:
         self.enq.enqueue_in("noop", seconds)
+
+    def send_probe_in(self, seconds: float) -> None:
+        # The probe reads enqueued_at, which a scheduled job gets as its due time.
+        self.enq.enqueue_in("probe", seconds)
 
     def send_in_many(self, seconds: float, n: int) -> None:
         for start in range(0, n, CHUNK):
@@ -167,6 +176,9 @@ class DramatiqProducer(Producer):
     def send_in(self, seconds: float) -> None:
         self.tasks.noop.send_with_options(delay=int(seconds * 1000))
 
+    def send_probe_in(self, seconds: float) -> None:
+        self.tasks.probe.send_with_options(args=(time.time() + seconds,), delay=int(seconds * 1000))
+
 
 class CeleryProducer(Producer):
     def __init__(self, url: str) -> None:
@@ -206,6 +218,9 @@ class HueyProducer(Producer):
 
     def send_in(self, seconds: float) -> None:
         self.tasks.noop.schedule(delay=seconds)
+
+    def send_probe_in(self, seconds: float) -> None:
+        self.tasks.probe.schedule(args=(time.time() + seconds,), delay=seconds)
 
 
 class ArqProducer(Producer):
