@@ -3,10 +3,12 @@
 Real masters (``python -m forkq -p N``) on a real Redis, with a 30 s idle poll, so a
 job that starts within a second or two was woken by a wake message, never by a poll.
 Idle pools register in ``idle:<name>`` (fetch.lua); enqueue.lua pops them.  Fetches
-are counted from ``INFO commandstats``: every fetch runs exactly one ``LLEN`` per job
-name it looks at, and the jobs module below has one job name.  The test holds the
-waker's lock, so the waker (which announces jobs still queued 20 ms after their push,
-for clients that publish nothing) does not add wakes of its own.
+are counted from ``INFO commandstats``: every fetch looks once at each job name's
+queue (an ``LLEN``, or for a name with no limit the ``RPOP`` that takes), and the
+jobs module below has one job name.  Most tests hold the waker's lock, so the waker
+(which announces jobs still queued 20 ms after their push, for clients that publish
+nothing) does not add wakes of its own; the promotion tests let a pool take it, as
+its holder is the namespace's promoter of due jobs.
 """
 
 from __future__ import annotations
