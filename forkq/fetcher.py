@@ -88,6 +88,10 @@ EMPTY_REFRESH = 1.0
 # fallback when the leader is dead, frozen or cut off.  Without it every idle pool woke
 # at each due time (a scheduled trickle into 16 pools cost 59 script calls a job).
 FOLLOWER_GRACE = 0.5
+# A follower that found due jobs nobody promoted in time (the leader died, or left a
+# lock behind) promotes on time itself for this long (a dead holder's lock expires
+# within waker.LOCK_TTL_MS): one late job, not one per due time, until a leader is back.
+TAKEOVER = 30.0
 
 
 class FirstPick:
@@ -137,7 +141,9 @@ class Fetcher(threading.Thread):
         self._config = config
         self._plan = scripts.FetchPlan(keys, identity=identity, targets=targets,
                                        lease_ttl=config.lease_ttl)
-        self._leads = leads if leads is not None else (lambda: True)
+        self._leads_lock = leads if leads is not None else (lambda: True)
+        # Monotonic time until which this pool promotes on time though it follows (TAKEOVER).
+        self._took_over_until = 0.0
         # The last due report said a job was due already (a follower promotes only such).
         self._overdue = False
         self._names = self._plan.names
@@ -216,6 +222,11 @@ class Fetcher(threading.Thread):
         self._merge_acks = not self._runner.resends_acks
         # Set by the runtime once it knows the server (Redis >= 7 runs fetch/ack at maxmemory).
         self.allow_oom = False
+
+    def _leads(self) -> bool:
+        """Whether this pool promotes due jobs on time now: it holds the waker lock (or
+        nobody is known to), or it took over from a leader that did not promote."""
+        return self._leads_lock() or time.monotonic() < self._took_over_until
 
     # -- called from other threads ---------------------------------------------------
     def complete(self, item: Done) -> None:
@@ -631,6 +642,10 @@ class Fetcher(threading.Thread):
                 more = more or full
                 if bad:
                     self._bury(zset, bad)
+            if moved and not self._leads():
+                # Jobs still due FOLLOWER_GRACE after their time: the leader is not promoting.
+                self._took_over_until = received + TAKEOVER
+                log.info("no pool promoted due jobs on time: this pool does for %.0f s", TAKEOVER)
         if fetched[0] != b"-":  # not asked: the due time we know stands
             self._due_checked = received
             due_in = float(fetched[0]) if fetched[0] else None

@@ -24,6 +24,10 @@ DUE_MESSAGE = "{due}"
 # Published on the wake channel as CANCEL_MESSAGE + jid when a running job is cancelled
 # (cancel.lua): the pool running it is told at once.
 CANCEL_MESSAGE = "{cancel}"
+# Published on the wake channel when a pool gives up the waker lock (it stops): the
+# others try to take it at once, so the namespace is not left without its promoter of
+# due jobs (fetcher.FOLLOWER_GRACE) until their next try.
+WAKER_MESSAGE = "{waker}"
 
 # Characters that would break the key layout or the hash tag.
 _FORBIDDEN_NAME_CHARS = frozenset("{}\n\r\x00")

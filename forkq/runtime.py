@@ -28,7 +28,7 @@ from .executor import Executor
 from .fetcher import Fetcher
 from .heartbeat import Heartbeat, PoolInfo
 from .job_metrics import JobMetrics
-from .keys import CANCEL_MESSAGE, DUE_MESSAGE
+from .keys import CANCEL_MESSAGE, DUE_MESSAGE, WAKER_MESSAGE
 from .reporters import ReporterHub
 from .scripts import FetchTarget
 from .spec import PoolDefinition
@@ -40,6 +40,7 @@ log = logging.getLogger("forkq.runtime")
 PERIODIC_HORIZON = 300.0
 PERIODIC_EVERY = 60.0
 _CANCEL_PREFIX = CANCEL_MESSAGE.encode()
+_WAKER = WAKER_MESSAGE.encode()
 
 
 def new_identity(hostname: str = "") -> str:
@@ -318,6 +319,8 @@ class PoolRuntime:
                             self._relay_wake(data)
                     elif data in self._name_set:
                         self.fetcher.wake(data)
+                    elif data == _WAKER:
+                        self.waker.try_soon()
                     elif isinstance(data, bytes) and data.startswith(_CANCEL_PREFIX):
                         self.executor.cancel(data[len(_CANCEL_PREFIX):].decode("utf-8", "replace"))
             except Exception as exc:  # noqa: BLE001 - the listener must never die

@@ -35,8 +35,8 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from . import scripts
 from .backoff import capped_exponential
-from .connection import ConnectionSpec
-from .keys import Keys
+from .connection import ConnectionSpec, publish, sharded_pubsub
+from .keys import WAKER_MESSAGE, Keys
 
 log = logging.getLogger("forkq.waker")
 
@@ -81,6 +81,8 @@ class Waker:
         self.follows = False
         # Called when this pool takes the lock (its fetcher's due timer loses its grace).
         self.on_lead: Callable[[], None] | None = None
+        # Set to try for the lock now (its holder announced that it gave it up).
+        self._try_now = threading.Event()
 
     # -- election -----------------------------------------------------------------------
     def _client(self) -> redis.Redis:
@@ -98,12 +100,19 @@ class Waker:
         # SET XX, not PEXPIRE: one command fewer in the ACL line forkq needs.
         return bool(c.set(self._keys.waker_lock, self._identity, xx=True, px=LOCK_TTL_MS))
 
+    def try_soon(self) -> None:
+        """The holder gave the lock up (WAKER_MESSAGE): try for it now, not at the next try."""
+        self._try_now.set()
+
     def release(self) -> None:
-        """Give the lock up (at stop, from any thread), so another pool takes over at once."""
+        """Give the lock up (at stop, from any thread), so another pool takes over at once:
+        the others are told (WAKER_MESSAGE) and try for it."""
+        self._try_now.set()  # this pool's own waker thread: do not sleep out a try
         try:
             c = self._client()
             if c.get(self._keys.waker_lock) == self._identity:
                 c.delete(self._keys.waker_lock)
+                publish(c, sharded_pubsub(c), self._keys.wake_channel, WAKER_MESSAGE)
         except Exception:  # noqa: BLE001 - best effort: it expires on its own
             # Not only RedisError: at stop the waker thread's own release() closes this
             # client's connections while the stopping thread may be using one (redis-py
@@ -137,8 +146,12 @@ class Waker:
                 finally:
                     self.holding = False
                     self.mode = ""
-                self._stop.wait(TRY_EVERY * random.uniform(0.75, 1.25) if errors == 0
-                                else capped_exponential(errors, base=0.5, cap=TRY_EVERY))
+                self._try_now.wait(TRY_EVERY * random.uniform(0.75, 1.25) if errors == 0
+                                   else capped_exponential(errors, base=0.5, cap=TRY_EVERY))
+                if self._try_now.is_set():
+                    self._try_now.clear()
+                    # Several pools heard it: a short jitter, so one wins without a pile-up.
+                    self._stop.wait(random.uniform(0.0, 0.05))
         finally:
             self.release()
             if self._conn is not None:

@@ -309,3 +309,56 @@ def test_promotion_wakes_registered_idle_pools_only_for_jobs_the_caller_does_not
     ps.close()
     assert sorted(by_channel[ch[len(K.pool_wake("")):]] for ch, _ in got) == woken
     assert all(data == name for _, data in got)  # never the broadcast, never the caller
+
+
+def _promoter_of(r) -> str:  # type: ignore[no-untyped-def]
+    return wait_for(lambda: r.get(K.waker_lock), timeout=10, message="a pool holds the waker lock").decode()
+
+
+def test_a_stopping_promoter_hands_over_and_due_jobs_stay_on_time(redis_url, r, pools) -> None:
+    """The waker lock's holder promotes due jobs; at its stop it gives the lock up and says
+    so (WAKER_MESSAGE), so another pool takes it at once, not at its next try (~20 s)."""
+    starts = Starts(redis_url)
+    made = []
+    for _ in range(2):
+        pool = forkq.WorkerPool(NS, config=QUIET)
+        pool.register("tick", starts.record)
+        made.append(start(pools, pool, redis_url))
+    leader = _promoter_of(r)
+    by_identity = {p.runtime.identity: p for p in made}
+    old = by_identity[leader]
+    (other,) = [p for p in made if p is not old]
+    wait_for(lambda: other.runtime.waker.follows, timeout=10, message="the other pool follows")
+    old.stop(timeout=5)
+    pools.remove(old)
+    wait_for(lambda: r.get(K.waker_lock) == other.runtime.identity.encode(), timeout=3,
+             message="the other pool took the lock at once")
+    sj = other.enqueuer(redis_url).enqueue_in("tick", 0.5)
+    wait_for(lambda: sj.job.id in starts.at, timeout=10, message="due job started")
+    (t,) = starts.at[sj.job.id]
+    assert sj.run_at <= t < sj.run_at + 0.3, (sj.run_at, t)
+
+
+def test_a_lock_left_by_a_dead_promoter_costs_one_late_job_not_every_one(redis_url, r, pools) -> None:
+    """A promoter that died holding the waker lock (SIGKILL) leaves every pool following
+    until the lock expires: the first due job is promoted FOLLOWER_GRACE late by a
+    follower, which then promotes on time itself (TAKEOVER)."""
+    from forkq import fetcher
+
+    r.set(K.waker_lock, b"deadhost:1:gone", px=120_000)
+    starts = Starts(redis_url)
+    pool = forkq.WorkerPool(NS, config=QUIET)
+    pool.register("tick", starts.record)
+    start(pools, pool, redis_url)
+    assert pool.runtime is not None
+    wait_for(lambda: pool.runtime.waker.follows, timeout=10, message="the pool follows the dead holder")
+    enq = pool.enqueuer(redis_url)
+    first = enq.enqueue_in("tick", 0.3)
+    wait_for(lambda: first.job.id in starts.at, timeout=10, message="first due job started")
+    (t1,) = starts.at[first.job.id]
+    assert first.run_at + fetcher.FOLLOWER_GRACE * 0.8 <= t1 < first.run_at + fetcher.FOLLOWER_GRACE + 1.0
+    second = enq.enqueue_in("tick", 0.5)
+    wait_for(lambda: second.job.id in starts.at, timeout=10, message="second due job started")
+    (t2,) = starts.at[second.job.id]
+    assert second.run_at <= t2 < second.run_at + 0.2, (second.run_at, t2)
+    assert r.get(K.waker_lock) == b"deadhost:1:gone"  # still following the lock: taken over
