@@ -409,9 +409,11 @@ class Fetcher(threading.Thread):
                                              int(self._rtt * self._concurrency / max(avg, 1e-6)) + 1))
                         can_fetch = buffered <= low and room >= max(1, depth // 2)
                     # The promoter promotes on time even with no room (quiet, or every slot
-                    # taken): its promotion wakes idle pools for the jobs it moves.
+                    # taken): its promotion wakes idle pools for the jobs it moves.  With no
+                    # room it still re-reads the due time when told it changed (a due
+                    # message), or it would not know when to promote.
                     promote_only = (leading and not can_fetch and not self._stopping
-                                    and now >= self._due_at)
+                                    and (now >= self._due_at or self._due_stale))
                     go = can_fetch or promote_only
                     if not go and self._done:
                         # Plain successes ride the next fetch, bounded by ACK_WINDOW: the
@@ -460,6 +462,8 @@ class Fetcher(threading.Thread):
                     report_due = (promote or promote_only or self._due_stale
                                   or now >= self._due_checked + DUE_REFRESH
                                   or (not leading and now >= self._due_at + FOLLOWER_GRACE))
+                    if promote_only and report_due:
+                        self._due_stale = False
                     if can_fetch:
                         self._woken = False
                         if report_due:

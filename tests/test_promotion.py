@@ -362,3 +362,38 @@ def test_a_lock_left_by_a_dead_promoter_costs_one_late_job_not_every_one(redis_u
     (t2,) = starts.at[second.job.id]
     assert second.run_at <= t2 < second.run_at + 0.2, (second.run_at, t2)
     assert r.get(K.waker_lock) == b"deadhost:1:gone"  # still following the lock: taken over
+
+
+def test_a_promoter_with_every_thread_busy_still_promotes_on_time_for_idle_pools(
+        redis_url, r, pools) -> None:
+    """The promoter cannot take the job (its one thread is in a long job): it re-reads
+    the due time when told (a due message), promotes alone at the due time, and the
+    promotion wakes the idle follower, which runs it on time."""
+    starts = Starts(redis_url)
+    release = threading.Event()
+
+    def block(job: forkq.Job) -> None:
+        starts.record(job)
+        release.wait(30)
+
+    leader = forkq.WorkerPool(NS, config=QUIET)
+    leader.register("tick", starts.record)
+    leader.register("block", block)
+    start(pools, leader, redis_url, concurrency=1)
+    assert leader.runtime is not None
+    wait_for(lambda: r.get(K.waker_lock) == leader.runtime.identity.encode(), timeout=10,
+             message="the first pool holds the waker lock")
+    blocker = leader.enqueuer(redis_url).enqueue("block")
+    wait_for(lambda: blocker.id in starts.at, timeout=10, message="the promoter is busy")
+    follower = forkq.WorkerPool(NS, config=QUIET)
+    follower.register("tick", starts.record)
+    start(pools, follower, redis_url, concurrency=1)
+    assert follower.runtime is not None
+    wait_for(lambda: follower.runtime.waker.follows, timeout=10, message="the second pool follows")
+    try:
+        sj = follower.enqueuer(redis_url).enqueue_in("tick", 0.5)
+        wait_for(lambda: sj.job.id in starts.at, timeout=10, message="due job started")
+        (t,) = starts.at[sj.job.id]
+        assert sj.run_at <= t < sj.run_at + 0.3, (sj.run_at, t)
+    finally:
+        release.set()
