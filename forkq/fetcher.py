@@ -141,7 +141,7 @@ class Fetcher(threading.Thread):
         self._config = config
         self._plan = scripts.FetchPlan(keys, identity=identity, targets=targets,
                                        lease_ttl=config.lease_ttl)
-        self._leads_lock = leads if leads is not None else (lambda: True)
+        self._leads_by_lock = leads if leads is not None else (lambda: True)
         # Monotonic time until which this pool promotes on time though it follows (TAKEOVER).
         self._took_over_until = 0.0
         # The last due report said a job was due already (a follower promotes only such).
@@ -226,7 +226,7 @@ class Fetcher(threading.Thread):
     def _leads(self) -> bool:
         """Whether this pool promotes due jobs on time now: it holds the waker lock (or
         nobody is known to), or it took over from a leader that did not promote."""
-        return self._leads_lock() or time.monotonic() < self._took_over_until
+        return self._leads_by_lock() or time.monotonic() < self._took_over_until
 
     # -- called from other threads ---------------------------------------------------
     def complete(self, item: Done) -> None:

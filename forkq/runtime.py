@@ -97,6 +97,10 @@ class PoolRuntime:
                 split = (concurrency, n_async, frozenset(n for n, s in specs.items() if s.is_async))
                 concurrency += n_async
             self.concurrency = concurrency
+        # One pool per namespace wakes the others for jobs pushed by non-forkq clients, and
+        # promotes due jobs on time (the fetcher asks it: leads).
+        self.waker = Waker(spec=spec, keys=self.keys, identity=self.identity, names=self._names,
+                           stop=self._stop)
         self.fetcher = Fetcher(
             conn=self.conn, keys=self.keys, identity=self.identity, config=self.config,
             targets=targets, priorities=[specs[n].options.priority for n in self._names],
@@ -120,9 +124,6 @@ class PoolRuntime:
         # Every pool reaps stale pools, scheduled from the oldest beat (under a prefork
         # master, which also reaps once at start, and beats for its children).
         self._reaper: reaper.StaleReaper | None = reaper.StaleReaper(self.config)
-        # One pool per namespace wakes the others for jobs pushed by non-forkq clients.
-        self.waker = Waker(spec=spec, keys=self.keys, identity=self.identity, names=self._names,
-                           stop=self._stop)
         self.waker.on_lead = self.fetcher.poke
         # Set by a prefork child: how a Web UI "Stop" reaches the master.
         self.on_remote_stop: Callable[[], None] | None = None
@@ -130,8 +131,7 @@ class PoolRuntime:
     def _leads_promotion(self) -> bool:
         """Whether this pool promotes due jobs on time: unless another pool holds the
         waker lock (one promoter per namespace; the others are its fallback)."""
-        waker = getattr(self, "waker", None)
-        return waker is None or not waker.follows
+        return not self.waker.follows
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:

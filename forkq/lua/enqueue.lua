@@ -30,19 +30,8 @@ while start <= #ARGV do
   len = redis.call('LPUSH', KEYS[2], unpack(ARGV, start, stop))
   start = stop + 1
 end
-local woken = 0
-while woken < pushed do
-  -- The pools woken so far hold ranks 0..woken-1 (the dead ones are gone): go on after them.
-  local pools = redis.call('ZRANGE', KEYS[3], woken, woken + (pushed - woken) - 1)
-  if #pools == 0 then break end
-  for _, pool in ipairs(pools) do
-    if redis.call('PUBLISH', ARGV[3] .. pool, ARGV[1]) > 0 then
-      woken = woken + 1
-    else
-      redis.call('ZREM', KEYS[3], pool)
-    end
-  end
-end
+--@include _wake
+local woken = wake_registered(KEYS[3], ARGV[3], ARGV[1], pushed, nil)
 if woken == 0 and len == pushed then
   redis.call('PUBLISH', ARGV[2], ARGV[1])
 end

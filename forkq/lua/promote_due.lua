@@ -96,6 +96,7 @@ local function chunks(list, fn)
   end
 end
 
+--@include _wake
 local caller, room = ARGV[6], tonumber(ARGV[7])
 -- Wake pools for `jobs` new jobs of queue q (its queue was empty before when `was_empty`).
 local function wake(q, jobs, was_empty)
@@ -105,22 +106,7 @@ local function wake(q, jobs, was_empty)
     room = room - mine
     jobs = jobs - mine
   end
-  local woken, rank = 0, 0
-  while woken < jobs do
-    -- Pools woken so far and the caller hold the ranks before `rank` (the dead are gone).
-    local pools = redis.call('ZRANGE', idle, rank, rank + (jobs - woken) - 1)
-    if #pools == 0 then break end
-    for _, pool in ipairs(pools) do
-      if pool == caller then
-        rank = rank + 1
-      elseif redis.call('PUBLISH', ARGV[5] .. pool, q) > 0 then
-        woken = woken + 1
-        rank = rank + 1
-      else
-        redis.call('ZREM', idle, pool)
-      end
-    end
-  end
+  local woken = wake_registered(idle, ARGV[5], q, jobs, caller)
   if jobs > 0 and woken == 0 and was_empty then
     redis.call('PUBLISH', ARGV[2], q)
   end

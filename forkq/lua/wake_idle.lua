@@ -15,19 +15,8 @@
 
 local jobs = redis.call('LLEN', KEYS[1])
 if jobs == 0 then return 0 end
-local woken = 0
-while woken < jobs do
-  -- The pools woken so far hold ranks 0..woken-1 (the dead ones are gone): go on after them.
-  local pools = redis.call('ZRANGE', KEYS[2], woken, woken + (jobs - woken) - 1)
-  if #pools == 0 then break end
-  for _, pool in ipairs(pools) do
-    if redis.call('PUBLISH', ARGV[3] .. pool, ARGV[1]) > 0 then
-      woken = woken + 1
-    else
-      redis.call('ZREM', KEYS[2], pool)
-    end
-  end
-end
+--@include _wake
+local woken = wake_registered(KEYS[2], ARGV[3], ARGV[1], jobs, nil)
 if woken == 0 then
   redis.call('PUBLISH', ARGV[2], ARGV[1])
 end
