@@ -747,6 +747,7 @@ class Master:
         if self.second_reap_at is not None and now >= self.second_reap_at and not self.stopping:
             self.second_reap_at = None
             self._startup_reap()
+        self.notifier.flush()
         if self.notifier.watchdog_interval and now >= self.next_watchdog:
             self.next_watchdog = now + self.notifier.watchdog_interval
             if self._healthy(now):

@@ -74,6 +74,26 @@ def test_notifier_sends_one_datagram_per_call(notify_socket: tuple[socket.socket
     n.close()
 
 
+@pytest.mark.timeout(30)
+def test_a_full_notify_queue_never_blocks_and_keeps_state_changes_in_order(
+        notify_socket: tuple[socket.socket, str]) -> None:
+    # A receiver that does not read: Linux queues max_dgram_qlen datagrams, then a
+    # blocking send would stop the master's loop (reports, reaping, signals).
+    s, path = notify_socket
+    n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    t0 = time.monotonic()
+    sent = [n.notify("WATCHDOG=1") for _ in range(2000)]
+    assert time.monotonic() - t0 < 5.0
+    assert not all(sent), "the receiver's queue never filled; the test proves nothing"
+    assert n.notify("READY=1", "MAINPID=1") is False
+    assert n.notify("STOPPING=1") is False
+    got = receive(s, 0.5)
+    assert "READY=1" not in got and got.count("WATCHDOG=1") == sum(sent)
+    assert n.flush()
+    assert receive(s, 0.5) == ["READY=1", "MAINPID=1", "STOPPING=1"]
+    n.close()
+
+
 def test_notifier_without_notify_socket_is_a_no_op() -> None:
     n = Notifier({})
     assert not n.enabled and n.watchdog_interval == 0.0
@@ -116,6 +136,10 @@ def test_watchdog_pings_stop_while_a_child_is_frozen(
     f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "2", "-c", "2"],
                     env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
     kids = wait_children_ready(f, r, 2)
+    # READY=1 says the master has read every child's ready report: a child that beats
+    # in Redis but is stopped before its report reaches the master is still booting
+    # (healthy for BOOT_GRACE), which is not what this test is about.
+    receive_until(s, "READY=1", 30)
     receive_until(s, "WATCHDOG=1", 30)
     victim = sorted(kids)[0]
     os.kill(victim, signal.SIGSTOP)
