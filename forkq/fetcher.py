@@ -573,8 +573,12 @@ class Fetcher(threading.Thread):
         report_due = report_due or promote
         if promote:
             # The fetch right after takes up to `want` of them: idle pools are woken for the rest.
+            # A follower moves only what is due FOLLOWER_GRACE ago and more: in a steady
+            # trickle some job is always due this very moment, and moving those would
+            # race the promoter and read as its absence (a takeover by every pool).
+            lag = 0.0 if self._leads() else FOLLOWER_GRACE
             calls += [scripts.promote_due(keys, zset_key=z, limit=scheduler.PROMOTE_BATCH,
-                                          identity=self._identity, room=want)
+                                          identity=self._identity, room=want, lag=lag)
                       for z in (keys.schedule, keys.retry)]
         register: set[int] | None = None
         if fetching:
@@ -661,9 +665,17 @@ class Fetcher(threading.Thread):
             elif promote:
                 # Due now: promote in the next round trip; at once if this one moved jobs
                 # (a burst drains at fetch speed), a little later if another pool is on it.
-                self._due_at = received if (moved or more) else received + MIN_POLL_GAP
-                if more and not self._leads():
-                    self._due_at -= FOLLOWER_GRACE  # a follower on a burst goes on at once
+                if moved or more:
+                    self._due_at = received
+                    if more and not self._leads():
+                        self._due_at -= FOLLOWER_GRACE  # a follower on a burst goes on at once
+                elif self._leads():
+                    self._due_at = received + MIN_POLL_GAP
+                else:
+                    # A follower that found nothing left behind: it looks again when this
+                    # job has been due FOLLOWER_GRACE (never sooner than MIN_POLL_GAP).
+                    self._due_at = max(received + due_in + DUE_MARGIN,
+                                       received + MIN_POLL_GAP - FOLLOWER_GRACE)
             elif not self._leads():
                 # A follower: when it was due (it promotes FOLLOWER_GRACE after that).
                 self._due_at = received + due_in

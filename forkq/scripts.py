@@ -628,16 +628,19 @@ def schedule(keys: Keys, *, payloads: Sequence[bytes], delay: float | None = Non
                 args=[keys.wake_channel, DUE_MESSAGE, mode, repr(seconds), *payloads])
 
 
-def promote_due(keys: Keys, *, zset_key: str, limit: int, identity: str = "", room: int = 0) -> Call:
+def promote_due(keys: Keys, *, zset_key: str, limit: int, identity: str = "", room: int = 0,
+                lag: float = 0.0) -> Call:
     """Move up to ``limit`` due jobs of ``zset_key`` to their queues (Redis's clock).
 
     ``identity``/``room``: the pool whose fetch follows in the same round trip and how
     many jobs it may take: registered idle pools are woken only for the rest, never it
-    (see promote_due.lua).  The reply is ``[moved, more, bad members...]``.
+    (see promote_due.lua).  ``lag``: move only jobs due at least this many seconds
+    ago (a follower's look for what the promoter left).  The reply is
+    ``[moved, more, bad members...]``.
     """
     return Call(script=PROMOTE_DUE, keys=[zset_key, keys.queues],
                 args=[keys.queue_prefix(), keys.wake_channel, max(1, int(limit)), keys.prefix,
-                      keys.pool_wake_prefix(), identity, max(0, int(room))])
+                      keys.pool_wake_prefix(), identity, max(0, int(room)), f"{max(0.0, lag):.6f}"])
 
 
 @dataclass(frozen=True, kw_only=True)

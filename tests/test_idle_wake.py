@@ -239,6 +239,30 @@ def test_a_trickle_of_due_jobs_is_promoted_by_one_pool_on_time_not_by_every_pool
     assert f.stop() == 0
 
 
+def test_a_steady_trickle_of_due_jobs_does_not_make_the_followers_take_over(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    """In a steady trickle some job is always due this very moment.  A follower that
+    moved those read it as a promoter that was gone and promoted on time itself, and so
+    did the next: every pool promoted every job (bench/trickle.py --delay 1 into 16
+    pools: 160 Redis commands and 27 script calls a job, against 32 and 4.5 now)."""
+    children, jobs, gap = 4, 300, 0.01
+    f, _ = _start_led(tmp_path, redis_url, forkqs, r, children)
+    enq = forkq.Enqueuer(redis_url, NS)
+    try:
+        now = float(r.time()[0]) + r.time()[1] / 1e6
+        due = {sj.job.id: sj.run_at
+               for sj in (enq.enqueue_at(NAME, now + 1.0 + gap * i, {"s": 0}) for i in range(jobs))}
+    finally:
+        enq.close()
+    before_calls = _script_calls(r)
+    wait_for(lambda: set(due) <= set(runs(r)), timeout=30, message="every due job ran")
+    calls = _script_calls(r) - before_calls
+    # The promoter: two promote calls and a fetch per due job (its acks ride them), and
+    # each follower's look twice a second.  Every pool promoting costs `children` times that.
+    assert calls <= 4.5 * jobs, f"{calls} script calls for {jobs} due jobs over {children} pools"
+    assert f.stop() == 0
+
+
 def test_due_jobs_run_on_another_pool_when_the_promoting_one_is_frozen(
         tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
     """The followers are the fallback: a frozen leader keeps its lock, and they promote

@@ -311,6 +311,23 @@ def test_promotion_wakes_registered_idle_pools_only_for_jobs_the_caller_does_not
     assert all(data == name for _, data in got)  # never the broadcast, never the caller
 
 
+def test_a_followers_promotion_moves_only_jobs_the_promoter_left_behind(r) -> None:
+    """With ``lag`` (a follower's look), jobs due a moment ago stay for the promoter and
+    only those due at least ``lag`` seconds ago move: in a steady trickle some job is
+    always just due, and moving it read as the promoter's absence (a takeover by all)."""
+    name = "work"
+    now = clock.parse_time(r.time())
+    old = jobcodec.encode(jobcodec.build_payload(name, {"i": "old"}))
+    fresh = jobcodec.encode(jobcodec.build_payload(name, {"i": "fresh"}))
+    r.zadd(K.schedule, {old: now - 2.0, fresh: now - 0.05})
+    reply = scripts.run_one(r, scripts.promote_due(K, zset_key=K.schedule, limit=100, lag=0.5))
+    assert int(reply[0]) == 1
+    assert r.lrange(K.queue(name), 0, -1) == [old]
+    assert r.zrange(K.schedule, 0, -1) == [fresh]
+    reply = scripts.run_one(r, scripts.promote_due(K, zset_key=K.schedule, limit=100))
+    assert int(reply[0]) == 1 and r.zcard(K.schedule) == 0
+
+
 def _promoter_of(r) -> str:  # type: ignore[no-untyped-def]
     return wait_for(lambda: r.get(K.waker_lock), timeout=10, message="a pool holds the waker lock").decode()
 

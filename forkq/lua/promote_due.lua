@@ -23,6 +23,9 @@
 -- ARGV[6]  the calling pool's identity ("" for a caller that fetches nothing after)
 -- ARGV[7]  how many jobs the caller's fetch, right after this call in the same round
 --          trip, may take ("0" for none)
+-- ARGV[8]  move only jobs due at least this many seconds ago ("0": all that are due).
+--          A pool that is not the promoter looks only for what the promoter left
+--          behind: jobs due a moment ago are the promoter's, not a sign it is gone.
 --
 -- Wakes: per queue it fills, as many registered idle pools (idle:<name>, see
 -- enqueue.lua) as it moved jobs there, less what the caller takes itself when it is
@@ -36,7 +39,8 @@
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local limit = tonumber(ARGV[3])
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now), 'LIMIT', 0, limit)
+local cutoff = now - (tonumber(ARGV[8]) or 0)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', cutoff), 'LIMIT', 0, limit)
 local out = {0, 0}
 if #due == 0 then return out end
 
