@@ -163,6 +163,12 @@ class Fetcher(threading.Thread):
         self._stats = stats
         # Monotonic time the earliest scheduled/retry job is due (0: promote at once).
         self._due_at = 0.0
+        # The same for schedule and for retry (0: not known, promote it), and the queue
+        # of the earliest due job (None: not known): a promotion calls only the zsets
+        # with a job due, and its fetch looks at that queue alone among those it
+        # believes empty (fetch.lua's due report).
+        self._due_each = (0.0, 0.0)
+        self._due_queue: int | None = None
         self._cv = threading.Condition(threading.Lock())
         self._done: list[Done] = []
         # Every item of _done is a plain success (no lease, retry or dead to write): such
@@ -267,6 +273,7 @@ class Fetcher(threading.Thread):
                     self._unregistered.add(i)
             else:  # a due message, a reconnect, a drain: read the due time again too
                 self._due_stale = True
+                self._due_each, self._due_queue = (0.0, 0.0), None
             if name is None:
                 # (Re)subscribed: an enqueue meanwhile found us deaf and dropped us.
                 self._unregistered = None
@@ -570,6 +577,7 @@ class Fetcher(threading.Thread):
                 calls.append(scripts.store_results(keys, kept))
         start = 0
         promote = promote and fetching
+        zsets: list[str] = []
         report_due = report_due or promote
         if promote:
             # The fetch right after takes up to `want` of them: idle pools are woken for the rest.
@@ -577,9 +585,10 @@ class Fetcher(threading.Thread):
             # trickle some job is always due this very moment, and moving those would
             # race the promoter and read as its absence (a takeover by every pool).
             lag = 0.0 if self._leads() else FOLLOWER_GRACE
+            zsets = self._zsets_due(time.monotonic())
             calls += [scripts.promote_due(keys, zset_key=z, limit=scheduler.PROMOTE_BATCH,
                                           identity=self._identity, room=want, lag=lag)
-                      for z in (keys.schedule, keys.retry)]
+                      for z in zsets]
         register: set[int] | None = None
         if fetching:
             start = self._start()
@@ -595,6 +604,12 @@ class Fetcher(threading.Thread):
                     # promotion (this very round trip may fill any queue, with no wake).
                     # A mixed pool looks at all: it tells per kind what was found empty.
                     skip = sorted(self._empty)
+                elif (promote and self._last_empty and not polled and not self._async_pos
+                      and self._due_queue is not None):
+                    # The promotion fills the queue of the job that was due (the due
+                    # report named it): that one is looked at, the other empty ones
+                    # share the one EXISTS, which sees it if the batch filled them too.
+                    skip = sorted(self._empty - {self._due_queue})
             calls.append(self._plan.call(start=start, want=want, may_take_suspect=self._suspect is None,
                                          allow_oom=self.allow_oom, report_due=report_due,
                                          acks=merged, members=members, registered=self._registered,
@@ -644,7 +659,7 @@ class Fetcher(threading.Thread):
         fetched = results[-1]
         moved = more = False
         if promote:
-            for zset, reply in zip((keys.schedule, keys.retry), results[-3:-1], strict=True):
+            for zset, reply in zip(zsets, results[-1 - len(zsets):-1], strict=True):
                 n_moved, full, bad = scheduler.promote_reply(reply)
                 moved = moved or n_moved > 0
                 more = more or full
@@ -656,7 +671,7 @@ class Fetcher(threading.Thread):
                 log.info("no pool promoted due jobs on time: this pool does for %.0f s", TAKEOVER)
         if fetched[0] != b"-":  # not asked: the due time we know stands
             self._due_checked = received
-            due_in = float(fetched[0]) if fetched[0] else None
+            due_in = self._note_due(fetched[0], received)
             self._overdue = due_in is not None and due_in <= 0
             if due_in is None:
                 self._due_at = float("inf")
@@ -748,6 +763,24 @@ class Fetcher(threading.Thread):
                 due_at = self._due_at + (0.0 if self._leads() else FOLLOWER_GRACE)
                 self._next_poll = min(poll_at, due_at, rate_at)
 
+    def _zsets_due(self, now: float) -> list[str]:
+        """The zsets a promotion now calls: those whose earliest job is due (or not known)."""
+        zsets = [z for z, at in zip((self._keys.schedule, self._keys.retry), self._due_each, strict=True)
+                 if at <= now + DUE_MARGIN]
+        return zsets or [self._keys.schedule, self._keys.retry]
+
+    def _note_due(self, report: bytes, received: float) -> float | None:
+        """Read fetch.lua's due report ("due_in|schedule's|retry's|queue", or "" when
+        neither has a job); return due_in, the earliest of the two."""
+        if not report:
+            self._due_each, self._due_queue = (float("inf"), float("inf")), None
+            return None
+        head, sched, retry, queue = report.split(b"|", 3)
+        self._due_each = (received + float(sched) if sched else float("inf"),
+                          received + float(retry) if retry else float("inf"))
+        self._due_queue = self._index.get(queue) if queue else None
+        return float(head)
+
     def _bury(self, zset: str, members: list[bytes]) -> None:
         """Due entries that are not jobs go to dead (rare: written by hand or a foreign client)."""
         try:
@@ -811,6 +844,7 @@ class Fetcher(threading.Thread):
             self._inflight += len(done)
             self._woken = True
             self._due_stale = True
+            self._due_each, self._due_queue = (0.0, 0.0), None
         if want:
             # A fetch may have run with its reply lost: its jobs sit in our
             # in-progress hash; give back whatever we do not hold once Redis answers.

@@ -328,6 +328,36 @@ def test_a_followers_promotion_moves_only_jobs_the_promoter_left_behind(r) -> No
     assert int(reply[0]) == 1 and r.zcard(K.schedule) == 0
 
 
+def _calls(r: redis.Redis, *commands: str) -> int:
+    stats = r.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in commands)
+
+
+def test_a_promoters_fetch_looks_only_at_the_queue_its_promotion_filled(redis_url, r, pools) -> None:
+    """The fetch after a promotion looked at every job name (an RPOP each: the round trip
+    may fill any queue), and both zsets were promoted every time.  The due report names
+    the earliest job's queue and which zset has a job due, so a scheduled trickle into
+    a pool of six names costs one zset's promotion and a look at one queue per job."""
+    starts = Starts(redis_url)
+    pool = forkq.WorkerPool(NS, config=QUIET)
+    for i in range(6):
+        pool.register(f"n{i}", starts.record)
+    start(pools, pool, redis_url, concurrency=2)
+    assert pool.runtime is not None
+    wait_for(lambda: r.get(K.waker_lock) == pool.runtime.identity.encode(), timeout=10,
+             message="the pool holds the waker lock")
+    enq = pool.enqueuer(redis_url)
+    jobs, now = 20, redis_now(r)
+    due = {enq.enqueue_at("n3", now + 0.5 + 0.05 * i).job.id for i in range(jobs)}
+    looks, promotions = _calls(r, "rpop", "llen"), _calls(r, "zrangebyscore")
+    wait_for(lambda: due <= set(starts.at), timeout=20, message="every due job started")
+    looks, promotions = _calls(r, "rpop", "llen") - looks, _calls(r, "zrangebyscore") - promotions
+    # Per due job: the RPOP that takes it and the one that finds its queue empty; one
+    # promotion (of schedule).  Looking at every name cost 6, and retry doubled promotions.
+    assert looks <= 3 * jobs, f"{looks} queue looks for {jobs} due jobs of one of six names"
+    assert promotions <= 1.5 * jobs, f"{promotions} zset promotions for {jobs} due jobs"
+
+
 def _promoter_of(r) -> str:  # type: ignore[no-untyped-def]
     return wait_for(lambda: r.get(K.waker_lock), timeout=10, message="a pool holds the waker lock").decode()
 

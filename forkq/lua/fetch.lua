@@ -88,7 +88,11 @@
 -- due_in is how many
 -- seconds (by Redis's clock, as a string) until the earliest job in schedule or retry
 -- is due ("" when both are empty; <= 0 when one is due now; "-" when not asked), so a
--- caller can promote what is due and sleep exactly until the next one; suspects_left is
+-- caller can promote what is due and sleep exactly until the next one.  After it come
+-- "|schedule's|retry's|queue": the same for each zset ("" for an empty one), so the
+-- caller promotes only a zset that has a job due, and the queue name of the earliest
+-- job ("" when not read), so its fetch after that promotion looks at that queue and
+-- lets the others it believes empty share the EXISTS above (ARGV[11]); suspects_left is
 -- 1 when suspects were put back; acked is how many of the acked fields (plain and batch
 -- members) were still in progress (settled now: a batch sent again after a lost reply counts nothing); empty
 -- lists the 1-based positions of the names whose queue this call found empty ("2,5"),
@@ -491,12 +495,20 @@ if ARGV[7] ~= '1' then
   out[1] = '-'
   return out
 end
-local next_due = nil
+local next_due, each, due_queue = nil, {'', ''}, ''
 for k = 2, 3 do
   local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
-  if first[2] and (next_due == nil or tonumber(first[2]) < next_due) then
-    next_due = tonumber(first[2])
+  if first[2] then
+    local at = tonumber(first[2])
+    each[k - 1] = string.format('%.6f', at - clock())
+    if next_due == nil or at < next_due then
+      next_due = at
+      -- forkq writes jid, class, queue first (see promote_due.lua); anything else: ''.
+      due_queue = string.match(first[1], '^{"jid":"[^"\\]*","class":"[^"\\]*","queue":"([^"\\|]+)"') or ''
+    end
   end
 end
-if next_due then out[1] = string.format('%.6f', next_due - clock()) end
+if next_due then
+  out[1] = string.format('%.6f', next_due - clock()) .. '|' .. each[1] .. '|' .. each[2] .. '|' .. due_queue
+end
 return out
