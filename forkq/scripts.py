@@ -410,12 +410,15 @@ class FetchPlan:
         ``registered``: the previous fetch left this pool idle (registered in ``idle:<name>``),
         so a fetch that fills it must take it out.  ``register``: 0-based indices of the
         names under which it is not registered now (None: all of them).  ``skip``: 0-based
-        indices of names known to be empty, which the script does not look at.
+        indices of names believed empty: they share one EXISTS, and are looked at one
+        by one only when it finds something.
         ``split`` caps each kind in a pool with sync and async jobs (see fetch.lua).
 
         Reply: ``[due_in, suspects_left, acked, empty, rate_in, woke, idx, field, payload, ...]``
         (see fetch.lua);
-        ``due_in`` is ``b"-"`` unless ``report_due``.
+        ``due_in`` is ``b"-"`` unless ``report_due``, ``b""`` when schedule and retry
+        are empty, else ``b"<earliest>|<schedule's>|<retry's>|<queue of the earliest>"``
+        (seconds from now by Redis's clock; ``b""`` for an empty zset or a queue not read).
         """
         script = FETCH_OOM if allow_oom else FETCH
         argc = self._argc + len(acks)
