@@ -129,8 +129,12 @@ def redis_time(conn: redis.Redis) -> float:
 
 
 def reap_stale_pools(conn: redis.Redis, keys: Keys, config: Config, *,
-                     exclude: Collection[str] = ()) -> list[str]:
+                     exclude: Collection[str] = (),
+                     on_poison: Callable[[dict[str, Any]], None] | None = None) -> list[str]:
     """Recover every pool whose beat is older than ``config.stale_after`` by Redis's clock.
+
+    ``on_poison``: told of each job buried as poison, as in ``recover_inprogress``: a
+    pool that died with its job can no longer tell its reporters, so the reaper does.
 
     A short lock keeps reapers on many hosts from doing the work twice; the
     compare-and-set in ``claim_pool`` is what keeps a slow-but-alive pool safe.
@@ -148,7 +152,8 @@ def reap_stale_pools(conn: redis.Redis, keys: Keys, config: Config, *,
             identity = raw_id.decode()
             if identity in exclude:
                 continue
-            result = release_pool(conn, keys, identity, config, expected_beat=beat)
+            result = release_pool(conn, keys, identity, config, expected_beat=beat,
+                                  on_poison=on_poison)
             if result is not None:
                 reaped.append(identity)
                 log.warning("reaped pool %s (no beat for %.1fs by Redis's clock): %d jobs requeued, "
@@ -163,7 +168,7 @@ def reap_stale_pools(conn: redis.Redis, keys: Keys, config: Config, *,
         for identity in candidates:
             if identity in live or identity in exclude:
                 continue
-            result = recover_inprogress(conn, keys, identity, config)
+            result = recover_inprogress(conn, keys, identity, config, on_poison=on_poison)
             if result != (0, 0):
                 reaped.append(identity)
                 log.warning("recovered orphaned jobs of pool %s: %d requeued, %d to dead",
@@ -234,7 +239,8 @@ class StaleReaper:
         """Seconds until the reaper should run (monotonic)."""
         return max(0.0, self.next_at - time.monotonic())
 
-    def run(self, conn: redis.Redis, keys: Keys, *, exclude: Collection[str] = ()) -> list[str]:
+    def run(self, conn: redis.Redis, keys: Keys, *, exclude: Collection[str] = (),
+            on_poison: Callable[[dict[str, Any]], None] | None = None) -> list[str]:
         """Reap if it is time; schedule the next run from the oldest remaining beat."""
         if time.monotonic() < self.next_at:
             return []
@@ -248,7 +254,7 @@ class StaleReaper:
             self.next_at = time.monotonic() + (cfg.stale_after - steady) + random.uniform(0, self.JITTER)
             return []
         try:
-            reaped = reap_stale_pools(conn, keys, cfg, exclude=exclude)
+            reaped = reap_stale_pools(conn, keys, cfg, exclude=exclude, on_poison=on_poison)
             delay = next_stale_in(conn, keys, cfg, exclude=exclude)
         except BaseException:
             self.next_at = time.monotonic() + cfg.heartbeat_interval

@@ -252,7 +252,8 @@ class Recovery:
                         _emit(out, {"t": "released", "identity": identity})
                     else:
                         reaped = reaper.reap_stale_pools(conn, self.keys, self.config,
-                                                         exclude=self.reap_exclude)
+                                                         exclude=self.reap_exclude,
+                                                         on_poison=self._report_poison)
                         if reaped:
                             log.warning("recovered the jobs of %d dead pools", len(reaped))
                         _emit(out, {"t": "reaped", "n": len(reaped)})
@@ -270,7 +271,8 @@ class Recovery:
 
     def _report_poison(self, data: dict[str, Any]) -> None:
         """Reporters hear ``aborted(job, "poison")`` and ``stopped(job)`` for a job buried
-        here: the child that ran it last died, so no one else can tell them.  Each call is
+        here (a dead child's, or a stale pool's on any host): the pool that ran it last
+        died, so no one else can tell them.  Each call is
         guarded so that no reporter can stop the recovery."""
         job = Job.from_data(data)
         for reporter in self.reporters():

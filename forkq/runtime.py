@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from redis.exceptions import NoPermissionError, RedisError
@@ -27,6 +28,7 @@ from .errors import ConfigError, RedisRefused
 from .executor import Executor
 from .fetcher import Fetcher
 from .heartbeat import Heartbeat, PoolInfo
+from .job import Job
 from .job_metrics import JobMetrics
 from .keys import CANCEL_MESSAGE, DUE_MESSAGE, WAKER_MESSAGE
 from .reporters import ReporterHub
@@ -432,7 +434,16 @@ class PoolRuntime:
 
     def _reap(self) -> None:
         if self._reaper is not None:
-            self._reaper.run(self._hk_conn, self.keys, exclude=(self.identity,))
+            self._reaper.run(self._hk_conn, self.keys, exclude=(self.identity,),
+                             on_poison=self._report_poison if self.reporters is not None else None)
+
+    def _report_poison(self, data: dict[str, Any]) -> None:
+        """A stale pool's job this reaper buried as poison: its pool died with it, so
+        this pool's reporters hear ``aborted(job, "poison")`` and ``stopped``."""
+        if self.reporters is not None:
+            job = Job.from_data(data)
+            self.reporters.emit("aborted", job, "poison")
+            self.reporters.emit("stopped", job)
 
     @staticmethod
     def _duty(what: str, fn: Callable[[], object]) -> bool:

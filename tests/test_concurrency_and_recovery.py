@@ -172,6 +172,35 @@ def test_job_recovered_more_than_three_times_goes_to_dead_as_poison(r, fast_conf
     assert r.llen(K.queue("work")) == 0
 
 
+def test_a_poison_job_the_stale_reaper_buries_is_reported_aborted_poison_then_stopped(
+        redis_url, fast_config, pools, r) -> None:
+    """The pool that ran it died with it: the live pool whose reaper buries it tells its
+    own reporters, so the failure is not silent."""
+    identity = "deadhost:9:poison"
+    (jid,) = _fake_dead_pool(r, identity, time.time() - 100, 1)
+    data = orjson.loads(r.hget(K.inprogress(identity), jid))
+    data["recovered"] = fast_config.max_recoveries  # this death is one too many
+    r.hset(K.inprogress(identity), jid, orjson.dumps(data))
+    events: list[tuple[str, ...]] = []
+
+    class Recorder:
+        def aborted(self, job: forkq.Job, reason: str) -> None:
+            events.append(("aborted", job.id, reason))
+
+        def stopped(self, job: forkq.Job) -> None:
+            events.append(("stopped", job.id))
+
+    pool = forkq.WorkerPool(NS, config=fast_config)
+    pool.register("other", lambda job: None)
+    pool.reporter(Recorder())
+    start(pools, pool, redis_url)
+    wait_for(lambda: len(events) >= 2, timeout=30, message="two events from the reaper")
+    assert events == [("aborted", jid, "poison"), ("stopped", jid)]
+    dead = orjson.loads(r.zrange(K.dead, 0, -1)[0])
+    assert dead["jid"] == jid and dead["error_class"] == "Poison"
+    assert not r.exists(K.inprogress(identity))
+
+
 def test_late_ack_of_a_job_already_requeued_does_not_write_a_retry(r, fast_config) -> None:
     identity = "late:1:x"
     (jid,) = _fake_dead_pool(r, identity, time.time(), 1)

@@ -159,6 +159,9 @@ class Events:
     def started(self, job):
         R().rpush("test:events", f"started:{job.id}")
 
+    def failure(self, job, error, traceback):
+        R().rpush("test:events", f"failure:{job.id}:{type(error).__name__}")
+
     def aborted(self, job, reason):
         R().rpush("test:events", f"aborted:{job.id}:{reason}")
 
@@ -199,15 +202,45 @@ def test_poison_job_is_reported_aborted_poison_then_stopped(
     wait_children_ready(f, r, 1)
     (jid,) = enqueue(redis_url, "crash", [{}])
     wait_for(lambda: r.zcard(KEYS.dead) == 1, timeout=60, message="poison job in dead")
-    wait_for(lambda: f"stopped:{jid}".encode() in r.lrange("test:events", 0, -1), timeout=10,
-             message="stopped event")
-    # "started" comes from the child's reporter thread, which dies with the child a
-    # moment later: how many of the four arrive varies, and one the dying child had
-    # already written to its socket can reach Redis after the master's two (CI saw
-    # aborted, started, stopped).  The master's own events come in their order.
-    events = [e.decode() for e in r.lrange("test:events", 0, -1) if not e.startswith(b"started:")]
-    assert events[-2:] == [f"aborted:{jid}:poison", f"stopped:{jid}"]
+
+    def master_events() -> list[str]:
+        # "started" comes from the child's reporter thread, which dies with the child a
+        # moment later: how many arrive varies, and one the dying child had already
+        # written to its socket can reach Redis after the master's two (CI saw aborted,
+        # started, stopped).  A run that raised instead of crashing reports failure and
+        # stopped from its child: CI once saw a lone "stopped" just as the job reached
+        # dead, before the master's two.  Those two come last, in their order.
+        return [e.decode() for e in r.lrange("test:events", 0, -1) if not e.startswith(b"started:")]
+
+    try:
+        wait_for(lambda: master_events()[-2:] == [f"aborted:{jid}:poison", f"stopped:{jid}"],
+                 timeout=10, message="aborted(poison) then stopped")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; events: {master_events()}\n{f.log()[-4000:]}") from None
+    events = master_events()
     assert events.count(f"aborted:{jid}:poison") == 1
+    assert f.stop() == 0
+
+
+def test_a_stale_pools_poison_job_is_reported_by_the_master_that_reaps_it(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    """A host died with the job (its fourth death): the master that reaps that host's pool
+    at its start buries the job and tells its own reporters, so the failure is not silent."""
+    identity = "gonehost:7:poison"
+    (jid,) = enqueue(redis_url, "crash", [{}])
+    data = orjson.loads(r.rpop(KEYS.queue("crash")))
+    data["recovered"] = 3  # --max-recoveries' default: this death is one too many
+    r.hset(KEYS.inprogress(identity), jid, orjson.dumps(data))
+    seconds, _ = r.time()
+    r.zadd(KEYS.pools, {identity: seconds - 100})
+    r.sadd(KEYS.processes, identity)
+    mod = write_jobs(tmp_path, CRASH_REPORTED)
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"])
+    wait_for(lambda: len(r.lrange("test:events", 0, -1)) >= 2, timeout=30, message="two events")
+    assert [e.decode() for e in r.lrange("test:events", 0, -1)] == [f"aborted:{jid}:poison", f"stopped:{jid}"]
+    dead = orjson.loads(r.zrange(KEYS.dead, 0, -1)[0])
+    assert dead["jid"] == jid and dead["error_class"] == "Poison"
+    assert runs(r, "test:starts") == {}  # buried, never run again
     assert f.stop() == 0
 
 
