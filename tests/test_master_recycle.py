@@ -159,6 +159,9 @@ class Events:
     def started(self, job):
         R().rpush("test:events", f"started:{job.id}")
 
+    def success(self, job, duration):
+        R().rpush("test:events", f"success:{job.id}")
+
     def failure(self, job, error, traceback):
         R().rpush("test:events", f"failure:{job.id}:{type(error).__name__}")
 
@@ -207,9 +210,10 @@ def test_poison_job_is_reported_aborted_poison_then_stopped(
         # "started" comes from the child's reporter thread, which dies with the child a
         # moment later: how many arrive varies, and one the dying child had already
         # written to its socket can reach Redis after the master's two (CI saw aborted,
-        # started, stopped).  A run that raised instead of crashing reports failure and
-        # stopped from its child: CI once saw a lone "stopped" just as the job reached
-        # dead, before the master's two.  Those two come last, in their order.
+        # started, stopped).  And SIGABRT dumps core: until the thread the kernel gives
+        # it to has done so, the job's own thread runs on, so a run can return and its
+        # child report success and stopped before it dies (CI saw that "stopped" when
+        # the job reached dead, before the master's two).  Those two come last, in order.
         return [e.decode() for e in r.lrange("test:events", 0, -1) if not e.startswith(b"started:")]
 
     try:
