@@ -116,6 +116,7 @@ local P = string.sub(KEYS[2], 1, #KEYS[2] - #'schedule')
 local qprefix_len = #P + #'queue:'
 local TOKEN = '{"class":"forkq.group",'
 --@include _groups
+--@include _job_prefix
 -- One EXISTS over the fence, every paused flag and the queues the caller believes
 -- empty (ARGV[11]): almost always 0, and then none needs a look of its own (one
 -- command instead of one per queue taken from, and one for the belief).  Names believed
@@ -503,8 +504,10 @@ for k = 2, 3 do
     each[k - 1] = string.format('%.6f', at - clock())
     if next_due == nil or at < next_due then
       next_due = at
-      -- forkq writes jid, class, queue first (see promote_due.lua); anything else: ''.
-      due_queue = string.match(first[1], '^{"jid":"[^"\\]*","class":"[^"\\]*","queue":"([^"\\|]+)"') or ''
+      -- Read from forkq's own prefix (_job_prefix); anything else, or a name the
+      -- report's "|" would split: ''.
+      local q = queue_in_prefix(first[1])
+      due_queue = (q and not string.find(q, '|', 1, true)) and q or ''
     end
   end
 end

@@ -45,12 +45,13 @@ local out = {0, 0}
 if #due == 0 then return out end
 
 --@include _groups
+--@include _job_prefix
 
--- The member's queue, and its fair group (nil if none or not valid).  forkq writes
--- jid, class, queue first; an anchored match on that prefix reads the queue without
--- decoding.  Anything else (Sidekiq's clients, escapes) is decoded.
+-- The member's queue, and its fair group (nil if none or not valid).  The queue is
+-- read from forkq's own prefix (_job_prefix); anything else (Sidekiq's clients,
+-- escapes) is decoded.
 local function queue_of(member)
-  local q = string.match(member, '^{"jid":"[^"\\]*","class":"[^"\\]*","queue":"([^"\\]+)"')
+  local q = queue_in_prefix(member)
   local grouped = string.find(member, '"group"', 1, true)
   if q and not grouped then return q, nil end
   local ok, data = pcall(cjson.decode, member)
