@@ -224,6 +224,11 @@ class _Child:
             return EXIT_BOOT
         # Sidekiq Web UI "Stop" on this process: the whole service stops, via the master.
         rt.on_remote_stop = lambda: self.send(messages.RemoteStop())
+        # Ready before the first fetch, not after start(): a job it takes at once
+        # (a crash requeued to run next) can kill it before start() returns, and a
+        # child that dies before its ready report counts as one that could not boot
+        # (five in a row stop the service).
+        rt.on_running = lambda: self.send(messages.Ready(identity=identity))
         rt.fetcher.on_fenced = self._fenced
         forked.install(rt.executor.job_mark)
         if self._quiet:
@@ -250,7 +255,6 @@ class _Child:
             except Exception as exc:  # noqa: BLE001 - reported to the master, then exit
                 self.send(messages.BootError(msg=_one_line(exc)))
                 return EXIT_BOOT
-        self.send(messages.Ready(identity=identity))
         try:
             return self._loop(rt)
         finally:

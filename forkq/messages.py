@@ -31,6 +31,9 @@ class Starting(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class Ready(Message):
+    """The pool is up: sent from ``PoolRuntime.start()`` just before its first fetch,
+    so a job that kills the child at once is not taken for a failed boot."""
+
     kind: ClassVar[str] = "ready"
     identity: str = ""
 

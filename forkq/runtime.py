@@ -129,6 +129,9 @@ class PoolRuntime:
         self.waker.on_lead = self.fetcher.poke
         # Set by a prefork child: how a Web UI "Stop" reaches the master.
         self.on_remote_stop: Callable[[], None] | None = None
+        # Set by a prefork child: called by start() once everything that can fail at
+        # boot is done, just before the fetcher takes its first job (its ready report).
+        self.on_running: Callable[[], None] | None = None
 
     def _leads_promotion(self) -> bool:
         """Whether this pool promotes due jobs on time: unless another pool holds the
@@ -166,6 +169,11 @@ class PoolRuntime:
         if self.reporters is not None:
             self.reporters.start()
         self.executor.start()
+        if self.on_running is not None:
+            # Before the first fetch: a job taken at once (one requeued to run next)
+            # may kill this process, and a prefork master must not count that death
+            # as a child that could not boot.
+            self.on_running()
         self.fetcher.start()
         self._spawn(self._listen, "forkq-wake")
         self._spawn(self._housekeep, "forkq-housekeeper")

@@ -201,6 +201,27 @@ def test_a_poison_job_the_stale_reaper_buries_is_reported_aborted_poison_then_st
     assert not r.exists(K.inprogress(identity))
 
 
+def test_a_prefork_childs_ready_report_is_sent_before_its_first_fetch(redis_url, fast_config, r) -> None:
+    """PoolRuntime.on_running (a child's ready report) runs once everything that can fail
+    at boot is done and before the fetcher starts: a job taken at once may kill the
+    process, and its master must already know the child booted."""
+    from forkq.connection import ConnectionSpec
+    from forkq.runtime import PoolRuntime
+
+    forkq.Enqueuer(r, NS).enqueue("work", {})
+    pool = forkq.WorkerPool(NS, config=fast_config)
+    pool.register("work", lambda job: None)
+    rt = PoolRuntime(pool, ConnectionSpec.of(redis_url).for_namespace(NS), concurrency=2)
+    seen: list[tuple[bool, int]] = []
+    rt.on_running = lambda: seen.append((rt.fetcher.is_alive(), r.llen(K.queue("work"))))
+    rt.start()
+    try:
+        assert seen == [(False, 1)]  # not yet fetching; the job still waits
+        wait_for(lambda: r.llen(K.queue("work")) == 0, 10, message="the job taken after")
+    finally:
+        rt.stop(2)
+
+
 def test_late_ack_of_a_job_already_requeued_does_not_write_a_retry(r, fast_config) -> None:
     identity = "late:1:x"
     (jid,) = _fake_dead_pool(r, identity, time.time(), 1)

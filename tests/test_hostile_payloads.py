@@ -565,6 +565,25 @@ def runs_of(r: redis.Redis) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in r.hgetall("test:runs").items()}
 
 
+def test_a_job_every_child_takes_at_boot_and_dies_of_is_not_a_boot_failure(
+        tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
+    """The job waits before the master starts, and is requeued to run next, so every
+    child takes it in its first fetch, within its start.  Each death is the job's: five
+    deaths counted as children that could not boot would stop the whole service (CI saw
+    "children keep dying at boot (5 in a row)" when the ready report came after the
+    first fetch)."""
+    mod = write_jobs(tmp_path, SELF_KILLING)
+    job = forkq.Enqueuer(redis_url, KEYS.namespace).enqueue("kills_itself", {})
+    f = start_forkq(forkqs, tmp_path, redis_url, mod, ["-p", "1", "-c", "2"])
+    (entry,) = wait_for(lambda: dead_entries(r), 90, message="the self-killing job buried")
+    assert entry["jid"] == job.id and "SIGKILLed 10 times" in entry["error_message"]
+    assert int(r.hget("test:starts", job.id)) == 10
+    assert f.proc.poll() is None, f.log()
+    assert "died at boot" not in f.log()
+    wait_children_ready(f, r, 1)
+    assert f.stop() == 0
+
+
 def test_a_job_that_sigkills_its_own_child_still_ends_as_poison(
         tmp_path: Path, redis_url: str, r: redis.Redis, forkqs: list[ForkqProc]) -> None:
     mod = write_jobs(tmp_path, SELF_KILLING)
@@ -575,4 +594,5 @@ def test_a_job_that_sigkills_its_own_child_still_ends_as_poison(
     assert entry["jid"] == job.id and entry["error_class"] == "Poison"
     assert "SIGKILLed 10 times" in entry["error_message"]
     assert int(r.hget("test:starts", job.id)) == 10
-    assert f.proc.poll() is None
+    assert f.proc.poll() is None, f.log()
+    assert "died at boot" not in f.log()
