@@ -272,8 +272,8 @@ class Recovery:
     def _report_poison(self, data: dict[str, Any]) -> None:
         """Reporters hear ``aborted(job, "poison")`` and ``stopped(job)`` for a job buried
         here (a dead child's, or a stale pool's on any host): the pool that ran it last
-        died, so no one else can tell them.  Each call is
-        guarded so that no reporter can stop the recovery."""
+        died, so no one else can tell them.  Each call is guarded so that no reporter
+        can stop the recovery."""
         job = Job.from_data(data)
         for reporter in self.reporters():
             for event, args in (("aborted", (job, "poison")), ("stopped", (job,))):

@@ -443,7 +443,7 @@ class PoolRuntime:
     def _reap(self) -> None:
         if self._reaper is not None:
             self._reaper.run(self._hk_conn, self.keys, exclude=(self.identity,),
-                             on_poison=self._report_poison if self.reporters is not None else None)
+                             on_poison=self._report_poison)
 
     def _report_poison(self, data: dict[str, Any]) -> None:
         """A stale pool's job this reaper buried as poison: its pool died with it, so
